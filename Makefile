@@ -1,0 +1,38 @@
+# brandtune: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export BRANDTUNE_HOME ?= $(CURDIR)/.brandtune
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= 1
+
+.PHONY: venv demo test lint format clean
+
+# Create the virtual environment and install brandtune with its test tools. Re-runs only when
+# pyproject.toml changes, so a second `make` reuses the environment in seconds.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## Run the pipeline on the built-in sample brand (data/brands/acme).
+demo: $(STAMP)
+	$(VENV)/bin/brandtune demo --brand acme
+
+## Lint, check formatting, and run the test suite.
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .brandtune .pytest_cache .ruff_cache

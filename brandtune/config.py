@@ -1,0 +1,268 @@
+"""Typed, strict configuration: the brand spec and each stage's job config.
+
+Every model forbids unknown keys (a typo is an error, not a silently ignored knob) and describes each field, which
+is what the Prefect UI and ``brandtune --help`` show. Overrides follow one path: defaults, then a YAML file, then
+command-line flags (see :func:`load_yaml_model`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from brandtune.errors import ConfigError
+from brandtune.settings import Settings
+
+__all__ = [
+    "BrandSpec",
+    "IngestConfig",
+    "Settings",
+    "brand_dir",
+    "format_validation_error",
+    "load_brand",
+    "load_yaml_model",
+]
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+HEX_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+DEFAULT_BRANDS_DIR = Path("data/brands")
+
+HexColour = Annotated[str, Field(pattern=HEX_RE.pattern, description="A colour as #rrggbb.")]
+
+
+class StrictModel(BaseModel):
+    """Base of every brandtune config: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BrandSpec(StrictModel):
+    """A brand, as described by ``data/brands/<brand>/brand.yaml``."""
+
+    name: str = Field(description="The brand's slug: lower-case letters, digits and dashes (e.g. 'acme').")
+    display_name: str = Field(default="", description="Human-readable brand name for reports.")
+    trigger: str = Field(
+        description="The rare token that names the product in prompts and captions (e.g. 'acme').",
+        min_length=2,
+        max_length=40,
+    )
+    subject: str = Field(
+        description="The product noun that follows the trigger (e.g. 'bottle').", min_length=1
+    )
+    palette: list[HexColour] = Field(
+        min_length=1,
+        description="The brand's colours as #rrggbb; the first is the dominant product colour.",
+    )
+    neutral_palette: list[HexColour] = Field(
+        default_factory=list,
+        description="Brand colours that are neutral (white, black, grey). Kept out of palette metrics because "
+        "backgrounds match them too.",
+    )
+    base_model: str = Field(
+        default="builtin:tiny",
+        description="Base diffusion model: 'builtin:tiny', a local diffusers folder, or a hub id 'org/name'.",
+    )
+    resolution: int = Field(
+        default=64,
+        ge=32,
+        le=2048,
+        description="Training resolution in pixels (square). Photos are normalised to this size at ingest.",
+    )
+    caption_template: str = Field(
+        default="a photo of {trigger} {subject}",
+        description="Caption used for photos without a sidecar caption. Placeholders: {trigger}, {subject}.",
+    )
+    evaluation_prompts: list[str] = Field(
+        min_length=1,
+        description="Fixed prompts of the evaluation suite. Placeholders: {trigger}, {subject}.",
+    )
+    settings: dict[str, str] = Field(
+        default_factory=dict,
+        description="Named generation settings, key -> phrase appended to a prompt (e.g. beach: 'on a beach').",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG_RE.match(value):
+            raise ValueError(
+                f"brand name {value!r} is not a slug: use lower-case letters, digits and dashes, e.g. 'acme'"
+            )
+        return value
+
+    @field_validator("trigger")
+    @classmethod
+    def _single_token(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+            raise ValueError(f"trigger {value!r} must be one word (letters, digits, '_' or '-')")
+        return value
+
+    @field_validator("caption_template", "evaluation_prompts")
+    @classmethod
+    def _known_placeholders(cls, value: str | list[str]) -> str | list[str]:
+        for text in [value] if isinstance(value, str) else value:
+            unknown = set(re.findall(r"{(\w*)}", text)) - {"trigger", "subject"}
+            if unknown:
+                raise ValueError(
+                    f"{text!r} uses unknown placeholders {sorted(unknown)}; use {{trigger}}, {{subject}}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _palettes_disjoint(self) -> BrandSpec:
+        overlap = {c.lower() for c in self.palette} & {c.lower() for c in self.neutral_palette}
+        if overlap:
+            raise ValueError(f"colours {sorted(overlap)} are in both palette and neutral_palette; keep one")
+        return self
+
+    @property
+    def instance_phrase(self) -> str:
+        """``"<trigger> <subject>"``, the phrase every caption and prompt about the product contains."""
+        return f"{self.trigger} {self.subject}"
+
+    def fill(self, text: str) -> str:
+        """Substitute ``{trigger}`` and ``{subject}`` in a template."""
+        return text.replace("{trigger}", self.trigger).replace("{subject}", self.subject)
+
+
+class IngestConfig(StrictModel):
+    """How photos are validated and normalised into a dataset. Part of the dataset fingerprint."""
+
+    resolution: int = Field(default=64, ge=32, le=2048, description="Output size in pixels (square).")
+    min_side: int | None = Field(
+        default=None,
+        ge=1,
+        description="Reject photos whose shorter side is below this. Default: the resolution.",
+    )
+    max_aspect: float = Field(
+        default=2.5, ge=1.0, description="Reject photos whose long/short side ratio exceeds this."
+    )
+    max_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Reject images declaring more pixels than this (decompression-bomb guard).",
+    )
+    crop: Literal["center", "none"] = Field(
+        default="center",
+        description="'center': crop the centre square after resizing the short side; "
+        "'none': pad to a square with the background colour.",
+    )
+    background: HexColour = Field(
+        default="#ffffff", description="Colour that transparent pixels are composited on (and padding)."
+    )
+    animated: Literal["first_frame", "reject"] = Field(
+        default="first_frame",
+        description="Animated images (GIF/WebP/APNG): use the first frame, or reject them.",
+    )
+    near_duplicate_distance: int = Field(
+        default=4,
+        ge=-1,
+        le=64,
+        description="Perceptual-hash Hamming distance at or below which two photos count as near duplicates "
+        "(-1 turns the check off).",
+    )
+    min_images: int = Field(default=4, ge=1, description="Fewer accepted photos than this is an error.")
+    caption_template: str = Field(
+        default="a photo of {trigger} {subject}", description="Caption for photos without one."
+    )
+    trigger: str = Field(default="sks", description="Token that must appear in every caption.")
+    subject: str = Field(default="product", description="Product noun used by the caption template.")
+    workers: int = Field(
+        default=0, ge=0, description="Worker processes for decoding/resizing; 0 means one per CPU core."
+    )
+
+    @property
+    def effective_min_side(self) -> int:
+        return self.min_side if self.min_side is not None else self.resolution
+
+    @classmethod
+    def for_brand(cls, brand: BrandSpec, **overrides: Any) -> IngestConfig:
+        """The ingest config a brand implies (its resolution, trigger, subject, template), plus overrides."""
+        values: dict[str, Any] = {
+            "resolution": brand.resolution,
+            "trigger": brand.trigger,
+            "subject": brand.subject,
+            "caption_template": brand.caption_template,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The settings that change the dataset's content (``workers`` does not)."""
+        return self.model_dump(exclude={"workers"})
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One readable line per problem: ``<source>: <field>: <message>``."""
+    lines = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the documented fields)"
+        lines.append(f"{source}: {where}: {msg}")
+    return "\n".join(lines)
+
+
+def load_yaml_model(model: type[M], path: Path, overrides: dict[str, Any] | None = None) -> M:
+    """Load ``model`` from a YAML file, then apply non-None ``overrides`` (e.g. CLI flags) on top.
+
+    Raises:
+        ConfigError: the file is missing, is not a YAML mapping, or does not validate.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from exc
+
+
+def brand_dir(brand: str, brands_dir: Path | None = None) -> Path:
+    """The folder of a brand: ``<brands_dir>/<brand>`` (``data/brands`` or ``$BRANDTUNE_BRANDS_DIR``)."""
+    root = Path(brands_dir or os.environ.get("BRANDTUNE_BRANDS_DIR") or DEFAULT_BRANDS_DIR)
+    return root / brand
+
+
+def load_brand(brand: str | Path, brands_dir: Path | None = None) -> BrandSpec:
+    """Load and validate a brand spec by slug (``acme``) or by path to its ``brand.yaml`` or folder.
+
+    Raises:
+        ConfigError: the brand does not exist (the message lists the brands that do) or its spec is invalid.
+    """
+    path = Path(brand)
+    if path.suffix in {".yaml", ".yml"}:
+        spec_path = path
+    elif path.is_dir() and (path / "brand.yaml").is_file():
+        spec_path = path / "brand.yaml"
+    else:
+        spec_path = brand_dir(str(brand), brands_dir) / "brand.yaml"
+    if not spec_path.is_file():
+        root = spec_path.parent.parent
+        known = (
+            sorted(p.name for p in root.glob("*") if (p / "brand.yaml").is_file()) if root.is_dir() else []
+        )
+        hint = f"known brands in {root}: {', '.join(known)}" if known else f"no brands found in {root}"
+        raise ConfigError(f"brand {str(brand)!r}: {spec_path} does not exist ({hint})")
+    spec = load_yaml_model(BrandSpec, spec_path)
+    if spec_path.parent.name != spec.name and spec_path.parent.name != "":
+        raise ConfigError(
+            f"{spec_path}: name {spec.name!r} does not match its folder {spec_path.parent.name!r}; rename one"
+        )
+    return spec

@@ -1,0 +1,302 @@
+"""Turning validated photos into an immutable, content-addressed dataset folder.
+
+Layout of ``<home>/datasets/<brand>/<fingerprint>/``:
+
+- ``<pixels-sha>.png`` the normalised images (content-named, so the order of the sources does not matter);
+- ``metadata.jsonl`` one ``{"file_name", "text", ...}`` line per image: ``datasets.load_dataset("imagefolder",
+  data_dir=...)`` loads the folder with its captions;
+- ``manifest.json`` per image: source path, source sha256, normalised sha256, original size, caption;
+- ``report.json`` every rejected file with its reason, and the notes on converted ones.
+
+The folder is built under a temporary name and renamed into place in one step, so a folder with the final name is
+always complete. ``<home>/datasets/<brand>/LATEST`` names the newest dataset of the brand.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from brandtune.config import BrandSpec, IngestConfig
+from brandtune.errors import IngestError
+from brandtune.fsutil import atomic_write_json, atomic_write_text, canonical_json, publish_dir, sha256_bytes
+from brandtune.ingest.images import Accepted, Rejected, process_photo
+from brandtune.ingest.sources import Candidate, collect
+from brandtune.provenance import brandtune_version
+from brandtune.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT_LEN = 16
+SERIAL_BELOW = 48  # fewer photos than this are processed in-process: a pool costs more than it saves
+LATEST = "LATEST"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What an ingest produced."""
+
+    brand: str
+    fingerprint: str
+    path: Path
+    num_images: int
+    num_rejected: int
+    reused: bool  # True when an identical dataset already existed and was reused
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.json"
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.path / "metadata.jsonl"
+
+
+def _ensure_trigger(caption: str, trigger: str) -> tuple[str, bool]:
+    if re.search(rf"(?<![\w-]){re.escape(trigger)}(?![\w-])", caption):
+        return caption, False
+    return f"{trigger}, {caption}", True
+
+
+def _caption(candidate: Candidate, cfg: IngestConfig) -> tuple[str, str, bool]:
+    if candidate.caption:
+        text, source = " ".join(candidate.caption.split()), candidate.caption_source
+    else:
+        text, source = cfg.caption_template.format(trigger=cfg.trigger, subject=cfg.subject), "template"
+    text, added = _ensure_trigger(text, cfg.trigger)
+    return text, source, added
+
+
+def _run_workers(
+    candidates: list[Candidate], out_dir: Path, cfg: IngestConfig, progress: bool
+) -> Iterator[Accepted | Rejected]:
+    workers = cfg.workers or os.cpu_count() or 1
+    bar = tqdm(total=len(candidates), desc="ingest", unit="img", disable=not progress)
+    if workers == 1 or len(candidates) < SERIAL_BELOW:
+        for i, cand in enumerate(candidates):
+            yield process_photo(i, cand.path, out_dir, cfg)
+            bar.update()
+    else:
+        # spawn: ingest may run inside a process with threads (Prefect, MLflow); fork would be unsafe there.
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            paths = [c.path for c in candidates]
+            chunk = max(1, min(32, len(paths) // (workers * 8)))
+            results = pool.map(
+                process_photo,
+                range(len(paths)),
+                paths,
+                [out_dir] * len(paths),
+                [cfg] * len(paths),
+                chunksize=chunk,
+            )
+            for result in results:
+                yield result
+                bar.update()
+    bar.close()
+
+
+def _dedupe(accepted: list[Accepted], cfg: IngestConfig) -> tuple[list[Accepted], dict[int, tuple[str, str]]]:
+    """Drop exact (same source bytes or same pixels) and near (perceptual hash) duplicates, first one wins."""
+    keep: list[Accepted] = []
+    dropped: dict[int, tuple[str, str]] = {}
+    by_sha: dict[str, int] = {}
+    hashes = np.zeros(len(accepted), dtype=np.uint64)
+    for item in accepted:
+        twin = by_sha.get(item.source_sha256, by_sha.get(item.pixels_sha256))
+        if twin is not None:
+            dropped[item.index] = ("duplicate", f"exact duplicate of #{twin}")
+            continue
+        if cfg.near_duplicate_distance >= 0 and keep:
+            dist = np.bitwise_count(hashes[: len(keep)] ^ np.uint64(item.phash))
+            nearest = int(dist.argmin())
+            if dist[nearest] <= cfg.near_duplicate_distance:
+                dropped[item.index] = (
+                    "near_duplicate",
+                    f"near duplicate of #{keep[nearest].index} (perceptual-hash distance {int(dist[nearest])} "
+                    f"<= {cfg.near_duplicate_distance})",
+                )
+                continue
+        hashes[len(keep)] = item.phash
+        by_sha[item.source_sha256] = by_sha[item.pixels_sha256] = item.index
+        keep.append(item)
+    return keep, dropped
+
+
+def compute_fingerprint(items: Sequence[tuple[str, str]], cfg: IngestConfig) -> str:
+    """Hash of the normalised pixels, captions and ingest settings; independent of file names and order."""
+    payload = {"settings": cfg.fingerprint_fields(), "items": sorted(items)}
+    return sha256_bytes(canonical_json(payload).encode())[:FINGERPRINT_LEN]
+
+
+def _label(text: str, candidates: list[Candidate]) -> str:
+    """Replace '#<index>' references in a reason with the source names people know."""
+    return re.sub(r"#(\d+)", lambda m: candidates[int(m.group(1))].source, text)
+
+
+def _write_dataset(
+    staging: Path,
+    brand: BrandSpec,
+    keep: list[Accepted],
+    candidates: list[Candidate],
+    rejected: list[dict[str, str]],
+    notes: list[dict[str, Any]],
+    cfg: IngestConfig,
+    fingerprint: str,
+    sources: Sequence[Path],
+) -> None:
+    rows, images = [], []
+    for item in sorted(keep, key=lambda a: a.pixels_sha256):
+        cand = candidates[item.index]
+        caption, caption_source, added = _caption(cand, cfg)
+        name = f"{item.pixels_sha256[:20]}.png"
+        os.replace(item.tmp_path, staging / name)
+        rows.append({"file_name": name, "text": caption, "width": item.width, "height": item.height})
+        images.append(
+            {
+                "file_name": name,
+                "source": cand.source,
+                "source_sha256": item.source_sha256,
+                "sha256": item.file_sha256,
+                "pixels_sha256": item.pixels_sha256,
+                "original_size": [item.width, item.height],
+                "original_aspect": round(item.width / item.height, 4),
+                "format": item.format,
+                "caption": caption,
+                "caption_source": caption_source,
+                "trigger_added": added,
+                "notes": item.notes,
+            }
+        )
+    (staging / "metadata.jsonl").write_text("".join(canonical_json(r) + "\n" for r in rows), encoding="utf-8")
+    common = {
+        "brand": brand.name,
+        "fingerprint": fingerprint,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "brandtune_version": brandtune_version(),
+        "settings": cfg.fingerprint_fields(),
+        "sources": [str(s) for s in sources],
+    }
+    atomic_write_json(
+        staging / "report.json",
+        {**common, "accepted": len(images), "rejected": rejected, "converted": notes},
+    )
+    # The manifest is written last: a folder with a manifest is complete even before the rename.
+    atomic_write_json(staging / "manifest.json", {**common, "resolution": cfg.resolution, "images": images})
+
+
+def ingest(
+    brand: BrandSpec,
+    sources: Sequence[Path] | Path,
+    config: IngestConfig | None = None,
+    settings: Settings | None = None,
+    progress: bool = True,
+) -> IngestResult:
+    """Validate, normalise, dedupe and caption a brand's photos into a versioned dataset.
+
+    Args:
+        brand: The brand spec; its trigger, subject and caption template apply unless ``config`` overrides them.
+        sources: Folders (recursive), ``.zip`` archives and/or single image files.
+        config: Ingest settings; default ``IngestConfig.for_brand(brand)``.
+        settings: Where datasets live; default from the environment.
+        progress: Show a progress bar.
+
+    Returns:
+        The dataset's fingerprint and folder. Re-ingesting the same input returns the existing folder.
+
+    Raises:
+        IngestError: a source is missing or unreadable, or fewer than ``config.min_images`` photos were accepted
+            (the message gives the path of the report that lists every rejected file).
+    """
+    cfg = config or IngestConfig.for_brand(brand)
+    settings = settings or Settings.from_env()
+    sources = [Path(sources)] if isinstance(sources, str | Path) else [Path(s) for s in sources]
+    brand_root = settings.datasets_dir / brand.name
+    brand_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-ingest-", dir=brand_root))
+    try:
+        scan = collect(sources, staging / "unpacked")
+        logger.info(
+            "ingest %s: %d candidate files from %d source(s)", brand.name, len(scan.candidates), len(sources)
+        )
+        work = staging / "work"
+        work.mkdir()
+        accepted, rejected = [], list(scan.rejected)
+        for result in _run_workers(scan.candidates, work, cfg, progress):
+            if isinstance(result, Accepted):
+                accepted.append(result)
+            else:
+                src = scan.candidates[result.index].source
+                rejected.append({"source": src, "reason": result.reason, "detail": result.detail})
+        accepted.sort(key=lambda a: a.index)
+        keep, dropped = _dedupe(accepted, cfg)
+        for index, (reason, detail) in sorted(dropped.items()):
+            src = scan.candidates[index].source
+            rejected.append({"source": src, "reason": reason, "detail": _label(detail, scan.candidates)})
+        notes = [{"source": scan.candidates[a.index].source, "notes": a.notes} for a in keep if a.notes]
+        if len(keep) < cfg.min_images:
+            report = brand_root / "failed-report.json"
+            atomic_write_json(report, {"brand": brand.name, "accepted": len(keep), "rejected": rejected})
+            raise IngestError(
+                f"ingest of {', '.join(map(str, sources))}: {len(keep)} photo(s) accepted, at least "
+                f"{cfg.min_images} needed; {len(rejected)} rejected, reasons in {report}"
+            )
+        items = [(a.pixels_sha256, _caption(scan.candidates[a.index], cfg)[0]) for a in keep]
+        fingerprint = compute_fingerprint(items, cfg)
+        final = brand_root / fingerprint
+        if (final / "manifest.json").is_file():
+            reused = True
+        else:
+            out = staging / "dataset"
+            out.mkdir()
+            _write_dataset(out, brand, keep, scan.candidates, rejected, notes, cfg, fingerprint, sources)
+            reused = not publish_dir(out, final)
+        atomic_write_text(brand_root / LATEST, fingerprint + "\n")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info(
+        "dataset %s/%s: %d images, %d rejected%s",
+        brand.name,
+        fingerprint,
+        len(keep),
+        len(rejected),
+        " (reused existing)" if reused else "",
+    )
+    return IngestResult(brand.name, fingerprint, final, len(keep), len(rejected), reused)
+
+
+def find_dataset(brand: str, fingerprint: str | None = None, settings: Settings | None = None) -> Path:
+    """The folder of a brand's dataset: the given fingerprint (or a unique prefix of one), else the latest.
+
+    Raises:
+        IngestError: no such dataset (the message lists the brand's datasets and how to make one).
+    """
+    settings = settings or Settings.from_env()
+    root = settings.datasets_dir / brand
+    have = sorted(p.name for p in root.glob("*") if (p / "manifest.json").is_file()) if root.is_dir() else []
+    if fingerprint is None:
+        latest = root / LATEST
+        fingerprint = latest.read_text().strip() if latest.is_file() else None
+        if fingerprint is None:
+            raise IngestError(
+                f"brand {brand!r} has no dataset yet; run `brandtune ingest --brand {brand}` first"
+            )
+    matches = [name for name in have if name.startswith(fingerprint)]
+    if len(matches) != 1:
+        listing = ", ".join(have) or "none"
+        what = "is ambiguous" if matches else "does not exist"
+        raise IngestError(f"dataset {brand}/{fingerprint} {what} under {root} (datasets: {listing})")
+    return root / matches[0]

@@ -1,0 +1,184 @@
+"""Finding the photos of an ingest: folders, zip archives and file lists, with their captions.
+
+A zip archive is unpacked into a private folder entry by entry; an entry whose name is absolute, climbs out with
+``..``, or is a symbolic link is refused and listed in the report: nothing is ever written outside that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import stat
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from brandtune.errors import IngestError
+
+logger = logging.getLogger(__name__)
+
+# Files that live beside photos but are never photos themselves.
+SIDECAR_SUFFIXES = {".txt", ".caption", ".json", ".jsonl", ".yaml", ".yml", ".md"}
+CAPTIONS_FILE = "captions.jsonl"
+MAX_ARCHIVE_BYTES = 8 << 30  # refuse archives that would unpack to more than 8 GiB
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One file that may be a photo."""
+
+    path: Path  # where to read it now (inside the unpack folder for archives)
+    source: str  # how the user knows it: a path, or "archive.zip!inner/name.jpg"
+    caption: str | None = None  # from a sidecar .txt or captions.jsonl, if any
+    caption_source: str = "template"
+
+
+@dataclass
+class SourceScan:
+    candidates: list[Candidate] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)  # unsafe archive entries, missing files
+
+
+def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:
+    name = info.filename
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "symbolic link inside the archive (not followed)"
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        return "absolute path inside the archive"
+    if ".." in posix.parts:
+        return "path climbs out of the archive with '..'"
+    return None
+
+
+def unpack_zip(archive: Path, dest: Path) -> tuple[Path, list[dict[str, str]]]:
+    """Unpack the regular files of ``archive`` under ``dest``, refusing unsafe entries.
+
+    Returns:
+        The folder holding the unpacked files, and one report entry per refused archive entry.
+    """
+    rejected: list[dict[str, str]] = []
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise IngestError(
+            f"{archive}: not a readable zip archive ({exc}); pass a folder or a valid .zip"
+        ) from exc
+    root = dest.resolve()
+    with zf:
+        infos = zf.infolist()
+        total = sum(i.file_size for i in infos)
+        if total > MAX_ARCHIVE_BYTES:
+            raise IngestError(
+                f"{archive}: unpacks to {total / 2**30:.1f} GiB, over the {MAX_ARCHIVE_BYTES >> 30} GiB limit; "
+                "split it or pass a folder"
+            )
+        for info in infos:
+            if info.is_dir():
+                continue
+            label = f"{archive.name}!{info.filename}"
+            reason = _unsafe_reason(info)
+            target = (root / info.filename).resolve()
+            if reason is None and not target.is_relative_to(root):
+                reason = "path resolves outside the archive's folder"
+            if reason is not None:
+                rejected.append({"source": label, "reason": "unsafe_archive_entry", "detail": reason})
+                logger.warning("%s: refused: %s", label, reason)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as dst:
+                # Never trust the declared size: copy at most that many bytes.
+                shutil.copyfileobj(_limited(src, info.file_size), dst)
+    return root, rejected
+
+
+class _limited:
+    """A read-only file wrapper that stops after ``limit`` bytes."""
+
+    def __init__(self, handle, limit: int) -> None:  # type: ignore[no-untyped-def]
+        self._handle, self._left = handle, limit
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._handle.read(size)
+        self._left -= len(data)
+        return data
+
+
+def _read_captions_jsonl(path: Path) -> dict[str, str]:
+    captions: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            name = row["file_name"]
+            text = row.get("text", row.get("caption"))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise IngestError(
+                f"{path}:{lineno}: expected {{'file_name': ..., 'text': ...}} per line ({exc})"
+            ) from exc
+        if not isinstance(text, str):
+            raise IngestError(f"{path}:{lineno}: 'text' must be a string")
+        captions[str(PurePosixPath(name))] = text
+    return captions
+
+
+def _is_candidate(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in SIDECAR_SUFFIXES
+
+
+def _sidecar_caption(path: Path) -> str | None:
+    for suffix in (".txt", ".caption"):
+        sidecar = path.with_suffix(suffix)
+        if sidecar.is_file():
+            text = sidecar.read_text(encoding="utf-8", errors="replace").strip()
+            return text or None
+    return None
+
+
+def scan_folder(folder: Path, label_prefix: str = "") -> list[Candidate]:
+    """All candidate photos under ``folder`` (recursive, sorted), with sidecar or captions.jsonl captions."""
+    jsonl = folder / CAPTIONS_FILE
+    listed = _read_captions_jsonl(jsonl) if jsonl.is_file() else {}
+    out = []
+    for path in sorted(p for p in folder.rglob("*") if _is_candidate(p)):
+        rel = path.relative_to(folder).as_posix()
+        caption, origin = _sidecar_caption(path), "sidecar"
+        if caption is None and rel in listed:
+            caption, origin = listed[rel].strip() or None, CAPTIONS_FILE
+        label = f"{label_prefix}{rel}" if label_prefix else str(path)
+        out.append(Candidate(path, label, caption, origin if caption else "template"))
+    return out
+
+
+def collect(sources: Sequence[Path], unpack_root: Path) -> SourceScan:
+    """Expand folders, archives and single files into the list of candidate photos.
+
+    Raises:
+        IngestError: no source given, or a source that does not exist.
+    """
+    if not sources:
+        raise IngestError("no photo source given: pass a folder, a .zip archive or a list of image files")
+    scan = SourceScan()
+    for number, src in enumerate(sources):
+        src = Path(src)
+        if src.is_dir():
+            scan.candidates += scan_folder(src)
+        elif src.is_file() and src.suffix.lower() == ".zip":
+            folder, refused = unpack_zip(src, unpack_root / f"archive-{number}")
+            scan.rejected += refused
+            scan.candidates += scan_folder(folder, label_prefix=f"{src.name}!")
+        elif src.is_file():
+            caption = _sidecar_caption(src)
+            scan.candidates.append(Candidate(src, str(src), caption, "sidecar" if caption else "template"))
+        else:
+            raise IngestError(
+                f"photo source {src} does not exist; pass an existing folder, .zip or image file"
+            )
+    return scan

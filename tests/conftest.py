@@ -1,0 +1,40 @@
+"""Shared fixtures: every test session gets its own BRANDTUNE_HOME, PREFECT_HOME and MLflow store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Keep libraries quiet and local before anything imports them.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def brandtune_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh BRANDTUNE_HOME for the whole test session (builtin model builds are cached there)."""
+    home = tmp_path_factory.mktemp("brandtune_home")
+    old = {k: os.environ.get(k) for k in ("BRANDTUNE_HOME", "MLFLOW_TRACKING_URI", "PREFECT_HOME")}
+    os.environ["BRANDTUNE_HOME"] = str(home)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    os.environ["PREFECT_HOME"] = str(home / "prefect")
+    yield home
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def torch_threads() -> None:
+    """Pin torch to two threads so timings and results do not depend on the machine's load."""
+    import torch
+
+    torch.set_num_threads(2)
