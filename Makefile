@@ -1,8 +1,10 @@
 # brandtune: the two commands a newcomer needs are `make demo` and `make test`.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 export BRANDTUNE_HOME ?= $(CURDIR)/.brandtune
 export MLFLOW_DISABLE_TELEMETRY ?= true
@@ -14,8 +16,9 @@ export DO_NOT_TRACK ?= 1
 # pyproject.toml changes, so a second `make` reuses the environment in seconds.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@echo "Installing brandtune and its dependencies into $(VENV) (first time: about 2 minutes)..."
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | { grep -v 'is ignored' || true; }
+	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | { grep -v 'is ignored' || true; }
 	@touch $(STAMP)
 
 venv: $(STAMP)

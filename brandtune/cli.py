@@ -1,0 +1,151 @@
+"""The ``brandtune`` command line: thin commands that parse flags, call the library and report.
+
+Errors raised on purpose (:class:`~brandtune.errors.BrandtuneError`) are shown as one readable line; ``--debug``
+shows the full traceback. Heavy libraries (torch, diffusers, mlflow) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from brandtune.errors import BrandtuneError
+
+if TYPE_CHECKING:
+    from brandtune.ingest import IngestResult
+
+app = typer.Typer(
+    name="brandtune",
+    help="Brand imagery pipeline: ingest product photos, LoRA-fine-tune, register, evaluate, generate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+base_app = typer.Typer(
+    help="Base diffusion models: list, export as a diffusers folder.", no_args_is_help=True
+)
+app.add_typer(base_app, name="base")
+
+console = Console()
+err_console = Console(stderr=True)
+
+BrandOpt = Annotated[
+    str, typer.Option("--brand", "-b", help="Brand slug (folder under data/brands) or brand.yaml.")
+]
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log INFO messages.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and DEBUG logs.")] = False,
+) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if debug:
+        os.environ["BRANDTUNE_DEBUG"] = "1"
+
+
+def _ingest(
+    brand: str, source: list[Path] | None, resolution: int | None, min_images: int | None
+) -> IngestResult:
+    from brandtune.config import IngestConfig, brand_dir, load_brand
+    from brandtune.ingest import ingest
+
+    spec = load_brand(brand)
+    sources = source or [brand_dir(spec.name) / "photos"]
+    cfg = IngestConfig.for_brand(spec, resolution=resolution, min_images=min_images)
+    return ingest(spec, sources, cfg, progress=sys.stderr.isatty())
+
+
+@app.command("ingest")
+def ingest_cmd(
+    brand: BrandOpt,
+    source: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--source", "-s", help="Folder, .zip or image file (repeatable). Default: the brand's photos/."
+        ),
+    ] = None,
+    resolution: Annotated[int | None, typer.Option(help="Output size in px (default: brand.yaml).")] = None,
+    min_images: Annotated[int | None, typer.Option(help="Fail when fewer photos are accepted.")] = None,
+) -> None:
+    """Validate, normalise and caption a brand's photos into a versioned dataset."""
+    result = _ingest(brand, source, resolution, min_images)
+    state = "reused existing dataset" if result.reused else "new dataset"
+    console.print(f"[bold green]dataset[/] {result.brand}/{result.fingerprint} ({state})")
+    console.print(f"  images:   {result.num_images} accepted, {result.num_rejected} rejected")
+    console.print(f"  folder:   {result.path}")
+    console.print(f"  report:   {result.report_path}")
+
+
+@base_app.command("list")
+def base_list() -> None:
+    """List the built-in base models."""
+    from brandtune.models import BUILTIN_MODELS
+
+    table = Table("name", "description")
+    for name, desc in BUILTIN_MODELS.items():
+        table.add_row(f"builtin:{name}", desc)
+    console.print(table)
+
+
+@base_app.command("export")
+def base_export(
+    name: Annotated[str, typer.Argument(help="Base model: builtin:tiny, a local folder or a hub id.")],
+    dest: Annotated[Path, typer.Argument(help="Folder to write the diffusers model to.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty destination.")] = False,
+) -> None:
+    """Write a base model as a plain diffusers folder that other tools can load."""
+    from brandtune.models import export_base, resolve_base
+
+    out = export_base(name, dest, overwrite=overwrite)
+    resolved = resolve_base(name)
+    console.print(f"[bold green]exported[/] {name} ({resolved.family}, {resolved.revision[:19]}) to {out}")
+
+
+@app.command("demo")
+def demo(brand: BrandOpt = "acme") -> None:
+    """Run the pipeline end to end on the built-in sample brand."""
+    result = _ingest(brand, None, None, None)
+    console.print(
+        f"[bold]1. ingest[/]  dataset {result.brand}/{result.fingerprint}: {result.num_images} images"
+    )
+    console.print(f"   folder: {result.path}")
+    console.print(f"   report: {result.report_path} ({result.num_rejected} rejected)")
+
+
+def run() -> None:
+    """Console entry point: run the app, turning brandtune errors into one readable line."""
+    try:
+        app(standalone_mode=False)
+    except BrandtuneError as exc:
+        if os.environ.get("BRANDTUNE_DEBUG"):
+            raise
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        err_console.print(f"[bold red]error:[/] {lines[0]}", highlight=False)
+        for line in lines[1:]:
+            err_console.print(f"  {line}", highlight=False)
+        raise SystemExit(2) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        err_console.print("aborted")
+        raise SystemExit(130) from None
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        raise
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from brandtune.config import BrandSpec, IngestConfig, load_brand, load_yaml_model
+from brandtune.errors import ConfigError
+from brandtune.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _spec(**overrides: object) -> dict:
+    data = {
+        "name": "acme",
+        "trigger": "acme",
+        "subject": "bottle",
+        "palette": ["#1fa6a0"],
+        "evaluation_prompts": ["a photo of {trigger} {subject}"],
+    }
+    data.update(overrides)
+    return data
+
+
+def test_sample_brand_loads() -> None:
+    spec = load_brand(REPO / "data/brands/acme")
+    assert spec.name == "acme"
+    assert spec.instance_phrase == "acme bottle"
+    assert spec.fill(spec.evaluation_prompts[0]).startswith("a photo of acme bottle")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"name": "Acme Corp"}, "not a slug"),
+        ({"palette": ["teal"]}, "palette"),
+        ({"palette": []}, "palette"),
+        ({"trigger": "two words"}, "one word"),
+        ({"evaluation_prompts": ["a {product}"]}, "unknown placeholders"),
+        ({"colour": "#ffffff"}, "unknown key"),
+        ({"neutral_palette": ["#1fa6a0"]}, "both palette and neutral_palette"),
+    ],
+)
+def test_brand_spec_rejects_bad_values(tmp_path: Path, overrides: dict, needle: str) -> None:
+    import yaml
+
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    (folder / "brand.yaml").write_text(yaml.safe_dump(_spec(**overrides)))
+    with pytest.raises(ConfigError) as err:
+        load_brand(folder)
+    assert needle in str(err.value)
+    assert "brand.yaml" in str(err.value)
+
+
+def test_unknown_brand_lists_known_ones(tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "brand.yaml").write_text("name: other\n")
+    with pytest.raises(ConfigError, match="known brands in .*: other"):
+        load_brand("nope", brands_dir=tmp_path)
+
+
+def test_yaml_overrides_apply_after_file(tmp_path: Path) -> None:
+    path = tmp_path / "ingest.yaml"
+    path.write_text("resolution: 128\nmin_images: 2\n")
+    cfg = load_yaml_model(IngestConfig, path, {"resolution": 256, "crop": None})
+    assert cfg.resolution == 256 and cfg.min_images == 2 and cfg.crop == "center"
+
+
+def test_ingest_config_follows_brand() -> None:
+    brand = BrandSpec(**_spec(resolution=128))
+    cfg = IngestConfig.for_brand(brand, min_images=1)
+    assert (cfg.resolution, cfg.trigger, cfg.subject, cfg.min_images) == (128, "acme", "bottle", 1)
+    assert cfg.effective_min_side == 128
+    assert "workers" not in cfg.fingerprint_fields()
+
+
+def test_settings_from_env_touches_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "nothere"
+    settings = Settings.from_env({"BRANDTUNE_HOME": str(home)})
+    assert settings.tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
+    assert settings.datasets_dir == home / "datasets"
+    assert not home.exists()
+    remote = Settings.from_env({"BRANDTUNE_HOME": str(home), "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
+    assert remote.tracking_uri == "http://127.0.0.1:5000"
