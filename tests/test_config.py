@@ -57,7 +57,7 @@ def test_brand_spec_rejects_bad_values(tmp_path: Path, overrides: dict, needle: 
 def test_unknown_brand_lists_known_ones(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "brand.yaml").write_text("name: other\n")
-    with pytest.raises(ConfigError, match="known brands in .*: other"):
+    with pytest.raises(ConfigError, match=r"known brands in .*: other"):
         load_brand("nope", brands_dir=tmp_path)
 
 
