@@ -1,0 +1,349 @@
+"""The built-in tiny base models, built from config on first use.
+
+``builtin:tiny`` has the SD-1.x architecture and ``builtin:tiny-sdxl`` the SDXL one, each small enough to train and
+sample on a laptop CPU in seconds. Their weights are random (seeded, so every build on the same torch version
+writes the same bytes); they exist so that the whole pipeline, and the code paths of real SD and SDXL models, run
+without a download.
+
+A build lands in ``<BRANDTUNE_HOME>/models/builtin/<name>-<config_hash12>``: it is written to a temporary folder
+beside that one, gets a ``.complete`` marker last and is moved into place with ``os.replace``; when two processes
+race, the loser drops its copy and uses the winner's. If the package ships a prebuilt diffusers folder for a
+model (``brandtune/assets/<asset>/`` with a ``model_index.json``), that folder is used as is and nothing is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from brandtune.errors import ModelResolutionError
+from brandtune.models.revision import REVISION_FILE, cached_revision
+from brandtune.models.tokenizer import MODEL_MAX_LENGTH, corpus_digest, write_clip_tokenizer_files
+from brandtune.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_PREFIX = "builtin:"
+COMPLETE_MARKER = ".complete"
+# Bump when a change to the build code (not visible in the configs below) changes what gets written.
+_BUILD_VERSION = 1
+_SEED = 0
+
+_TINY_VAE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [32, 64],
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "sample_size": 64,  # 2 blocks -> scale factor 2: 64 px images <-> 4x32x32 latents
+}
+_TINY_CLIP: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 5,
+    "num_attention_heads": 4,
+    "max_position_embeddings": MODEL_MAX_LENGTH,
+    "layer_norm_eps": 1e-5,
+    "projection_dim": 32,
+    "hidden_act": "quick_gelu",  # OpenAI CLIP (SD 1.x); SD 2.x / SDXL's second encoder are OpenCLIP, "gelu"
+}
+_SD_BETAS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+}
+
+
+@dataclass(frozen=True)
+class BuiltinSpec:
+    """How one built-in model is made.
+
+    Attributes:
+        name: The ref users write, e.g. ``"builtin:tiny"``.
+        description: One line for listings and error messages.
+        family: The architecture family it reproduces.
+        config: Constructor arguments of every component; hashed into the build folder's name.
+        asset: Folder name under ``brandtune/assets/`` that would hold a shipped prebuilt copy.
+    """
+
+    name: str
+    description: str
+    family: Literal["sd1", "sdxl"]
+    config: Mapping[str, Any]
+    asset: str
+
+
+_SPECS: dict[str, BuiltinSpec] = {
+    spec.name: spec
+    for spec in (
+        BuiltinSpec(
+            name="builtin:tiny",
+            description="SD-1.x architecture, 64 px, ~2M random parameters (tests and CPU demos)",
+            family="sd1",
+            asset="builtin_tiny",
+            config={
+                "unet": {
+                    "sample_size": 32,
+                    "in_channels": 4,
+                    "out_channels": 4,
+                    "layers_per_block": 2,
+                    "block_out_channels": [32, 64],
+                    # Attention on the 16x16 level only, as in diffusers' own tiny SD tests: 4x cheaper than 32x32.
+                    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+                    "cross_attention_dim": 32,
+                },
+                "vae": _TINY_VAE,
+                "text_encoder": _TINY_CLIP,
+                "scheduler": {"_class_name": "DDPMScheduler", **_SD_BETAS, "clip_sample": False},
+            },
+        ),
+        BuiltinSpec(
+            name="builtin:tiny-sdxl",
+            description="SDXL architecture (two text encoders, text_time conditioning), 64 px, random weights",
+            family="sdxl",
+            asset="builtin_tiny_sdxl",
+            config={
+                "unet": {
+                    "sample_size": 32,
+                    "in_channels": 4,
+                    "out_channels": 4,
+                    "layers_per_block": 2,
+                    "block_out_channels": [32, 64],
+                    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+                    "attention_head_dim": [2, 4],
+                    "use_linear_projection": True,
+                    "transformer_layers_per_block": [1, 2],
+                    "addition_embed_type": "text_time",
+                    "addition_time_embed_dim": 8,
+                    # 6 micro-conditioning ids x addition_time_embed_dim + text_encoder_2's projection_dim
+                    "projection_class_embeddings_input_dim": 6 * 8 + 32,
+                    # the two encoders' hidden states are concatenated: 32 + 32
+                    "cross_attention_dim": 64,
+                },
+                "vae": _TINY_VAE,
+                "text_encoder": _TINY_CLIP,
+                "text_encoder_2": {**_TINY_CLIP, "hidden_act": "gelu"},
+                "scheduler": {
+                    "_class_name": "EulerDiscreteScheduler",
+                    **_SD_BETAS,
+                    "timestep_spacing": "leading",
+                },
+            },
+        ),
+    )
+}
+
+BUILTIN_MODELS: tuple[str, ...] = tuple(_SPECS)
+
+
+def builtin_spec(ref: str) -> BuiltinSpec:
+    """Look up a built-in model by its ref.
+
+    Args:
+        ref: ``"builtin:<name>"``.
+
+    Returns:
+        The model's spec.
+
+    Raises:
+        ModelResolutionError: ``ref`` names no built-in model.
+    """
+    try:
+        return _SPECS[ref]
+    except KeyError:
+        listing = "; ".join(f"{s.name} ({s.description})" for s in _SPECS.values())
+        raise ModelResolutionError(
+            f"Unknown built-in base model {ref!r}. Built-in models: {listing}."
+        ) from None
+
+
+def config_hash(spec: BuiltinSpec) -> str:
+    """The first 12 hex digits of a hash over the spec's configs, the tokenizer corpus and the build version."""
+    payload = {
+        "name": spec.name,
+        "config": spec.config,
+        "tokenizer": corpus_digest(),
+        "build_version": _BUILD_VERSION,
+        "seed": _SEED,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def builtin_dir(spec: BuiltinSpec, settings: Settings | None = None) -> Path:
+    """Where the build of ``spec`` lives (whether or not it exists yet)."""
+    settings = settings or Settings.from_env()
+    short = spec.name.removeprefix(BUILTIN_PREFIX)
+    return settings.models_dir / "builtin" / f"{short}-{config_hash(spec)}"
+
+
+def shipped_dir(spec: BuiltinSpec) -> Path | None:
+    """The prebuilt copy shipped inside the package, if there is one.
+
+    This is the hook for shipping pretrained weights: put a diffusers folder (``model_index.json`` and the
+    component folders) at ``brandtune/assets/<spec.asset>/`` and it is used instead of a random build.
+    """
+    candidate = Path(__file__).resolve().parent.parent / "assets" / spec.asset
+    return candidate if (candidate / "model_index.json").is_file() else None
+
+
+def builtin_revision(folder: Path) -> str:
+    """The content revision of a built-in model folder, cached inside it."""
+    return cached_revision(folder, folder / REVISION_FILE)
+
+
+def ensure_builtin(ref: str, settings: Settings | None = None) -> Path:
+    """Return the folder of a built-in model, building it on first use.
+
+    Args:
+        ref: ``"builtin:<name>"``.
+        settings: Where ``models_dir`` is; read from the environment when omitted.
+
+    Returns:
+        A complete diffusers folder.
+
+    Raises:
+        ModelResolutionError: ``ref`` names no built-in model.
+    """
+    spec = builtin_spec(ref)
+    shipped = shipped_dir(spec)
+    if shipped is not None:
+        logger.debug("using the shipped copy of %s at %s", ref, shipped)
+        return shipped
+    target = builtin_dir(spec, settings)
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    try:
+        started = time.perf_counter()
+        _build(spec, tmp)
+        builtin_revision(tmp)  # hash now, so a later resolve reads the cached value
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"ref": ref, "config_hash": config_hash(spec)}) + "\n")
+        _move_into_place(tmp, target)
+        logger.info("built %s in %.1f s at %s", ref, time.perf_counter() - started, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """``os.replace`` a finished build onto ``target``, yielding to a complete build already there."""
+    try:
+        os.replace(tmp, target)
+        return
+    except OSError:
+        if (target / COMPLETE_MARKER).is_file():
+            logger.debug("another process finished %s first; using its copy", target)
+            return
+    # An incomplete leftover (not made by this code, which only moves complete builds): set it aside, retry.
+    stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
+    os.replace(target, stale)
+    shutil.rmtree(stale, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def _build(spec: BuiltinSpec, dest: Path) -> None:
+    """Build the pipeline described by ``spec`` with seeded random weights and save it to ``dest``."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    with torch.random.fork_rng(devices=[]):
+        pipe = _make_sdxl(spec) if spec.family == "sdxl" else _make_sd(spec)
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bar, noise for a 300 kB file
+    try:
+        pipe.save_pretrained(dest, safe_serialization=True)
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+    # transformers 5 saves tokenizer.json only; the classic files keep the folder loadable by older stacks.
+    for name in ("tokenizer", "tokenizer_2"):
+        if (dest / name).is_dir():
+            write_clip_tokenizer_files(dest / name)
+
+
+def _tokenizer() -> Any:
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="brandtune-tokenizer-") as folder:
+        write_clip_tokenizer_files(Path(folder))
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=MODEL_MAX_LENGTH)
+
+
+def _seeded(factory: Any, *args: Any, **kwargs: Any) -> Any:
+    import torch
+
+    torch.manual_seed(_SEED)
+    return factory(*args, **kwargs).eval()
+
+
+def _text_config(tokenizer: Any, config: Mapping[str, Any]) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **config,
+    )
+
+
+def _scheduler(config: Mapping[str, Any]) -> Any:
+    import diffusers
+
+    kwargs = dict(config)
+    cls = getattr(diffusers, kwargs.pop("_class_name"))
+    return cls(**kwargs)
+
+
+def _make_sd(spec: BuiltinSpec) -> Any:
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    cfg = spec.config
+    tokenizer = _tokenizer()
+    return StableDiffusionPipeline(
+        unet=_seeded(UNet2DConditionModel, **cfg["unet"]),
+        vae=_seeded(AutoencoderKL, **cfg["vae"]),
+        text_encoder=_seeded(CLIPTextModel, _text_config(tokenizer, cfg["text_encoder"])),
+        tokenizer=tokenizer,
+        scheduler=_scheduler(cfg["scheduler"]),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _make_sdxl(spec: BuiltinSpec) -> Any:
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = spec.config
+    tokenizer = _tokenizer()
+    tokenizer_2 = _tokenizer()
+    return StableDiffusionXLPipeline(
+        unet=_seeded(UNet2DConditionModel, **cfg["unet"]),
+        vae=_seeded(AutoencoderKL, **cfg["vae"]),
+        text_encoder=_seeded(CLIPTextModel, _text_config(tokenizer, cfg["text_encoder"])),
+        text_encoder_2=_seeded(CLIPTextModelWithProjection, _text_config(tokenizer_2, cfg["text_encoder_2"])),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        scheduler=_scheduler(cfg["scheduler"]),
+    )
