@@ -154,6 +154,17 @@ def _bomb_png(side: int) -> bytes:
     )
 
 
+def _corrupt_png(noise: bytes) -> bytes:
+    """A PNG that identifies (signature and a valid 320x320 RGB header) but whose pixel data is random bytes."""
+    header = struct.pack(">IIBBBBB", 320, 320, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", noise)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
 def _zipslip(good: bytes) -> bytes:
     """A zip with one good image, two entries that escape the extraction folder and a symlink entry."""
     buf = io.BytesIO()
@@ -176,7 +187,7 @@ def _acme(setting: str, seed: int, size: int | tuple[int, int] = 320) -> Image.I
 def write_bad_fixtures(dest: Path) -> list[Path]:
     """Write ``good/`` and the bad inputs to ``dest``; returns the files written.
 
-    Files: ``not_an_image.jpg`` (text), ``corrupt.png`` (PNG signature + random bytes), ``truncated.jpg`` (first
+    Files: ``not_an_image.jpg`` (text), ``corrupt.png`` (a valid PNG header, random pixel data), ``truncated.jpg`` (first
     half of a JPEG), ``tiny.png`` (24x24), ``panorama.png`` (1200x150), ``cmyk.jpg``, ``rgba.png`` (transparent
     background), ``palette.png`` (mode P), ``gray16.png`` (mode I;16), ``animated.gif`` (3 frames),
     ``duplicate_of_studio.png`` (byte copy of ``good/studio.png``), ``near_duplicate_of_forest.jpg``
@@ -202,7 +213,7 @@ def write_bad_fixtures(dest: Path) -> list[Path]:
         written.append(dest / name)
 
     put("not_an_image.jpg", b"This is a text file with a .jpg name, not a photo of anything.\n" * 4)
-    put("corrupt.png", b"\x89PNG\r\n\x1a\n" + np.random.default_rng(7).bytes(2048))
+    put("corrupt.png", _corrupt_png(np.random.default_rng(7).bytes(2048)))
     jpeg = io.BytesIO()
     _acme("beach", 910).save(jpeg, "JPEG", quality=85)
     put("truncated.jpg", jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
