@@ -69,7 +69,8 @@ def test_import_is_light_and_touches_no_disk(tmp_path: Path) -> None:
 
 
 def test_builtin_tiny_resolves(tiny: ResolvedBase) -> None:
-    assert BUILTIN_MODELS == ("builtin:tiny", "builtin:tiny-sdxl")
+    assert list(BUILTIN_MODELS) == ["tiny", "tiny-sdxl"]
+    assert all(isinstance(desc, str) and desc for desc in BUILTIN_MODELS.values())
     assert tiny.ref == tiny.name == "builtin:tiny"
     assert tiny.family == "sd1"
     assert tiny.resolution == 64

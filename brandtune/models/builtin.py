@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from brandtune.errors import ModelResolutionError
@@ -148,7 +149,15 @@ _SPECS: dict[str, BuiltinSpec] = {
     )
 }
 
-BUILTIN_MODELS: tuple[str, ...] = tuple(_SPECS)
+# Short name (the part after "builtin:") -> one-line description, for listings.
+BUILTIN_MODELS: Mapping[str, str] = MappingProxyType(
+    {spec.name.removeprefix(BUILTIN_PREFIX): spec.description for spec in _SPECS.values()}
+)
+
+
+def builtin_refs() -> str:
+    """The built-in refs as a comma-separated list, for messages."""
+    return ", ".join(_SPECS)
 
 
 def builtin_spec(ref: str) -> BuiltinSpec:

@@ -2,7 +2,7 @@
 
 Accepted references:
 
-- ``builtin:<name>``: a built-in tiny model (:data:`BUILTIN_MODELS`), built on first use;
+- ``builtin:<name>``: a built-in tiny model (``brandtune.models.BUILTIN_MODELS``), built on first use;
 - a path to a local diffusers folder (one with ``model_index.json``);
 - a Hugging Face hub id ``org/name`` or ``org/name@revision``, downloaded with ``huggingface_hub`` (safetensors
   weights, configs and tokenizer files only; never pickles). ``HF_HUB_OFFLINE=1`` restricts this to the local
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from brandtune.errors import ModelResolutionError
-from brandtune.models.builtin import BUILTIN_MODELS, BUILTIN_PREFIX, builtin_revision, ensure_builtin
+from brandtune.models.builtin import BUILTIN_PREFIX, builtin_refs, builtin_revision, ensure_builtin
 from brandtune.models.family import PIPELINE_CLASS, Family, detect_family, read_json
 from brandtune.models.revision import cached_revision
 from brandtune.settings import Settings
@@ -111,7 +111,7 @@ def resolve_base(ref: str, *, settings: Settings | None = None) -> ResolvedBase:
     else:
         raise ModelResolutionError(
             f"Cannot resolve base model {ref!r}: it is not a built-in model, an existing folder or a hub id "
-            f"(org/name[@revision]). Built-in models: {', '.join(BUILTIN_MODELS)}. A local base must be a "
+            f"(org/name[@revision]). Built-in models: {builtin_refs()}. A local base must be a "
             f"folder path; {_VALID_FOLDER}."
         )
     family = detect_family(folder)
@@ -210,7 +210,7 @@ def _hub_snapshot(ref: str, repo_id: str, revision: str | None) -> tuple[Path, s
             f"Cannot resolve base model {ref!r}: {where} ({type(exc).__name__}: {exc}). Use a local diffusers "
             f"folder instead (a path containing model_index.json), copy one made elsewhere with "
             f"`brandtune base export {ref} DIR`, or allow network access (unset HF_HUB_OFFLINE, check "
-            f"HF_ENDPOINT/proxy settings). Built-in models need no network: {', '.join(BUILTIN_MODELS)}."
+            f"HF_ENDPOINT/proxy settings). Built-in models need no network: {builtin_refs()}."
         ) from exc
     if not (folder / "model_index.json").is_file():
         raise ModelResolutionError(
