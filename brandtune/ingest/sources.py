@@ -79,7 +79,7 @@ def unpack_zip(archive: Path, dest: Path) -> tuple[Path, list[dict[str, str]]]:
         for info in infos:
             if info.is_dir():
                 continue
-            label = f"{archive.name}!{info.filename}"
+            label = f"{archive}!{info.filename}"
             reason = _unsafe_reason(info)
             target = (root / info.filename).resolve()
             if reason is None and not target.is_relative_to(root):
@@ -166,14 +166,21 @@ def collect(sources: Sequence[Path], unpack_root: Path) -> SourceScan:
     if not sources:
         raise IngestError("no photo source given: pass a folder, a .zip archive or a list of image files")
     scan = SourceScan()
-    for number, src in enumerate(sources):
-        src = Path(src)
+    pending = [(Path(s), None) for s in sources]
+    number = 0
+    while pending:
+        src, label = pending.pop(0)
         if src.is_dir():
-            scan.candidates += scan_folder(src)
+            for cand in scan_folder(src):
+                if cand.path.suffix.lower() == ".zip":  # archives inside a folder are unpacked too
+                    pending.append((cand.path, cand.source))
+                else:
+                    scan.candidates.append(cand)
         elif src.is_file() and src.suffix.lower() == ".zip":
             folder, refused = unpack_zip(src, unpack_root / f"archive-{number}")
+            number += 1
             scan.rejected += refused
-            scan.candidates += scan_folder(folder, label_prefix=f"{src.name}!")
+            scan.candidates += scan_folder(folder, label_prefix=f"{label or src.name}!")
         elif src.is_file():
             caption = _sidecar_caption(src)
             scan.candidates.append(Candidate(src, str(src), caption, "sidecar" if caption else "template"))
