@@ -1,0 +1,36 @@
+"""``python -m brandtune.training --config FILE``: one training process (also under ``accelerate launch``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from brandtune.config import load_yaml_model
+from brandtune.errors import BrandtuneError
+from brandtune.training.config import TrainConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m brandtune.training", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="TrainConfig as YAML or JSON.")
+    parser.add_argument(
+        "--resume", choices=["latest"], default=None, help="Continue from the newest checkpoint."
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_yaml_model(TrainConfig, args.config, {"resume": args.resume})
+        from brandtune.training.run import train
+
+        result = train(config)
+    except BrandtuneError as exc:
+        logging.getLogger("brandtune.training").error("%s", exc)
+        return 2
+    logging.getLogger("brandtune.training").info("adapter: %s", result.adapter_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

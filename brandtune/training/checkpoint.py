@@ -1,0 +1,167 @@
+"""Resumable checkpoints without pickle.
+
+A checkpoint folder ``checkpoints/checkpoint-<step>/`` holds the trainable (LoRA) weights, the optimizer state and
+each process's RNG state as safetensors, and the LR-scheduler and loop state as JSON. It is written under a
+temporary name, then ``COMPLETE`` (step and a sha256 of every file) is written, then the folder is renamed. A folder
+without a valid ``COMPLETE``, or whose files do not match it, is skipped with a warning and never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from brandtune.fsutil import atomic_write_json, sha256_file
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+PREFIX = "checkpoint-"
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    import torch
+
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}/{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in [*tensors.items(), *meta["scalars"].items()]:
+        idx, key = name.split("/", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    import numpy as np
+    import torch
+
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    np_state = np.random.get_state()
+    meta = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = meta["numpy"]
+    np.random.set_state((npst[0], np.array(npst[1], dtype=np.uint32), *npst[2:]))
+
+
+def write_checkpoint(
+    root: Path,
+    step: int,
+    trainable: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    scheduler_state: dict[str, Any],
+    loop_state: dict[str, Any],
+    rng_files: dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]],
+    keep: int,
+) -> Path:
+    """Write a complete checkpoint for ``step`` and drop the oldest beyond ``keep``. Main process only."""
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f".tmp-{PREFIX}{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+    (tmp / "scheduler.json").write_text(json.dumps(scheduler_state, default=float))
+    (tmp / "state.json").write_text(json.dumps({**loop_state, "step": step}))
+    for rank, (tensors, meta) in rng_files.items():
+        save_file(tensors, tmp / f"rng-{rank}.safetensors")
+        (tmp / f"rng-{rank}.json").write_text(json.dumps(meta))
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+    atomic_write_json(tmp / MARKER, {"step": step, "files": files})
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders under ``root`` that carry a marker, oldest first (not yet verified)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob(f"{PREFIX}*") if (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def verify(folder: Path) -> str | None:
+    """``None`` when ``folder`` is a complete, intact checkpoint; else the reason it is not."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"unreadable {MARKER} marker ({exc})"
+    for name, digest in marker.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its recorded sha256 (corrupt or half-written)"
+    return None
+
+
+def latest_valid(root: Path) -> Path | None:
+    """The newest checkpoint that verifies; broken ones are skipped with a warning."""
+    for folder in reversed(list_checkpoints(root)):
+        problem = verify(folder)
+        if problem is None:
+            return folder
+        logger.warning("skipping checkpoint %s: %s", folder, problem)
+    return None
+
+
+def read_checkpoint(folder: Path, rank: int) -> dict[str, Any]:
+    """Everything a process needs to continue from ``folder`` (verified by the caller)."""
+    from safetensors.torch import load_file
+
+    opt_meta = json.loads((folder / "optimizer.json").read_text())
+    rng_rank = rank if (folder / f"rng-{rank}.safetensors").is_file() else 0
+    return {
+        "trainable": load_file(folder / "trainable.safetensors"),
+        "optimizer": _unflatten_optimizer(load_file(folder / "optimizer.safetensors"), opt_meta),
+        "scheduler": json.loads((folder / "scheduler.json").read_text()),
+        "state": json.loads((folder / "state.json").read_text()),
+        "rng": (
+            load_file(folder / f"rng-{rng_rank}.safetensors"),
+            json.loads((folder / f"rng-{rng_rank}.json").read_text()),
+        ),
+    }

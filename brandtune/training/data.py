@@ -1,0 +1,215 @@
+"""Training data: reading a dataset folder, encoding it once, and caching the result on disk.
+
+The cache holds VAE latent distributions (mean and std, so every step still samples fresh latents) and text
+embeddings. Its key covers everything the encoded values depend on: dataset fingerprint (which covers every pixel and
+caption), base-model revision, resolution, flip augmentation, family and whether the text encoder is trained. Change
+any of them and a new cache is made; the old one is never read for the new inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from brandtune.errors import TrainingError
+from brandtune.fsutil import canonical_json, sha256_bytes
+
+if TYPE_CHECKING:
+    import torch
+
+    from brandtune.models import BaseComponents
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Example:
+    file: Path
+    caption: str
+    width: int  # size of the original photo (SDXL micro-conditioning)
+    height: int
+
+
+def read_dataset(folder: Path) -> list[Example]:
+    """The images and captions of a dataset folder (``metadata.jsonl``), checked to exist.
+
+    Raises:
+        TrainingError: the folder is not a complete dataset, or it holds no image.
+    """
+    meta = folder / "metadata.jsonl"
+    if not (folder / "manifest.json").is_file() or not meta.is_file():
+        raise TrainingError(f"{folder} is not a complete brandtune dataset (no manifest.json/metadata.jsonl)")
+    examples = []
+    for line in meta.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        path = folder / row["file_name"]
+        if not path.is_file():
+            raise TrainingError(f"dataset {folder}: {row['file_name']} listed in metadata.jsonl is missing")
+        examples.append(Example(path, row["text"], int(row.get("width", 0)), int(row.get("height", 0))))
+    if not examples:
+        raise TrainingError(f"dataset {folder} holds no images; ingest photos first")
+    return examples
+
+
+@dataclass
+class Encoded:
+    """Encoded training examples, all tensors on the CPU, first dimension = example."""
+
+    latent_mean: torch.Tensor  # (N, C, h, w), already multiplied by the VAE scaling factor
+    latent_std: torch.Tensor  # (N, C, h, w)
+    prompt_embeds: torch.Tensor | None  # (N, L, D); None when the text encoder is trained
+    input_ids: torch.Tensor  # (N, E, L): token ids per text encoder E
+    pooled_embeds: torch.Tensor | None  # (N, D2), SDXL only
+    time_ids: torch.Tensor | None  # (N, 6), SDXL only
+
+    def __len__(self) -> int:
+        return self.latent_mean.shape[0]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+def cache_key(**parts: object) -> str:
+    return sha256_bytes(canonical_json({"v": CACHE_VERSION, **parts}).encode())[:24]
+
+
+def _load_pixels(examples: list[Example], resolution: int, flip: bool) -> torch.Tensor:
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    arrays = []
+    for ex in examples:
+        with Image.open(ex.file) as img:
+            img = img.convert("RGB")
+            if img.size != (resolution, resolution):
+                img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.LANCZOS)
+            if flip:
+                img = ImageOps.mirror(img)
+            arrays.append(np.asarray(img, dtype=np.float32))
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (B, 3, H, W)
+    return pixels / 127.5 - 1.0
+
+
+def _time_ids(ex: Example, resolution: int) -> list[float]:
+    """SDXL micro-conditioning: original size, crop top-left, target size (what the centre crop did)."""
+    w, h = (ex.width, ex.height) if ex.width and ex.height else (resolution, resolution)
+    scale = resolution / min(w, h)
+    top = round((h * scale - resolution) / 2)
+    left = round((w * scale - resolution) / 2)
+    return [h, w, top, left, resolution, resolution]
+
+
+def tokenize(components: BaseComponents, captions: list[str]) -> torch.Tensor:
+    """Token ids, ``(N, E, L)`` for E text encoders."""
+    import torch
+
+    ids = [
+        tok(
+            captions,
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        for tok in components.tokenizers
+    ]
+    return torch.stack(ids, dim=1)
+
+
+def encode_text(
+    components: BaseComponents, input_ids: torch.Tensor, text_encoders: tuple | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prompt embeddings ``(N, L, D)`` and, for SDXL, pooled embeddings ``(N, D2)``.
+
+    SD 1.x/2.x use the last hidden state; SDXL concatenates both encoders' penultimate hidden states and takes the
+    pooled projection of the second, as its pipeline does.
+    """
+    import torch
+
+    encoders = text_encoders or components.text_encoders
+    if components.resolved.family != "sdxl":
+        enc = encoders[0]
+        return enc(input_ids[:, 0].to(enc.device))[0], None
+    hidden, pooled = [], None
+    for i, enc in enumerate(encoders):
+        out = enc(input_ids[:, i].to(enc.device), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled = out[0]  # the last encoder's projected pooled output
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def encode_examples(
+    components: BaseComponents,
+    examples: list[Example],
+    resolution: int,
+    *,
+    flip: bool,
+    with_text: bool,
+    batch_size: int = 8,
+) -> Encoded:
+    """Run the VAE (and text encoders) over the examples once; ``flip`` appends mirrored copies."""
+    import torch
+
+    vae = components.vae
+    means, stds = [], []
+    sets = [False, True] if flip else [False]
+    rows = [(ex, f) for f in sets for ex in examples]
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            pixels = torch.cat([_load_pixels([ex], resolution, f) for ex, f in chunk])
+            dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+            means.append(dist.mean.float().cpu() * vae.config.scaling_factor)
+            stds.append(dist.std.float().cpu() * vae.config.scaling_factor)
+        captions = [ex.caption for ex, _ in rows]
+        input_ids = tokenize(components, captions)
+        embeds, pooled = (None, None)
+        if with_text:
+            embeds, pooled = encode_text(components, input_ids)
+            embeds = embeds.float().cpu()
+            pooled = pooled.float().cpu() if pooled is not None else None
+    time_ids = None
+    if components.resolved.family == "sdxl":
+        # Centre crops are symmetric, so mirrored copies share their originals' crop offsets.
+        time_ids = torch.tensor([_time_ids(ex, resolution) for ex, _ in rows], dtype=torch.float32)
+    return Encoded(torch.cat(means), torch.cat(stds), embeds, input_ids, pooled, time_ids)
+
+
+def load_or_encode(
+    components: BaseComponents,
+    examples: list[Example],
+    resolution: int,
+    cache_file: Path | None,
+    *,
+    flip: bool,
+    with_text: bool,
+) -> tuple[Encoded, bool]:
+    """Encoded examples from ``cache_file`` if it exists, else encode and write it atomically.
+
+    Returns:
+        The encoded examples and whether the cache was hit.
+    """
+    from safetensors.torch import load_file, save_file
+
+    if cache_file is not None and cache_file.is_file():
+        tensors = load_file(cache_file)
+        logger.info("latent/text cache hit: %s", cache_file.name)
+        return Encoded(**{f: tensors.get(f) for f in Encoded.__dataclass_fields__}), True
+    encoded = encode_examples(components, examples, resolution, flip=flip, with_text=with_text)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=cache_file.parent)
+        os.close(fd)
+        tensors = {k: v.contiguous() for k, v in encoded.tensors().items()}
+        save_file(tensors, tmp, metadata={"brandtune.cache_version": str(CACHE_VERSION)})
+        os.replace(tmp, cache_file)
+        logger.info("wrote latent/text cache %s", cache_file)
+    return encoded, False

@@ -1,0 +1,141 @@
+"""LoRA layers: attaching them with peft, saving them in the diffusers format, exporting kohya format.
+
+The saved adapter is ``pytorch_lora_weights.safetensors`` exactly as ``pipe.save_lora_weights`` writes it (so plain
+diffusers loads it with ``pipe.load_lora_weights(dir)``), with brandtune's provenance added to the safetensors
+metadata under ``brandtune.*`` keys and written again, readable, in ``brandtune.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from brandtune.errors import TrainingError
+from brandtune.fsutil import atomic_write_json, sha256_file
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+KOHYA_NAME = "kohya_lora.safetensors"
+PROVENANCE_NAME = "brandtune.json"
+
+
+def check_targets(model: torch.nn.Module, targets: list[str], what: str) -> None:
+    """Raise a clear error if a target module name matches no module of ``model``."""
+    import torch
+
+    linear_names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in linear_names):
+            examples = sorted({n.rsplit(".", 1)[-1] for n in linear_names})[:12]
+            raise TrainingError(
+                f"LoRA target module {target!r} matches no layer of the {what}; "
+                f"layer names there include: {', '.join(examples)}"
+            )
+
+
+def add_lora(
+    model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: list[str], what: str
+) -> None:
+    """Freeze ``model`` and attach trainable LoRA layers (B initialised to zero: no change until trained)."""
+    from peft import LoraConfig
+
+    check_targets(model, targets, what)
+    model.requires_grad_(False)
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian", target_modules=targets
+    )
+    model.add_adapter(config)
+
+
+def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA weights of a peft-adapted model, keyed as diffusers expects."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+
+
+def _stringify(meta: dict[str, Any]) -> dict[str, str]:
+    return {f"brandtune.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+
+def save_adapter(
+    dest: Path,
+    pipeline_class: str,
+    unet: torch.nn.Module,
+    text_encoders: list[torch.nn.Module],
+    provenance: dict[str, Any],
+    export_kohya: bool = False,
+) -> Path:
+    """Write the adapter folder ``dest`` atomically: weights, provenance, optional kohya export."""
+    import diffusers
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    pipeline_cls = getattr(diffusers, pipeline_class)
+    layers: dict[str, Any] = {"unet_lora_layers": lora_state_dict(unet)}
+    names = ["text_encoder_lora_layers", "text_encoder_2_lora_layers"]
+    for name, encoder in zip(names, text_encoders, strict=False):
+        layers[name] = lora_state_dict(encoder)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+    try:
+        pipeline_cls.save_lora_weights(staging, safe_serialization=True, **layers)
+        weights = staging / WEIGHTS_NAME
+        with safe_open(weights, framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        tensors = load_file(weights)
+        metadata.update(_stringify(provenance))
+        save_file(tensors, weights, metadata=metadata)
+        files = {WEIGHTS_NAME: sha256_file(weights)}
+        if export_kohya:
+            files[KOHYA_NAME] = export_kohya_file(weights, staging / KOHYA_NAME, provenance)
+        atomic_write_json(staging / PROVENANCE_NAME, {**provenance, "files": files})
+        _swap_into_place(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def _swap_into_place(staging: Path, dest: Path) -> None:
+    """Replace ``dest`` with ``staging``; a reader sees the old folder or the new one, never a mix."""
+    if not dest.exists():
+        os.rename(staging, dest)
+        return
+    old = dest.with_name(f".old-{dest.name}-{os.getpid()}")
+    os.rename(dest, old)
+    os.rename(staging, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_kohya_file(weights: Path, out: Path, provenance: dict[str, Any]) -> str:
+    """Convert a diffusers-format LoRA file to the kohya/A1111 layout; returns the new file's sha256."""
+    from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
+    from safetensors.torch import load_file, save_file
+
+    kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(weights)))
+    meta = {
+        "ss_network_dim": str(provenance.get("rank", "")),
+        "ss_network_alpha": str(provenance.get("alpha", "")),
+    }
+    meta.update(_stringify(provenance))
+    save_file({k: v.contiguous() for k, v in kohya.items()}, out, metadata=meta)
+    return sha256_file(out)
+
+
+def read_provenance(adapter_dir: Path) -> dict[str, Any]:
+    """The ``brandtune.json`` of an adapter folder."""
+    path = Path(adapter_dir) / PROVENANCE_NAME
+    if not path.is_file():
+        raise TrainingError(f"{adapter_dir} is not a brandtune adapter folder (no {PROVENANCE_NAME})")
+    return json.loads(path.read_text())

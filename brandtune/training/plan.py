@@ -1,0 +1,127 @@
+"""Everything a training run resolves before it computes anything, and the checks that fail fast."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from brandtune.config import BrandSpec
+from brandtune.errors import TrainingError
+from brandtune.provenance import config_hash
+from brandtune.training.config import TrainConfig
+from brandtune.training.data import Encoded, Example
+
+if TYPE_CHECKING:
+    from brandtune.models import BaseComponents, ResolvedBase
+
+
+@dataclass
+class TrainPlan:
+    config: TrainConfig
+    brand: BrandSpec
+    resolved: ResolvedBase
+    dataset_dir: Path
+    fingerprint: str
+    examples: list[Example]
+    resolution: int
+    run_dir: Path
+    run_hash: str
+    rank: int = 0
+    world: int = 1
+    components: BaseComponents | None = None
+    encoded: Encoded | None = None
+    class_encoded: Encoded | None = None
+    weight_dtype: Any = None
+    mlflow_run_id: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return self.resolved.family
+
+    @property
+    def noise_scheduler(self) -> Any:
+        assert self.components is not None
+        return self.components.noise_scheduler
+
+    @property
+    def validation_prompts(self) -> list[str]:
+        prompts = self.config.validation_prompts or self.brand.evaluation_prompts
+        return [self.brand.fill(p) for p in prompts]
+
+    def provenance(self) -> dict[str, Any]:
+        from brandtune.provenance import brandtune_version, git_sha
+
+        cfg = self.config
+        return {
+            "brand": self.brand.name,
+            "trigger": self.brand.trigger,
+            "subject": self.brand.subject,
+            **self.resolved.provenance(),
+            "pipeline_class": self.resolved.pipeline_class,
+            "rank": cfg.rank,
+            "alpha": cfg.lora_alpha,
+            "target_modules": cfg.target_modules,
+            "text_encoder_trained": cfg.train_text_encoder,
+            "resolution": self.resolution,
+            "dataset_fingerprint": self.fingerprint,
+            "config_hash": self.run_hash,
+            "steps": cfg.max_train_steps,
+            "seed": cfg.seed,
+            "brandtune_version": brandtune_version(),
+            "git_sha": git_sha(),
+            "mlflow_run_id": self.mlflow_run_id or "",
+        }
+
+
+def dataset_resolution(dataset_dir: Path) -> int:
+    return int(json.loads((dataset_dir / "manifest.json").read_text())["resolution"])
+
+
+def run_identity(config: TrainConfig, fingerprint: str, resolved: ResolvedBase, resolution: int) -> str:
+    ident = config.identity()
+    ident.update(
+        dataset=fingerprint, base_model=resolved.name, base_revision=resolved.revision, resolution=resolution
+    )
+    return config_hash(ident)
+
+
+def check_resolution(resolved: ResolvedBase, resolution: int) -> None:
+    """The resolution must map to a latent grid every UNet level can halve."""
+    unet_cfg = json.loads((resolved.path / "unet" / "config.json").read_text())
+    vae_cfg = json.loads((resolved.path / "vae" / "config.json").read_text())
+    vae_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0])) - 1)
+    multiple = vae_factor * 2 ** (len(unet_cfg.get("block_out_channels", [0])) - 1)
+    if resolution % multiple:
+        lower = max(multiple, resolution // multiple * multiple)
+        raise TrainingError(
+            f"resolution {resolution} is not divisible by {multiple} (VAE factor {vae_factor} x UNet downsampling) "
+            f"for {resolved.name}; use {lower} or {lower + multiple}"
+        )
+
+
+def check_precision(mixed_precision: str) -> None:
+    import torch
+
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise TrainingError("mixed_precision 'fp16' needs a CUDA GPU; use 'no' (or 'bf16') on the CPU")
+    if mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise TrainingError("mixed_precision 'bf16' is not supported by this GPU; use 'fp16' or 'no'")
+
+
+def check_disk(run_dir: Path, lora_params: int, config: TrainConfig, cache_bytes: int) -> None:
+    """Fail before training when the run folder's disk cannot hold the checkpoints it will write."""
+    per_ckpt = lora_params * 4 * 3  # weights + two AdamW moments, fp32
+    need = per_ckpt * (config.checkpoints_total_limit + 1) + lora_params * 4 * 2 + cache_bytes + (64 << 20)
+    probe = run_dir
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise TrainingError(
+            f"not enough disk for checkpoints under {run_dir}: need about {need / 2**20:.0f} MiB, "
+            f"{free / 2**20:.0f} MiB free; free space, lower checkpoints_total_limit or pick another output_dir"
+        )

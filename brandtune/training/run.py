@@ -1,0 +1,287 @@
+"""``train()``: resolve, check, encode once, train, save the adapter, record everything in MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from brandtune.config import load_brand
+from brandtune.errors import TrainingError
+from brandtune.fsutil import atomic_write_json
+from brandtune.ingest import find_dataset
+from brandtune.settings import Settings
+from brandtune.training import checkpoint as ckpt
+from brandtune.training.config import TrainConfig
+from brandtune.training.data import cache_key, load_or_encode, read_dataset
+from brandtune.training.loop import TrainResult, restore_checkpoint, run_loop
+from brandtune.training.plan import (
+    TrainPlan,
+    check_disk,
+    check_precision,
+    check_resolution,
+    dataset_resolution,
+    run_identity,
+)
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+
+
+def make_plan(config: TrainConfig, settings: Settings) -> TrainPlan:
+    """Resolve brand, dataset and base model and run the checks that need no model weights."""
+    from brandtune.models import resolve_base
+
+    brand = load_brand(config.brand)
+    dataset_dir = find_dataset(brand.name, config.dataset, settings)
+    examples = read_dataset(dataset_dir)
+    resolved = resolve_base(config.base_model or brand.base_model, settings=settings)
+    resolution = config.resolution or dataset_resolution(dataset_dir)
+    check_resolution(resolved, resolution)
+    check_precision(config.mixed_precision)
+    run_hash = run_identity(config, dataset_dir.name, resolved, resolution)
+    run_dir = config.output_dir or settings.home / "runs" / brand.name / run_hash
+    return TrainPlan(
+        config, brand, resolved, dataset_dir, dataset_dir.name, examples, resolution, run_dir, run_hash
+    )
+
+
+def _optimizer(config: TrainConfig, params: list[Any]) -> Any:
+    import torch
+
+    if config.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise TrainingError("optimizer 'adamw8bit' needs bitsandbytes: pip install bitsandbytes") from exc
+        cls: Any = bnb.optim.AdamW8bit
+    elif config.optimizer == "prodigy":
+        try:
+            from prodigyopt import Prodigy
+        except ImportError as exc:
+            raise TrainingError("optimizer 'prodigy' needs prodigyopt: pip install prodigyopt") from exc
+        return Prodigy(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    else:
+        cls = torch.optim.AdamW
+    kwargs: dict[str, Any] = {}
+    if cls is torch.optim.AdamW:
+        kwargs["fused" if torch.cuda.is_available() else "foreach"] = True
+    return cls(
+        params,
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.weight_decay,
+        eps=config.adam_epsilon,
+        **kwargs,
+    )
+
+
+def _class_images(plan: TrainPlan, settings: Settings) -> None:
+    """Generate (once, cached) and encode the class images for prior preservation."""
+    import torch
+
+    from brandtune.fsutil import publish_dir, staging_dir
+    from brandtune.models import load_base_pipeline
+    from brandtune.training.data import Example
+
+    cfg = plan.config
+    prompt = cfg.class_prompt or f"a photo of a {plan.brand.subject}"
+    key = cache_key(base=plan.resolved.revision, prompt=prompt, n=cfg.num_class_images, res=plan.resolution)
+    folder = settings.cache_dir / "class_images" / key
+    if not folder.is_dir():
+        pipe = load_base_pipeline(plan.resolved)
+        with staging_dir(folder) as tmp:
+            for i in range(cfg.num_class_images):
+                gen = torch.Generator().manual_seed(i)
+                image = pipe(prompt, generator=gen, height=plan.resolution, width=plan.resolution).images[0]
+                image.save(tmp / f"{i:05d}.png")
+            publish_dir(tmp, folder)
+    examples = [Example(p, prompt, plan.resolution, plan.resolution) for p in sorted(folder.glob("*.png"))]
+    encoded, _ = load_or_encode(
+        plan.components, examples, plan.resolution, folder / "encoded.safetensors", flip=False, with_text=True
+    )
+    plan.class_encoded = encoded
+
+
+def _encode(plan: TrainPlan, settings: Settings, accelerator: Any) -> bool:
+    cfg = plan.config
+    key = cache_key(
+        dataset=plan.fingerprint,
+        base=plan.resolved.revision,
+        resolution=plan.resolution,
+        flip=cfg.random_flip,
+        family=plan.family,
+        text=not cfg.train_text_encoder,
+    )
+    cache_file = settings.cache_dir / "latents" / f"{key}.safetensors" if cfg.cache_latents else None
+    with accelerator.main_process_first():
+        plan.encoded, hit = load_or_encode(
+            plan.components,
+            plan.examples,
+            plan.resolution,
+            cache_file,
+            flip=cfg.random_flip,
+            with_text=not cfg.train_text_encoder,
+        )
+        if cfg.prior_preservation:
+            _class_images(plan, settings)
+    return hit
+
+
+def _setup_models(plan: TrainPlan, accelerator: Any) -> dict[str, Any]:
+    import torch
+    from diffusers.training_utils import cast_training_params
+
+    from brandtune.models import load_components
+    from brandtune.training.lora import add_lora
+
+    cfg = plan.config
+    plan.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        cfg.mixed_precision, torch.float32
+    )
+    components = load_components(plan.resolved)
+    plan.components = components
+    add_lora(components.unet, cfg.rank, cfg.lora_alpha, cfg.dropout, cfg.target_modules, "UNet")
+    trained = [components.unet]
+    encoders = list(components.text_encoders)
+    for enc in encoders:
+        enc.requires_grad_(False)
+        if cfg.train_text_encoder:
+            add_lora(
+                enc, cfg.rank, cfg.lora_alpha, cfg.dropout, cfg.text_encoder_target_modules, "text encoder"
+            )
+            trained.append(enc)
+    for model in [components.unet, *encoders]:
+        model.to(accelerator.device, dtype=plan.weight_dtype)
+    cast_training_params(trained, dtype=torch.float32)
+    if cfg.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+    return {"unet": components.unet, "text_encoders": encoders, "trained": trained}
+
+
+def _start_tracking(plan: TrainPlan, settings: Settings, resume_from: Path | None) -> Any:
+    from brandtune.provenance import brandtune_version, git_sha
+    from brandtune.training.tracking import RunTracker, flat_params
+
+    run_id = None
+    if resume_from is not None:
+        run_id = json.loads((resume_from / "state.json").read_text()).get("mlflow_run_id")
+    tracker = RunTracker.start(
+        plan.brand.name, settings.tracking_uri, run_id, f"train-{plan.run_hash[:8]}", plan.config.log_every
+    )
+    plan.mlflow_run_id = tracker.run_id
+    resolved_config = {
+        **plan.config.model_dump(mode="json"),
+        "dataset": plan.fingerprint,
+        "base_model": plan.resolved.name,
+        "resolution": plan.resolution,
+    }
+    tracker.log_params(flat_params(resolved_config))
+    tracker.log_dict(resolved_config, "config/train_config.json")
+    tags = {
+        "brandtune.stage": "train",
+        "brandtune.brand": plan.brand.name,
+        "brandtune.base_model": plan.resolved.name,
+        "brandtune.base_revision": plan.resolved.revision,
+        "brandtune.dataset_fingerprint": plan.fingerprint,
+        "brandtune.config_hash": plan.run_hash,
+        "brandtune.git_sha": git_sha(),
+        "brandtune.version": brandtune_version(),
+        "brandtune.run_dir": str(plan.run_dir),
+    }
+    if flow_run := os.environ.get("PREFECT__FLOW_RUN_ID"):
+        tags["prefect.flow_run_id"] = flow_run
+    tracker.set_tags(tags)
+    tracker.log_dataset(plan.dataset_dir, f"{plan.brand.name}-{plan.fingerprint}", plan.fingerprint)
+    return tracker
+
+
+def train(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
+    """Train a LoRA adapter as ``config`` says; run once per process under ``accelerate launch``.
+
+    Returns:
+        Where the adapter is, the MLflow run, steps and final loss.
+
+    Raises:
+        TrainingError: bad input (named before any compute) or a failure during training.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+
+    settings = settings or Settings.from_env()
+    plan = make_plan(config, settings)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps
+    )
+    plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
+    torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // plan.world))
+    set_seed(config.seed)
+    models = _setup_models(plan, accelerator)
+    params = [p for m in models["trained"] for p in m.parameters() if p.requires_grad]
+    check_disk(plan.run_dir, sum(p.numel() for p in params), config, 0)
+    cache_hit = _encode(plan, settings, accelerator)
+    encoders = models["text_encoders"] if config.train_text_encoder else []
+    plan.components = dataclasses.replace(plan.components, vae=None, text_encoders=tuple(encoders))
+    models["text_encoders"] = encoders
+    optimizer = _optimizer(config, params)
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=config.max_train_steps,
+    )
+    prepared = accelerator.prepare(*models["trained"], optimizer)
+    models["trained"], optimizer = list(prepared[:-1]), prepared[-1]
+    models["unet"] = models["trained"][0]
+    resume_from = ckpt.latest_valid(plan.run_dir / "checkpoints") if config.resume == "latest" else None
+    if config.resume == "latest" and resume_from is None:
+        logger.warning("resume=latest: no complete checkpoint in %s; starting from step 0", plan.run_dir)
+    tracker = _start_tracking(plan, settings, resume_from) if accelerator.is_main_process else None
+    start = 0
+    if resume_from is not None:
+        start = restore_checkpoint(plan, accelerator, models, optimizer, lr_scheduler, resume_from)
+        logger.info("resumed from %s at step %d", resume_from, start)
+    status = "FAILED"
+    try:
+        loss = run_loop(plan, accelerator, models, optimizer, lr_scheduler, start, tracker, resume_from)
+        adapter_dir = plan.run_dir / "adapter"
+        if accelerator.is_main_process:
+            _finish(plan, accelerator, models, tracker, adapter_dir)
+        accelerator.wait_for_everyone()
+        status = "FINISHED"
+    finally:
+        if tracker is not None:
+            tracker.finish(status)
+    result = TrainResult(
+        plan.run_dir, adapter_dir, plan.mlflow_run_id, config.max_train_steps, loss, cache_hit, start
+    )
+    if accelerator.is_main_process:
+        atomic_write_json(
+            plan.run_dir / RESULT_FILE, {k: str(v) for k, v in dataclasses.asdict(result).items()}
+        )
+    accelerator.end_training()
+    return result
+
+
+def _finish(
+    plan: TrainPlan, accelerator: Any, models: dict[str, Any], tracker: Any, adapter_dir: Path
+) -> None:
+    from brandtune.training.lora import save_adapter
+    from brandtune.training.validation import log_validation
+
+    unet = accelerator.unwrap_model(models["unet"])
+    encoders = [accelerator.unwrap_model(m) for m in models["trained"][1:]]
+    save_adapter(
+        adapter_dir, plan.resolved.pipeline_class, unet, encoders, plan.provenance(), plan.config.export_kohya
+    )
+    log_validation(plan, accelerator, models, tracker, plan.config.max_train_steps)
+    if tracker is not None:
+        tracker.log_artifact(adapter_dir, "adapter")
+        tracker.set_tags({"brandtune.adapter_dir": str(adapter_dir)})
+    logger.info("adapter written to %s", adapter_dir)

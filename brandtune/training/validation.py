@@ -1,0 +1,77 @@
+"""Validation images during and after training: fixed prompts and seeds, logged to MLflow and the run folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from brandtune.training.plan import TrainPlan
+
+logger = logging.getLogger(__name__)
+
+
+def pipeline_with(plan: TrainPlan, unet: Any, text_encoders: list[Any] | None = None) -> Any:
+    """The base pipeline, with the (LoRA-carrying) training UNet and text encoders swapped in."""
+    import diffusers
+
+    cls = getattr(diffusers, plan.resolved.pipeline_class)
+    kwargs: dict[str, Any] = {"unet": unet, "use_safetensors": True}
+    if plan.family != "sdxl":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    for name, enc in zip(["text_encoder", "text_encoder_2"], text_encoders or [], strict=False):
+        kwargs[name] = enc
+    pipe = cls.from_pretrained(plan.resolved.path, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample(plan: TrainPlan, pipe: Any, prompts: list[str], per_prompt: int, steps: int) -> list[Image.Image]:
+    import torch
+
+    images = []
+    for i, prompt in enumerate(prompts):
+        gens = [torch.Generator().manual_seed(1000 * i + j) for j in range(per_prompt)]
+        out = pipe(
+            [prompt] * per_prompt,
+            num_inference_steps=steps,
+            generator=gens,
+            height=plan.resolution,
+            width=plan.resolution,
+        )
+        images += out.images
+    return images
+
+
+def log_validation(
+    plan: TrainPlan, accelerator: Any, models: dict[str, Any], tracker: Any, step: int
+) -> Path:
+    """Sample the validation prompts, save a grid under ``<run>/validation/`` and log it to MLflow."""
+    import torch
+    from diffusers.utils import make_image_grid
+
+    cfg = plan.config
+    unet = accelerator.unwrap_model(models["unet"])
+    encoders = (
+        [accelerator.unwrap_model(m) for m in models["text_encoders"]] if cfg.train_text_encoder else None
+    )
+    was_training = unet.training
+    unet.eval()
+    with torch.no_grad():
+        pipe = pipeline_with(plan, unet, encoders)
+        images = sample(
+            plan, pipe, plan.validation_prompts, cfg.num_validation_images, cfg.validation_inference_steps
+        )
+    if was_training:
+        unet.train()
+    grid = make_image_grid(images, rows=len(plan.validation_prompts), cols=cfg.num_validation_images)
+    out = plan.run_dir / "validation" / f"step-{step:06d}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    if tracker is not None:
+        tracker.log_image(grid, key="validation", step=step)
+    logger.info("validation images at step %d: %s", step, out)
+    return out
