@@ -68,7 +68,9 @@ __all__ = [
     "technical_check",
 ]
 
-HIST_BINS = 16  # bins per axis of the a*/b* histogram
+HIST_BINS = (
+    8  # bins per axis (25 a*/b* units each; finer bins saturate the distance near 1) of the a*/b* histogram
+)
 HIST_RANGE = (-100.0, 100.0)  # a*, b* range covered by the histogram (values outside are clipped into it)
 
 Direction = Literal["higher", "lower"]
@@ -201,8 +203,10 @@ def dominant_colours(lab: np.ndarray, k: int = 8, seed: int = 0) -> tuple[np.nda
     lab = np.asarray(lab, dtype=np.float64).reshape(-1, 3)
     if len(lab) == 0:
         raise MetricInputError("dominant_colours needs at least one pixel")
-    if len(lab) <= 4 * k:  # too few pixels to cluster: every distinct colour is its own centre
-        centres = np.unique(np.round(lab, 1), axis=0)
+    keys = np.round(lab).astype(np.int64) + 256  # 1-unit grid, packed into one int per colour
+    distinct, index = np.unique((keys[:, 0] << 20) | (keys[:, 1] << 10) | keys[:, 2], return_index=True)
+    if len(distinct) <= k:  # too few distinct colours to cluster: each is its own centre
+        centres = lab[index]
         labels = np.argmin(((lab[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
     else:
         with warnings.catch_warnings():
