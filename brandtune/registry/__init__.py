@@ -1,0 +1,57 @@
+"""The MLflow model registry: register adapters, move aliases, and pull adapters downstream.
+
+One registered model per brand, ``<brand>-lora``, logged with MLflow's ``mlflow.diffusers`` flavor into the
+training run. Aliases are the release mechanism: ``@candidate`` (newest registered), ``@champion`` (what generators
+use) and ``@previous-champion`` (rollback).
+
+Example:
+    >>> from brandtune.registry import register, promote, load_pipeline
+    >>> v = register("acme", run_id)
+    >>> promote("acme", v.version)
+    >>> pipe = load_pipeline("models:/acme-lora@champion")
+
+Importing this package is cheap: mlflow, torch and diffusers are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from brandtune.registry._aliases import AliasMove, list_versions, promote, rollback
+from brandtune.registry._client import START_SERVER_HINT
+from brandtune.registry._loading import (
+    FetchedAdapter,
+    adapter_cache_dir,
+    adapter_name,
+    fetch,
+    load_pipeline,
+    pull,
+)
+from brandtune.registry._register import register
+from brandtune.registry._versions import (
+    CANDIDATE,
+    CHAMPION,
+    PREVIOUS,
+    RegisteredVersion,
+    model_name,
+    parse_uri,
+)
+
+__all__ = [
+    "CANDIDATE",
+    "CHAMPION",
+    "PREVIOUS",
+    "START_SERVER_HINT",
+    "AliasMove",
+    "FetchedAdapter",
+    "RegisteredVersion",
+    "adapter_cache_dir",
+    "adapter_name",
+    "fetch",
+    "list_versions",
+    "load_pipeline",
+    "model_name",
+    "parse_uri",
+    "promote",
+    "pull",
+    "register",
+    "rollback",
+]

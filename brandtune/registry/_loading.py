@@ -1,0 +1,298 @@
+"""Downstream: resolve ``models:/<name>@<alias>`` once, cache the adapter by version, load it onto its base.
+
+The cache is ``<cache_dir>/adapters/<name>/<version>/`` (the MLflow model folder: ``MLmodel`` and
+``adapter_weights/``), written to a staging folder and renamed into place, so a reader sees all of it or none.
+A version's files never change in the registry, so a cached version is reused without asking the server for more
+than the alias; the weights' sha256 is checked against the version's ``brandtune.adapter_sha256`` tag every time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from brandtune.errors import ConfigError, RegistryError
+from brandtune.fsutil import atomic_write_json, publish_dir, sha256_file, staging_dir
+from brandtune.registry._client import call, check_reachable, client
+from brandtune.registry._register import PROVENANCE_NAME, WEIGHTS_NAME
+from brandtune.registry._versions import ADAPTER_SHA_TAG, RegisteredVersion, model_name, parse_uri, resolve
+from brandtune.settings import Settings
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from brandtune.models import ResolvedBase
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_SUBDIR = "adapter_weights"
+
+
+@dataclass(frozen=True)
+class FetchedAdapter:
+    """A registered adapter version on local disk, checked.
+
+    Attributes:
+        version: The registry version it came from.
+        alias: The alias it was asked for by (``None`` for a version number).
+        path: Folder with ``pytorch_lora_weights.safetensors`` and ``brandtune.json``.
+        provenance: The adapter's ``brandtune.json``.
+        sha256: The weights' sha256 (equal to the version's tag).
+        cached: Whether it was already in the cache (no download).
+    """
+
+    version: RegisteredVersion
+    alias: str | None
+    path: Path
+    provenance: dict[str, Any]
+    sha256: str
+    cached: bool
+
+    @property
+    def base_model(self) -> str:
+        return str(self.provenance.get("base_model") or self.version.base_model)
+
+    @property
+    def base_revision(self) -> str:
+        return str(self.provenance.get("base_revision") or self.version.base_revision)
+
+
+def adapter_cache_dir(name: str, version: str, settings: Settings | None = None) -> Path:
+    """Where version ``version`` of ``name`` is cached."""
+    settings = settings or Settings.from_env()
+    return settings.cache_dir / "adapters" / name / str(version)
+
+
+def fetch(uri: str, *, settings: Settings | None = None) -> FetchedAdapter:
+    """Resolve ``uri`` to a version (one registry call), download it unless cached, and check its hash.
+
+    Raises:
+        ConfigError: the URI is malformed.
+        RegistryError: unknown model/alias/version, unreachable server, or a file whose sha256 differs from the
+            version's ``brandtune.adapter_sha256`` tag.
+    """
+    settings = settings or Settings.from_env()
+    name, alias, number = parse_uri(uri)
+    check_reachable(settings.tracking_uri)
+    mlc = client(settings)
+    version = resolve(mlc, name, alias, number, settings.tracking_uri)
+    folder = adapter_cache_dir(name, version.version, settings)
+    cached = (folder / ADAPTER_SUBDIR / WEIGHTS_NAME).is_file()
+    if not cached:
+        with staging_dir(folder) as tmp:
+            call(
+                lambda: _download(version, tmp, settings),
+                uri=settings.tracking_uri,
+                what=f"download {version.uri}",
+            )
+            publish_dir(tmp, folder)
+        logger.info("downloaded %s to %s", version.uri, folder)
+    adapter = folder / ADAPTER_SUBDIR
+    sha = _check_hash(version, adapter / WEIGHTS_NAME)
+    provenance = json.loads((adapter / PROVENANCE_NAME).read_text(encoding="utf-8"))
+    return FetchedAdapter(version, alias, adapter, provenance, sha, cached)
+
+
+def _download(version: RegisteredVersion, dest: Path, settings: Settings) -> None:
+    import mlflow.artifacts
+
+    # a retry after a half download starts from an empty folder
+    for child in dest.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    mlflow.artifacts.download_artifacts(
+        artifact_uri=version.uri, dst_path=str(dest), tracking_uri=settings.tracking_uri
+    )
+    if not (dest / ADAPTER_SUBDIR / WEIGHTS_NAME).is_file():
+        raise RegistryError(
+            f"{version.uri} has no {ADAPTER_SUBDIR}/{WEIGHTS_NAME}: it is not a brandtune adapter model. "
+            "Register adapters with `brandtune register`."
+        )
+
+
+def _check_hash(version: RegisteredVersion, weights: Path) -> str:
+    expected = version.tags.get(ADAPTER_SHA_TAG)
+    got = sha256_file(weights)
+    if not expected:
+        raise RegistryError(
+            f"{version.uri} has no {ADAPTER_SHA_TAG} tag, so its adapter cannot be verified; register it with "
+            "`brandtune register` (which records the hash)."
+        )
+    if got != expected:
+        raise RegistryError(
+            f"Adapter {weights} of {version.uri} has sha256 {got}, but the registry records {expected}: the file "
+            f"was changed or corrupted. Refusing to load it. Delete {weights.parent.parent} to download it again."
+        )
+    return got
+
+
+def resolve_adapter_base(adapter: FetchedAdapter, base_model: str | None, settings: Settings) -> ResolvedBase:
+    """Resolve the base an adapter was trained on and check that its revision is the recorded one.
+
+    Args:
+        adapter: The fetched adapter.
+        base_model: A local folder (or other reference) to use instead of the recorded name, e.g. for a
+            local-folder base that has another path on this machine; its revision must still match.
+        settings: State locations.
+    """
+    from brandtune.models import resolve_base
+    from brandtune.registry._flavor import is_hub_reference
+
+    name, revision = adapter.base_model, adapter.base_revision
+    ref = base_model or (f"{name}@{revision}" if is_hub_reference(name, revision) else name)
+    try:
+        resolved = resolve_base(ref, settings=settings)
+    except Exception as exc:
+        hint = (
+            ""
+            if base_model
+            else (
+                f" If {name!r} is a local folder on the training machine, pass base_model=<its path here> "
+                f"(a folder with revision {revision})."
+            )
+        )
+        raise RegistryError(
+            f"Base model {name!r} of {adapter.version.uri} cannot be resolved: {exc}.{hint}"
+        ) from exc
+    if revision and resolved.revision != revision:
+        raise RegistryError(
+            f"Base model mismatch for {adapter.version.uri}: it was trained on {name} revision {revision}, but "
+            f"{ref!r} resolves to revision {resolved.revision} here. Use the same base (for builtin models, the same "
+            "brandtune version) or retrain on this one."
+        )
+    return resolved
+
+
+def _normalize(uris: str | list[tuple[str, float]]) -> list[tuple[str, float]]:
+    if isinstance(uris, str):
+        return [(uris, 1.0)]
+    if not uris:
+        raise ConfigError("load_pipeline needs at least one models:/ URI (or a list of (uri, weight) pairs).")
+    return [(str(u), float(w)) for u, w in uris]
+
+
+def adapter_name(version: RegisteredVersion) -> str:
+    """The peft adapter name a version is loaded under: ``<name>_v<version>`` with ``-`` as ``_``."""
+    return f"{version.name.replace('-', '_')}_v{version.version}"
+
+
+def load_pipeline(
+    uris: str | list[tuple[str, float]],
+    *,
+    device: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    fuse: bool = False,
+    base_model: str | None = None,
+    settings: Settings | None = None,
+) -> DiffusionPipeline:
+    """A diffusers pipeline with registered adapters loaded onto their shared base.
+
+    Args:
+        uris: ``"models:/acme-lora@champion"`` (or ``models:/acme-lora/3``), or ``[(uri, weight), ...]`` to
+            combine several adapters with ``set_adapters``.
+        device: Where to put the pipeline (``"cuda"``, ``"cpu"``); left on the CPU when omitted.
+        dtype: Weight dtype (``torch.float16`` or ``"float16"``); the saved dtype when omitted.
+        fuse: Fuse the adapters into the base weights (faster inference, no later switching).
+        base_model: Use this base reference (e.g. a local folder) instead of the recorded one; its revision
+            must still match the adapters'.
+        settings: Tracking URI and cache location; read from the environment when omitted.
+
+    Returns:
+        The pipeline; the adapters are named ``<name>_v<version>`` (see ``pipe.get_active_adapters()``).
+
+    Raises:
+        RegistryError: unknown model/alias, tampered file, unresolvable or mismatched base, or adapters trained
+            on different bases.
+    """
+    from brandtune.models import load_base_pipeline
+
+    settings = settings or Settings.from_env()
+    pairs = _normalize(uris)
+    adapters = [fetch(uri, settings=settings) for uri, _ in pairs]
+    first = adapters[0]
+    for other in adapters[1:]:
+        if (other.base_model, other.base_revision) != (first.base_model, first.base_revision):
+            raise RegistryError(
+                f"Adapters trained on different bases cannot be combined: {first.version.uri} uses "
+                f"{first.base_model} ({first.base_revision}), {other.version.uri} uses {other.base_model} "
+                f"({other.base_revision})."
+            )
+    resolved = resolve_adapter_base(first, base_model, settings)
+    pipe = load_base_pipeline(resolved, torch_dtype=_dtype(dtype), device=device)
+    names = []
+    for adapter in adapters:
+        name = adapter_name(adapter.version)
+        if name not in names:
+            pipe.load_lora_weights(str(adapter.path), weight_name=WEIGHTS_NAME, adapter_name=name)
+            names.append(name)
+    weights = [w for _, w in pairs][: len(names)]
+    if len(names) > 1 or weights != [1.0]:
+        pipe.set_adapters(names, adapter_weights=weights)
+    if fuse:
+        pipe.fuse_lora(adapter_names=names)
+    logger.info("loaded %s on %s", ", ".join(a.version.uri for a in adapters), resolved.name)
+    return pipe
+
+
+def _dtype(dtype: Any) -> Any:
+    if dtype is None or not isinstance(dtype, str):
+        return dtype
+    import torch
+
+    value = getattr(torch, dtype.removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype):
+        raise ConfigError(f"dtype {dtype!r} is not a torch dtype: use float32, float16 or bfloat16.")
+    return value
+
+
+def pull(brand: str, alias_or_version: str | int, dest: Path, *, settings: Settings | None = None) -> Path:
+    """Write a registered adapter's files and an ``adapter.json`` for generators that do not use brandtune.
+
+    Args:
+        brand: Brand slug (model ``<brand>-lora``).
+        alias_or_version: ``"champion"`` / ``"@champion"``, or a version number.
+        dest: Folder to write into (created; existing files of the same names are replaced atomically).
+
+    Returns:
+        ``dest``.
+    """
+    name = model_name(brand)
+    text = str(alias_or_version).strip().lstrip("@")
+    uri = f"models:/{name}/{text}" if text.isdigit() else f"models:/{name}@{text}"
+    adapter = fetch(uri, settings=settings)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in sorted(adapter.path.iterdir()):
+        if src.is_file() and not src.name.startswith("."):
+            tmp = dest / f".{src.name}.tmp"
+            shutil.copyfile(src, tmp)
+            tmp.replace(dest / src.name)
+    prov = adapter.provenance
+    trigger, subject = str(prov.get("trigger", "")), str(prov.get("subject", ""))
+    atomic_write_json(
+        dest / "adapter.json",
+        {
+            "registered_model": name,
+            "version": adapter.version.version,
+            "alias": adapter.alias,
+            "source_run_id": adapter.version.run_id,
+            "base_model": adapter.base_model,
+            "base_revision": adapter.base_revision,
+            "base_family": prov.get("base_family"),
+            "pipeline_class": prov.get("pipeline_class"),
+            "trigger": trigger,
+            "subject": subject,
+            "prompt_prefix": f"{trigger} {subject}".strip(),
+            "resolution": prov.get("resolution"),
+            "weights": WEIGHTS_NAME,
+            "sha256": adapter.sha256,
+            "dataset_fingerprint": prov.get("dataset_fingerprint"),
+            "load_with": f"pipe.load_lora_weights('{dest}', weight_name='{WEIGHTS_NAME}')",
+        },
+    )
+    logger.info("pulled %s to %s", adapter.version.uri, dest)
+    return dest
