@@ -1,0 +1,143 @@
+"""Model-based metrics from local folders: tiny random CLIP and DINOv2 built from config (plumbing, not values)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brandtune.errors import ConfigError
+from brandtune.evaluation.imageprep import MetricInputError
+from brandtune.evaluation.model_metrics import (
+    ClipScorer,
+    DinoScorer,
+    check_model_folder,
+    fid_kid,
+    load_feature_backbone,
+)
+from brandtune.models.tokenizer import write_clip_tokenizer_files
+from brandtune.synthetic import ACME_PRODUCT, ProductStyle, Scene, render_scene
+
+PROMPTS = [
+    "a photo of acme bottle on a beach",
+    "a red can in the snow",
+    "a mug",
+    "a box on a kitchen counter",
+]
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory, torch_threads: None) -> Path:
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder = tmp_path_factory.mktemp("clip")
+    write_clip_tokenizer_files(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    text = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
+    vision = {**text, "image_size": 32, "patch_size": 8}
+    config = CLIPConfig(
+        text_config={
+            **text,
+            "vocab_size": len(tokenizer),
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config=vision,
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dino_dir(tmp_path_factory: pytest.TempPathFactory, torch_threads: None) -> Path:
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    folder = tmp_path_factory.mktemp("dino")
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=28,
+        patch_size=7,
+    )
+    torch.manual_seed(0)
+    Dinov2Model(config).save_pretrained(folder)  # no preprocessor_config.json: config size + ImageNet stats
+    return folder
+
+
+def images(n: int, size: int = 64) -> list:
+    products = [ACME_PRODUCT, ProductStyle("can", "red", "white")]
+    return [render_scene(Scene(products[i % 2], "beach", i), size) for i in range(n)]
+
+
+def test_clip_scores_shapes_and_ranges(clip_dir: Path) -> None:
+    clip = ClipScorer.from_pretrained(clip_dir, batch_size=3)
+    imgs = images(4)
+    clip_t = clip.clip_t(imgs, PROMPTS)
+    assert clip_t.shape == (4,) and np.all((clip_t >= 0) & (clip_t <= 100))
+    emb = clip.image_embeddings(imgs)
+    assert emb.shape == (4, 16)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    refs = images(3, size=48)
+    clip_i = clip.clip_i(imgs, refs)
+    assert clip_i.shape == (4,) and np.all(np.abs(clip_i) <= 1 + 1e-5)
+    np.testing.assert_allclose(clip.clip_i(imgs, clip.image_embeddings(refs)), clip_i, rtol=1e-5)
+    # An image is most similar to itself.
+    assert clip.clip_i(imgs[:1], imgs[:1])[0] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(MetricInputError, match="one prompt per image"):
+        clip.clip_t(imgs, PROMPTS[:2])
+
+
+def test_dino_similarity(dino_dir: Path) -> None:
+    dino = DinoScorer.from_pretrained(dino_dir)
+    imgs = images(3)
+    sims = dino.similarity(imgs, images(2))
+    assert sims.shape == (3,)
+    assert dino.similarity(imgs[:1], imgs[:1])[0] == pytest.approx(1.0, abs=1e-5)
+    assert dino.embeddings(imgs).shape == (3, 32)
+
+
+@pytest.mark.parametrize("which", ["dino", "clip"])
+def test_fid_kid_with_local_backbone(which: str, dino_dir: Path, clip_dir: Path) -> None:
+    backbone = load_feature_backbone(dino_dir if which == "dino" else clip_dir)
+    assert backbone.num_features == (32 if which == "dino" else 16)
+    real, fake = images(6), images(5, size=32)
+    same = fid_kid(real, real, backbone, kid_subsets=5)
+    other = fid_kid(real, fake, backbone, kid_subsets=5)
+    assert set(other) == {"fid", "kid", "kid_std"}
+    assert all(np.isfinite(v) for v in other.values())
+    assert abs(same["fid"]) < 1e-3 and other["fid"] >= 0
+    with pytest.raises(MetricInputError, match="at least 2"):
+        fid_kid(real[:1], fake, backbone)
+
+
+def test_missing_or_unsafe_folders_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_model_folder(tmp_path / "nope", "CLIP model")
+    with pytest.raises(ConfigError, match=r"no config\.json"):
+        ClipScorer.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ConfigError, match="pickled weights are not loaded"):
+        load_feature_backbone(tmp_path)
+
+
+def test_import_is_light() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, brandtune.evaluation.model_metrics, brandtune.evaluation.report; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
