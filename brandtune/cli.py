@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,7 +19,11 @@ from rich.table import Table
 from brandtune.errors import BrandtuneError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from brandtune.ingest import IngestResult
+
+M = TypeVar("M", bound="BaseModel")
 
 app = typer.Typer(
     name="brandtune",
@@ -83,6 +87,79 @@ def ingest_cmd(
     console.print(f"  images:   {result.num_images} accepted, {result.num_rejected} rejected")
     console.print(f"  folder:   {result.path}")
     console.print(f"  report:   {result.report_path}")
+
+
+@app.command("train")
+def train_cmd(
+    brand: BrandOpt,
+    config: Annotated[Path | None, typer.Option(help="TrainConfig YAML; flags override it.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset fingerprint (default: latest).")] = None,
+    base: Annotated[str | None, typer.Option(help="Base model (default: brand.yaml).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per process per step.")] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Training resolution in px.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Run folder (default: derived from the config).")
+    ] = None,
+    resume: Annotated[str | None, typer.Option(help="'latest': continue from the newest checkpoint.")] = None,
+    export: Annotated[str | None, typer.Option(help="'kohya': also write a kohya-format LoRA.")] = None,
+    num_processes: Annotated[int, typer.Option(help="Processes (accelerate launch; DDP).")] = 1,
+    accelerate_config: Annotated[
+        Path | None, typer.Option(help="accelerate config file (multi-GPU/FSDP).")
+    ] = None,
+) -> None:
+    """LoRA-fine-tune the brand's base model on its dataset (runs as a child process)."""
+    from brandtune.config import ConfigError, load_yaml_model
+    from brandtune.training import TrainConfig
+    from brandtune.training.launch import launch
+
+    if export not in (None, "kohya"):
+        raise ConfigError(f"--export {export!r}: the only export format is 'kohya'")
+    overrides = {
+        "brand": brand,
+        "dataset": dataset,
+        "base_model": base,
+        "max_train_steps": steps,
+        "train_batch_size": batch_size,
+        "rank": rank,
+        "resolution": resolution,
+        "learning_rate": learning_rate,
+        "seed": seed,
+        "output_dir": output,
+        "resume": resume,
+        "export_kohya": True if export else None,
+    }
+    if config is not None:
+        cfg = load_yaml_model(TrainConfig, config, overrides)
+    else:
+        cfg = _validated(
+            TrainConfig, {k: v for k, v in overrides.items() if v is not None}, "command-line flags"
+        )
+    result = launch(
+        cfg,
+        num_processes=num_processes,
+        accelerate_config=accelerate_config,
+        on_line=lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True),
+    )
+    console.print(f"[bold green]adapter[/] {result['adapter_dir']}")
+    console.print(
+        f"  MLflow run: {result['mlflow_run_id']}   steps: {result['steps']}   loss: {result['final_loss']}"
+    )
+
+
+def _validated(model: type[M], data: dict[str, Any], source: str) -> M:
+    """Validate ``data`` as ``model``, turning validation errors into one ConfigError naming ``source``."""
+    from pydantic import ValidationError
+
+    from brandtune.config import ConfigError, format_validation_error
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from exc
 
 
 @base_app.command("list")

@@ -38,3 +38,19 @@ def torch_threads() -> None:
     import torch
 
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def acme_dataset(brandtune_home: Path) -> Path:
+    """The sample brand's photos ingested once per session into the session's BRANDTUNE_HOME."""
+    from brandtune.config import load_brand
+    from brandtune.ingest import ingest
+
+    brand = load_brand(REPO_ROOT / "data" / "brands" / "acme")
+    return ingest(brand, REPO_ROOT / "data" / "brands" / "acme" / "photos", progress=False).path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _brands_dir() -> None:
+    """Brand slugs resolve against the repo's data/brands wherever pytest is started from."""
+    os.environ.setdefault("BRANDTUNE_BRANDS_DIR", str(REPO_ROOT / "data" / "brands"))

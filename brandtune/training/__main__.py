@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resume", choices=["latest"], default=None, help="Continue from the newest checkpoint."
     )
+    parser.add_argument("--result-file", type=Path, default=None, help="Write the result as JSON here.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -29,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("brandtune.training").error("%s", exc)
         return 2
     logging.getLogger("brandtune.training").info("adapter: %s", result.adapter_dir)
+    if args.result_file is not None and os.environ.get("RANK", "0") == "0":
+        import dataclasses
+
+        from brandtune.fsutil import atomic_write_json
+
+        atomic_write_json(args.result_file, {k: str(v) for k, v in dataclasses.asdict(result).items()})
     return 0
 
 

@@ -53,9 +53,9 @@ class TrainConfig(StrictModel):
     # Optimisation.
     learning_rate: float = Field(default=1e-3, gt=0, le=1.0, description="Peak learning rate.")
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
-        default="constant_with_warmup", description="Learning-rate schedule."
+        default="constant", description="Learning-rate schedule (warm-up applies to all but constant)."
     )
-    lr_warmup_steps: int = Field(default=10, ge=0, description="Linear warm-up steps.")
+    lr_warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps.")
     max_train_steps: int = Field(default=200, ge=1, description="Optimizer steps to train for.")
     train_batch_size: int = Field(default=4, ge=1, description="Images per process per micro-batch.")
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
@@ -128,7 +128,7 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _combinations(self) -> TrainConfig:
-        if self.lr_scheduler != "constant" and self.lr_warmup_steps >= self.max_train_steps:
+        if self.lr_warmup_steps and self.lr_warmup_steps >= self.max_train_steps:
             raise ValueError(
                 f"lr_warmup_steps ({self.lr_warmup_steps}) must be below max_train_steps ({self.max_train_steps})"
             )

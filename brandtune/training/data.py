@@ -167,8 +167,10 @@ def encode_examples(
             chunk = rows[start : start + batch_size]
             pixels = torch.cat([_load_pixels([ex], resolution, f) for ex, f in chunk])
             dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-            means.append(dist.mean.float().cpu() * vae.config.scaling_factor)
-            stds.append(dist.std.float().cpu() * vae.config.scaling_factor)
+            # contiguous: a freshly encoded batch must be laid out exactly like one read back from the cache,
+            # or the UNet's kernels may take another path and results drift in the last bits.
+            means.append((dist.mean.float().cpu() * vae.config.scaling_factor).contiguous())
+            stds.append((dist.std.float().cpu() * vae.config.scaling_factor).contiguous())
         captions = [ex.caption for ex, _ in rows]
         input_ids = tokenize(components, captions)
         embeds, pooled = (None, None)

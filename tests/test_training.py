@@ -1,0 +1,302 @@
+"""Training on the built-in tiny models: adapters, formats, cache, resume, DDP, MLflow, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brandtune.errors import ConfigError, ModelResolutionError, TrainingError
+from brandtune.training import TrainConfig
+from brandtune.training.run import train
+
+pytestmark = pytest.mark.usefixtures("torch_threads", "acme_dataset")
+
+QUICK = {"brand": "acme", "checkpointing_steps": 0, "validation_inference_steps": 2, "num_threads": 2}
+
+
+def quick(tmp_path: Path, **overrides: object) -> TrainConfig:
+    return TrainConfig(**{**QUICK, "output_dir": tmp_path / "run", **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("trained")
+    cfg = TrainConfig(
+        **{
+            **QUICK,
+            "output_dir": out / "run",
+            "max_train_steps": 12,
+            "learning_rate": 1e-2,
+            "export_kohya": True,
+        }
+    )
+    return train(cfg)
+
+
+def _generate(pipe, prompt: str = "a photo of acme bottle on a beach", seed: int = 0) -> np.ndarray:
+    import torch
+
+    image = pipe(
+        prompt, num_inference_steps=3, generator=torch.Generator().manual_seed(seed), output_type="np"
+    )
+    return image.images[0]
+
+
+def test_adapter_changes_generation_and_loads_in_plain_diffusers(trained, tmp_path: Path) -> None:
+    from brandtune.models import load_base_pipeline, resolve_base
+
+    adapter = trained.adapter_dir
+    meta = json.loads((adapter / "brandtune.json").read_text())
+    for key in (
+        "base_model",
+        "base_revision",
+        "trigger",
+        "rank",
+        "alpha",
+        "target_modules",
+        "resolution",
+        "dataset_fingerprint",
+        "config_hash",
+        "brandtune_version",
+        "git_sha",
+    ):
+        assert key in meta, key
+    assert meta["base_model"] == "builtin:tiny" and meta["trigger"] == "acme"
+    from safetensors import safe_open
+
+    with safe_open(adapter / "pytorch_lora_weights.safetensors", framework="pt") as f:
+        assert f.metadata()["brandtune.dataset_fingerprint"] == meta["dataset_fingerprint"]
+
+    pipe = load_base_pipeline(resolve_base("builtin:tiny"))
+    before = _generate(pipe)
+    pipe.load_lora_weights(adapter)
+    after = _generate(pipe)
+    assert np.abs(after - before).max() > 1e-3
+
+    # A process that never imports brandtune loads the adapter with plain diffusers.
+    script = (
+        "import sys, numpy as np, torch\n"
+        "from diffusers import StableDiffusionPipeline\n"
+        "pipe = StableDiffusionPipeline.from_pretrained(sys.argv[1], safety_checker=None)\n"
+        "pipe.load_lora_weights(sys.argv[2])\n"
+        "img = pipe('a photo of acme bottle on a beach', num_inference_steps=3,"
+        " generator=torch.Generator().manual_seed(0), output_type='np').images[0]\n"
+        "assert 'brandtune' not in sys.modules\n"
+        "np.save(sys.argv[3], img)\n"
+    )
+    out = tmp_path / "plain.npy"
+    base_dir = resolve_base("builtin:tiny").path
+    subprocess.run(
+        [sys.executable, "-c", script, str(base_dir), str(adapter), str(out)],
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+        capture_output=True,
+    )
+    np.testing.assert_allclose(np.load(out), after, atol=1e-5)
+
+
+def test_kohya_export_gives_the_same_images(trained) -> None:
+    from brandtune.models import load_base_pipeline, resolve_base
+
+    base = resolve_base("builtin:tiny")
+    diffusers_pipe = load_base_pipeline(base)
+    diffusers_pipe.load_lora_weights(trained.adapter_dir)
+    kohya_pipe = load_base_pipeline(base)
+    kohya_pipe.load_lora_weights(trained.adapter_dir, weight_name="kohya_lora.safetensors")
+    np.testing.assert_allclose(_generate(kohya_pipe), _generate(diffusers_pipe), atol=1e-5)
+
+
+def test_mlflow_holds_params_metrics_config_images_and_dataset(trained) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(trained.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["rank"] == "8" and run.data.params["max_train_steps"] == "12"
+    for tag in (
+        "brandtune.base_model",
+        "brandtune.dataset_fingerprint",
+        "brandtune.config_hash",
+        "brandtune.git_sha",
+        "brandtune.version",
+    ):
+        assert run.data.tags[tag]
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in losses] == list(range(1, 13))
+    assert {"lr", "step_time_s", "images_per_s"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "adapter", "images"} <= artifacts
+    config = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path="config/train_config.json"
+            )
+        ).read_text()
+    )
+    assert config["rank"] == 8 and config["dataset"] == run.data.tags["brandtune.dataset_fingerprint"]
+    inputs = run.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.digest == run.data.tags["brandtune.dataset_fingerprint"]
+
+
+def test_sdxl_architecture_trains(tmp_path: Path) -> None:
+    from brandtune.models import load_base_pipeline, resolve_base
+
+    result = train(quick(tmp_path, base_model="builtin:tiny-sdxl", max_train_steps=3))
+    meta = json.loads((result.adapter_dir / "brandtune.json").read_text())
+    assert meta["base_family"] == "sdxl"
+    pipe = load_base_pipeline(resolve_base("builtin:tiny-sdxl"))
+    pipe.load_lora_weights(result.adapter_dir)
+    assert _generate(pipe).shape[-1] == 3
+
+
+def test_latent_cache_reused_and_invalidated(tmp_path: Path, acme_dataset: Path) -> None:
+    from PIL import Image
+
+    from brandtune.config import load_brand
+    from brandtune.ingest import ingest
+
+    first = train(quick(tmp_path / "a", max_train_steps=1, resolution=32))
+    second = train(quick(tmp_path / "b", max_train_steps=1, resolution=32))
+    assert not first.cache_hit and second.cache_hit
+    # Change one image: a new dataset fingerprint, so the cache is not reused.
+    photos = tmp_path / "photos"
+    src = Path(__file__).resolve().parent.parent / "data" / "brands" / "acme" / "photos"
+    shutil.copytree(src, photos)
+    victim = sorted(photos.glob("*.png"))[0]
+    arr = np.asarray(Image.open(victim).convert("RGB")).copy()
+    arr[:20, :20] = 0
+    Image.fromarray(arr).save(victim)
+    changed = ingest(load_brand("acme"), photos, progress=False)
+    third = train(quick(tmp_path / "c", max_train_steps=1, resolution=32, dataset=changed.fingerprint))
+    assert not third.cache_hit
+    # Back to the original dataset: its cache is still there.
+    fourth = train(quick(tmp_path / "d", max_train_steps=1, resolution=32, dataset=acme_dataset.name))
+    assert fourth.cache_hit
+
+
+def _write_config(path: Path, cfg: TrainConfig) -> Path:
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))
+    return path
+
+
+def _tensors(adapter: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(adapter / "pytorch_lora_weights.safetensors")
+
+
+def test_kill_and_resume_gives_identical_adapter(tmp_path: Path) -> None:
+    common = {
+        "max_train_steps": 16,
+        "checkpointing_steps": 4,
+        "dropout": 0.1,
+        "random_flip": True,
+        "learning_rate": 5e-3,
+        "lr_scheduler": "cosine",
+        "lr_warmup_steps": 2,
+    }
+    reference = train(quick(tmp_path / "ref", **common))
+    interrupted = quick(tmp_path / "killed", **common)
+    cfg_file = _write_config(tmp_path / "cfg.json", interrupted)
+    cmd = [sys.executable, "-m", "brandtune.training", "--config", str(cfg_file)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpts = interrupted.output_dir / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (ckpts / "checkpoint-00000008" / "COMPLETE").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (interrupted.output_dir / "adapter").exists()
+    # A half-written newer checkpoint (no valid marker) must be skipped.
+    broken = ckpts / "checkpoint-00000099"
+    broken.mkdir(exist_ok=True)
+    (broken / "COMPLETE").write_text("{not json")
+    resumed = train(interrupted.model_copy(update={"resume": "latest"}))
+    assert resumed.resumed_from >= 8
+    ref, got = _tensors(reference.adapter_dir), _tensors(resumed.adapter_dir)
+    assert ref.keys() == got.keys()
+    for key in ref:
+        assert (ref[key] == got[key]).all(), key
+    import mlflow
+
+    # The resumed process continued the killed process's MLflow run.
+    run = mlflow.MlflowClient().get_run(resumed.mlflow_run_id)
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")][-1] == 16
+
+
+def test_two_process_accelerate_launch(tmp_path: Path) -> None:
+    from brandtune.training.launch import launch
+
+    lines: list[str] = []
+    result = launch(quick(tmp_path, max_train_steps=3), num_processes=2, on_line=lines.append)
+    adapter = Path(result["adapter_dir"])
+    assert (adapter / "pytorch_lora_weights.safetensors").is_file()
+    assert any("adapter written" in line for line in lines)
+    assert sum("adapter written" in line for line in lines) == 1  # main process only
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "needle"),
+    [
+        ({"dataset": "ffffffff"}, Exception, "does not exist"),
+        ({"base_model": "builtin:nope"}, ModelResolutionError, "Built-in models"),
+        ({"resolution": 40}, TrainingError, "not divisible by"),
+        ({"target_modules": ["to_qq"]}, TrainingError, "matches no layer"),
+        ({"mixed_precision": "fp16"}, TrainingError, "needs a CUDA GPU"),
+    ],
+)
+def test_bad_input_fails_before_compute(tmp_path: Path, overrides: dict, error: type, needle: str) -> None:
+    with pytest.raises(error, match=needle):
+        train(quick(tmp_path, max_train_steps=1, **overrides))
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_config_rejects_bad_values() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        TrainConfig(brand="acme", rank=0)
+    with pytest.raises(ValidationError, match="lr_warmup_steps"):
+        TrainConfig(brand="acme", max_train_steps=5, lr_warmup_steps=5)
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        TrainConfig(brand="acme", rnak=4)
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_out_of_disk_is_checked_up_front(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import brandtune.training.plan as plan
+
+    monkeypatch.setattr(plan.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 1024))
+    with pytest.raises(TrainingError, match="not enough disk"):
+        train(quick(tmp_path, max_train_steps=1))
+
+
+def test_nan_loss_stops_with_step_named(tmp_path: Path, trained) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from brandtune.settings import Settings
+
+    caches = sorted((Settings.from_env().cache_dir / "latents").glob("*.safetensors"))
+    assert caches
+    saved = {p: p.read_bytes() for p in caches}
+    try:
+        for path in caches:
+            tensors = load_file(path)
+            tensors["latent_mean"][:] = float("nan")
+            save_file(tensors, path)
+        with pytest.raises(TrainingError, match=r"at step 1; last good checkpoint: none"):
+            train(quick(tmp_path, max_train_steps=2))
+    finally:
+        for path, data in saved.items():
+            path.write_bytes(data)
