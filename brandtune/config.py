@@ -129,6 +129,17 @@ class BrandSpec(StrictModel):
         """Substitute ``{trigger}`` and ``{subject}`` in a template."""
         return text.replace("{trigger}", self.trigger).replace("{subject}", self.subject)
 
+    def ensure_trigger(self, text: str) -> tuple[str, bool]:
+        """``text`` with the trigger token, and whether it had to be added (as a leading ``"<trigger>, "``)."""
+        return ensure_trigger(self.fill(text), self.trigger)
+
+
+def ensure_trigger(text: str, trigger: str) -> tuple[str, bool]:
+    """``text`` if it contains ``trigger`` as a whole word, else ``"<trigger>, <text>"``; and whether it was added."""
+    if re.search(rf"(?<![\w-]){re.escape(trigger)}(?![\w-])", text):
+        return text, False
+    return f"{trigger}, {text}", True
+
 
 class IngestConfig(StrictModel):
     """How photos are validated and normalised into a dataset. Part of the dataset fingerprint."""

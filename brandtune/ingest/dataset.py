@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from brandtune.config import BrandSpec, IngestConfig
+from brandtune.config import BrandSpec, IngestConfig, ensure_trigger
 from brandtune.errors import IngestError
 from brandtune.fsutil import atomic_write_json, atomic_write_text, canonical_json, publish_dir, sha256_bytes
 from brandtune.ingest.images import Accepted, Rejected, process_photo
@@ -65,18 +65,12 @@ class IngestResult:
         return self.path / "metadata.jsonl"
 
 
-def _ensure_trigger(caption: str, trigger: str) -> tuple[str, bool]:
-    if re.search(rf"(?<![\w-]){re.escape(trigger)}(?![\w-])", caption):
-        return caption, False
-    return f"{trigger}, {caption}", True
-
-
 def _caption(candidate: Candidate, cfg: IngestConfig) -> tuple[str, str, bool]:
     if candidate.caption:
         text, source = " ".join(candidate.caption.split()), candidate.caption_source
     else:
         text, source = cfg.caption_template.format(trigger=cfg.trigger, subject=cfg.subject), "template"
-    text, added = _ensure_trigger(text, cfg.trigger)
+    text, added = ensure_trigger(text, cfg.trigger)
     return text, source, added
 
 

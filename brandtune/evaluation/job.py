@@ -1,0 +1,380 @@
+"""The evaluation job: candidate vs champion (and the base model as a floor), the gate, and the release.
+
+Every model compared samples the brand's fixed prompts x fixed seeds with identical sampler settings. Images are
+scored with the weight-free metrics, aggregated with bootstrap confidence intervals, written as report.json and
+report.html, logged to an MLflow evaluation run, and recorded as ``brandtune.metric.*`` tags on the candidate
+version. When the gate passes, ``@champion`` moves to the candidate; when it fails, nothing moves and the reason is
+recorded on the version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from brandtune.config import BrandSpec, StrictModel, load_brand
+from brandtune.errors import EvaluationError, IngestError
+from brandtune.evaluation.gate import GateConfig, GateResult, evaluate_gate
+from brandtune.sampling import SamplerConfig, SchedulerName
+from brandtune.settings import Settings
+
+if TYPE_CHECKING:
+    from brandtune.registry import FetchedAdapter
+
+logger = logging.getLogger(__name__)
+
+
+class EvalConfig(StrictModel):
+    """An evaluation: which adapter versions to compare, on which seeds, with which sampler and gate."""
+
+    brand: str = Field(description="Brand slug; its evaluation_prompts are the suite.")
+    candidate: str = Field(default="candidate", description="Version to judge: an alias or a version number.")
+    against: str | None = Field(
+        default="champion", description="Alias or version to compare with (none: absolute gate rules only)."
+    )
+    include_base: bool = Field(
+        default=True, description="Also sample the base model without adapter (a floor)."
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1, description="Fixed seeds.")
+    scheduler: SchedulerName = Field(default="ddim", description="Sampler, the same for every model.")
+    num_inference_steps: int = Field(default=20, ge=1, le=200, description="Denoising steps.")
+    guidance_scale: float = Field(default=4.0, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
+    batch_size: int = Field(default=8, ge=1, le=64, description="Images per pipeline call.")
+    output_dir: Path | None = Field(
+        default=None, description="Report folder (default: <home>/evaluations/...)."
+    )
+    promote: bool = Field(default=True, description="Move @champion to the candidate when the gate passes.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion rules.")
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(
+            scheduler=self.scheduler,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+        )
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    report_json: Path
+    report_html: Path
+    gate: GateResult
+    promoted: bool
+    candidate_version: str
+    champion_version: str | None
+    mlflow_run_id: str
+    metrics: dict[str, dict[str, float]]  # model key -> metric -> mean
+    timings: dict[str, float] = field(default_factory=dict)  # generate_s, score_s, total_s
+
+
+@dataclass
+class _Model:
+    key: str
+    label: str
+    adapter: FetchedAdapter | None  # None: the base model without adapter
+
+
+def _uri(brand: str, ref: str) -> str:
+    from brandtune.registry import model_name
+
+    ref = ref.lstrip("@")
+    return f"models:/{model_name(brand)}/{ref}" if ref.isdigit() else f"models:/{model_name(brand)}@{ref}"
+
+
+def _alias_exists(brand: str, alias: str, settings: Settings) -> bool:
+    from brandtune.registry import list_versions
+
+    return any(alias in v.aliases for v in list_versions(brand, settings=settings))
+
+
+def _models(cfg: EvalConfig, settings: Settings) -> list[_Model]:
+    from brandtune.registry import fetch
+
+    cand = fetch(_uri(cfg.brand, cfg.candidate), settings=settings)
+    models = [_Model("candidate", f"Candidate v{cand.version.version}", cand)]
+    against = cfg.against
+    if against and (against.isdigit() or _alias_exists(cfg.brand, against.lstrip("@"), settings)):
+        champ = fetch(_uri(cfg.brand, against), settings=settings)
+        if champ.version.version != cand.version.version:
+            models.append(_Model("champion", f"{against.title()} v{champ.version.version}", champ))
+    elif against:
+        logger.info("%s has no @%s yet: only absolute gate rules apply", cfg.brand, against)
+    if cfg.include_base:
+        models.append(_Model("base", "Base model", None))
+    return models
+
+
+def _references(brand: BrandSpec, fingerprint: str | None, settings: Settings) -> list[Any]:
+    from PIL import Image
+
+    from brandtune.ingest import find_dataset
+
+    try:
+        folder = find_dataset(brand.name, fingerprint or None, settings)
+    except IngestError:
+        try:
+            folder = find_dataset(brand.name, None, settings)
+        except IngestError:
+            logger.warning("no dataset of %s here: reference metrics are skipped", brand.name)
+            return []
+    images = []
+    for path in sorted(folder.glob("*.png")):
+        with Image.open(path) as img:
+            images.append(img.convert("RGB"))
+    return images
+
+
+def _generate_all(
+    cfg: EvalConfig, models: list[_Model], prompts: list[str], out: Path, settings: Settings
+) -> dict[str, list[tuple[int, int, str]]]:
+    """Sample every (model, prompt, seed); returns model key -> [(prompt index, seed, relative path)]."""
+    from tqdm.auto import tqdm
+
+    from brandtune.generation import _save_png
+    from brandtune.models import load_base_pipeline
+    from brandtune.registry import adapter_name, resolve_adapter_base
+    from brandtune.registry._loading import WEIGHTS_NAME
+    from brandtune.sampling import apply_scheduler, sample_batch
+
+    cand = models[0].adapter
+    assert cand is not None
+    jobs = [(pi, seed) for pi in range(len(prompts)) for seed in cfg.seeds]
+    bar = tqdm(total=len(jobs) * len(models), desc="evaluate: generate", unit="img")
+    pipes: dict[tuple[str, str], Any] = {}
+    made: dict[str, list[tuple[int, int, str]]] = {}
+    for model in models:
+        adapter = model.adapter or cand
+        base = (adapter.base_model, adapter.base_revision)
+        if base not in pipes:
+            pipes[base] = load_base_pipeline(resolve_adapter_base(adapter, None, settings))
+            apply_scheduler(pipes[base], cfg.scheduler)
+        pipe = pipes[base]
+        if model.adapter is not None:
+            name = adapter_name(model.adapter.version)
+            pipe.load_lora_weights(str(model.adapter.path), weight_name=WEIGHTS_NAME, adapter_name=name)
+            pipe.set_adapters([name])
+        rows = []
+        for start in range(0, len(jobs), cfg.batch_size):
+            chunk = jobs[start : start + cfg.batch_size]
+            images = sample_batch(pipe, [prompts[pi] for pi, _ in chunk], [s for _, s in chunk], cfg.sampler)
+            for (pi, seed), image in zip(chunk, images, strict=True):
+                rel = f"images/{model.key}/p{pi}_s{seed}.png"
+                _save_png(image, out / rel)
+                rows.append((pi, seed, rel))
+            bar.update(len(chunk))
+        if model.adapter is not None:
+            pipe.unload_lora_weights()
+        made[model.key] = rows
+    bar.close()
+    return made
+
+
+def _score(
+    brand: BrandSpec, made: dict[str, list[tuple[int, int, str]]], out: Path, references: list[Any]
+) -> tuple[list[Any], dict[str, dict[str, float]]]:
+    from PIL import Image
+
+    from brandtune.evaluation.metrics import ReferenceSet, score_image, score_set
+    from brandtune.evaluation.report import ImageRow
+
+    refs = ReferenceSet.from_images(references) if references else None
+    rows, set_metrics = [], {}
+    for key, items in made.items():
+        images = []
+        for pi, seed, rel in items:
+            with Image.open(out / rel) as img:
+                image = img.convert("RGB")
+            images.append(image)
+            metrics = score_image(
+                image, palette=brand.palette, neutral_palette=brand.neutral_palette, references=refs
+            )
+            rows.append(ImageRow(model=key, prompt_index=pi, seed=seed, image=rel, metrics=metrics))
+        if len(images) >= 2:
+            set_metrics[key] = score_set(images)
+    return rows, set_metrics
+
+
+def _means(results: Any, key: str) -> dict[str, float]:
+    out = {m: s.mean for m, s in results.aggregates.get(key, {}).items()}
+    out.update(results.set_metrics.get(key, {}))
+    return out
+
+
+def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcome:
+    """Run the evaluation suite, write the report, apply the gate and (when it passes) promote.
+
+    Raises:
+        RegistryError: unknown candidate/alias or unreachable tracking server.
+        EvaluationError: the brand has no evaluation prompts that can run.
+    """
+    from brandtune.evaluation.report import EvalResults, ModelInfo, SamplerSettings, write_report
+
+    t0 = time.perf_counter()
+    settings = settings or Settings.from_env()
+    brand = load_brand(config.brand)
+    prompts = [brand.ensure_trigger(p)[0] for p in brand.evaluation_prompts]
+    if not prompts:
+        raise EvaluationError(f"brand {brand.name} has no evaluation_prompts in brand.yaml")
+    models = _models(config, settings)
+    cand = models[0].adapter
+    assert cand is not None
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = config.output_dir or settings.home / "evaluations" / brand.name / f"{stamp}-v{cand.version.version}"
+    out.mkdir(parents=True, exist_ok=True)
+    made = _generate_all(config, models, prompts, out, settings)
+    t1 = time.perf_counter()
+    rows, set_metrics = _score(
+        brand, made, out, _references(brand, cand.provenance.get("dataset_fingerprint"), settings)
+    )
+    t2 = time.perf_counter()
+    size = int(cand.provenance.get("resolution") or 0) or 64
+    results = EvalResults(
+        brand=brand.name,
+        brand_display_name=brand.display_name,
+        models=[
+            ModelInfo(
+                key=m.key,
+                label=m.label,
+                uri=m.adapter.version.uri if m.adapter else None,
+                version=m.adapter.version.version if m.adapter else None,
+                base_model=(m.adapter or cand).base_model,
+            )
+            for m in models
+        ],
+        prompts=prompts,
+        seeds=config.seeds,
+        sampler=SamplerSettings(
+            scheduler=config.scheduler,
+            steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            width=size,
+            height=size,
+        ),
+        per_image=rows,
+        set_metrics=set_metrics,
+    )
+    from brandtune.evaluation.report import MetricStats, aggregate
+
+    stats = aggregate(results.per_image)
+    results = results.model_copy(
+        update={"aggregates": {k: {m: MetricStats(**v) for m, v in ms.items()} for k, ms in stats.items()}}
+    )
+    champion = next((m for m in models if m.key == "champion"), None)
+    gate = evaluate_gate(
+        _means(results, "candidate"), _means(results, "champion") if champion else None, config.gate
+    )
+    results = results.model_copy(update={"gate": gate.to_dict()})
+    report_json, report_html = write_report(results, out)
+    metrics = {m.key: _means(results, m.key) for m in models}
+    promoted = _release(config, brand, cand, champion, gate, metrics["candidate"], settings)
+    run_id = _log_run(config, brand, models, metrics, gate, out, promoted, settings)
+    _tag_candidate(brand, cand, metrics["candidate"], gate, run_id, settings)
+    timings = {"generate_s": t1 - t0, "score_s": t2 - t1, "total_s": time.perf_counter() - t0}
+    logger.info("evaluation of v%s: %s (report %s)", cand.version.version, gate.summary(), report_html)
+    return EvalOutcome(
+        report_json,
+        report_html,
+        gate,
+        promoted,
+        cand.version.version,
+        champion.adapter.version.version if champion and champion.adapter else None,
+        run_id,
+        metrics,
+        timings,
+    )
+
+
+def _release(
+    cfg: EvalConfig,
+    brand: BrandSpec,
+    cand: FetchedAdapter,
+    champion: _Model | None,
+    gate: GateResult,
+    metrics: dict[str, float],
+    settings: Settings,
+) -> bool:
+    from brandtune.registry import CHAMPION, promote
+
+    if not (gate.passed and cfg.promote) or cfg.against not in (None, CHAMPION, f"@{CHAMPION}"):
+        return False
+    return bool(promote(brand.name, cand.version.version, settings=settings))
+
+
+def _tag_candidate(
+    brand: BrandSpec,
+    cand: FetchedAdapter,
+    metrics: dict[str, float],
+    gate: GateResult,
+    run_id: str,
+    settings: Settings,
+) -> None:
+    from brandtune.registry._client import call, client
+
+    mlc = client(settings)
+    name, version = cand.version.name, cand.version.version
+    tags = {f"brandtune.metric.{k}": f"{v:.6g}" for k, v in metrics.items()}
+    tags.update(
+        {
+            "brandtune.gate": "pass" if gate.passed else "fail",
+            "brandtune.gate_reason": gate.summary()[:4900],
+            "brandtune.eval_run_id": run_id,
+        }
+    )
+    for key, value in tags.items():
+        call(
+            lambda k=key, v=value: mlc.set_model_version_tag(name, version, k, v),
+            uri=settings.tracking_uri,
+            what=f"tag {name} v{version}",
+        )
+
+
+def _log_run(
+    cfg: EvalConfig,
+    brand: BrandSpec,
+    models: list[_Model],
+    metrics: dict[str, dict[str, float]],
+    gate: GateResult,
+    out: Path,
+    promoted: bool,
+    settings: Settings,
+) -> str:
+    from brandtune.provenance import brandtune_version, git_sha
+    from brandtune.training.tracking import RunTracker, flat_params
+
+    tracker = RunTracker.start(
+        brand.name,
+        settings.tracking_uri,
+        None,
+        f"evaluate-v{models[0].adapter.version.version}",
+        flush_every=1000,
+        system_metrics=False,
+    )
+    tracker.log_params(flat_params(cfg.model_dump(mode="json", exclude={"gate", "output_dir"})))
+    tags = {
+        "brandtune.stage": "evaluate",
+        "brandtune.brand": brand.name,
+        "brandtune.git_sha": git_sha(),
+        "brandtune.version": brandtune_version(),
+        "brandtune.gate": "pass" if gate.passed else "fail",
+        "brandtune.promoted": str(promoted).lower(),
+    }
+    for m in models:
+        if m.adapter is not None:
+            tags[f"brandtune.{m.key}_version"] = m.adapter.version.version
+    if flow_run := os.environ.get("PREFECT__FLOW_RUN_ID"):
+        tags["prefect.flow_run_id"] = flow_run
+    tracker.set_tags(tags)
+    flat = {f"{key}.{name}": value for key, ms in metrics.items() for name, value in ms.items()}
+    tracker.log_metrics(flat, step=0)
+    tracker.log_dict(gate.to_dict(), "gate.json")
+    tracker.log_artifact(out)
+    tracker.finish()
+    return tracker.run_id

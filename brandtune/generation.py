@@ -1,0 +1,305 @@
+"""Campaign generation: one prompt x several settings x N variations, from a registered adapter.
+
+A job writes ``<output>/<setting>/<nnn>_seed<seed>.png``, one contact sheet per setting, an ``index.html`` gallery
+and ``manifest.json``. The manifest lists, for every image, the prompt, negative prompt, seed, sampler, size,
+adapter version and base model, and the batch it was generated in, so ``reproduce`` makes it again bit for bit on
+the same hardware. Re-running a job skips images that already exist (every image is written atomically).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, field_validator
+
+from brandtune.config import BrandSpec, StrictModel, load_brand
+from brandtune.errors import GenerationError, RegistryError
+from brandtune.fsutil import atomic_write_json
+from brandtune.provenance import brandtune_version
+from brandtune.sampling import SamplerConfig, apply_scheduler, native_size, sample_batch
+from brandtune.settings import Settings
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+class GenerateConfig(StrictModel):
+    """A campaign job: what to generate, from which adapter, and how."""
+
+    brand: str = Field(description="Brand slug (data/brands/<brand>/brand.yaml).")
+    prompt: str = Field(description="The prompt; {trigger} and {subject} are filled in from the brand.")
+    settings: list[str] = Field(
+        default_factory=list,
+        description="Settings to place the product in: keys of brand.yaml 'settings' (e.g. beach) or phrases "
+        "('in a snowy cabin'). Empty: the prompt alone.",
+    )
+    variations: int = Field(default=10, ge=1, le=1000, description="Images per setting (different seeds).")
+    model: str = Field(
+        default="champion",
+        description="Adapter to use: an alias (champion, candidate), a version number, or 'base' for no adapter.",
+    )
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Sampler settings.")
+    seed: int = Field(default=0, ge=0, description="Seed of variation 0; variation k uses seed + k.")
+    batch_size: int = Field(default=8, ge=1, le=64, description="Images per pipeline call.")
+    output_dir: Path | None = Field(
+        default=None, description="Output folder (default: <home>/campaigns/...)."
+    )
+    max_images: int = Field(
+        default=500, ge=1, description="Refuse jobs larger than this (settings x variations)."
+    )
+    init_image: Path | None = Field(
+        default=None, description="A product photo to make variations of (img2img)."
+    )
+    strength: float = Field(
+        default=0.6, gt=0.0, le=1.0, description="img2img: how far to move from the photo."
+    )
+    fuse: bool = Field(default=True, description="Fuse the adapter into the weights (faster; one adapter).")
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the prompt is empty; describe the image, e.g. 'a photo of {trigger} {subject}'")
+        return value.strip()
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    output_dir: Path
+    manifest: Path
+    gallery: Path
+    contact_sheets: list[Path]
+    generated: int
+    skipped: int
+    model_version: str
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
+
+
+def expand_settings(brand: BrandSpec, settings: list[str]) -> list[tuple[str, str]]:
+    """``(key, phrase)`` per setting: a brand.yaml key maps to its phrase, a phrase stands for itself.
+
+    Raises:
+        GenerationError: a one-word value that is not a known key (most likely a typo).
+    """
+    out = []
+    for value in settings:
+        if value in brand.settings:
+            out.append((value, brand.settings[value]))
+        elif " " in value.strip():
+            out.append((_slug(value), value.strip()))
+        else:
+            known = ", ".join(sorted(brand.settings)) or "none"
+            raise GenerationError(
+                f"unknown setting {value!r} for brand {brand.name}: use a key from brand.yaml ({known}) "
+                "or a phrase such as 'on a beach'"
+            )
+    return out or [("prompt", "")]
+
+
+def plan_images(brand: BrandSpec, cfg: GenerateConfig) -> list[dict[str, Any]]:
+    """Every image of the job with its prompt, seed, file and batch, in generation order."""
+    prompt, added = brand.ensure_trigger(cfg.prompt)
+    if added:
+        logger.warning("prompt %r has no trigger token %r; using %r", cfg.prompt, brand.trigger, prompt)
+    settings = expand_settings(brand, cfg.settings)
+    total = len(settings) * cfg.variations
+    if total > cfg.max_images:
+        raise GenerationError(
+            f"{len(settings)} settings x {cfg.variations} variations = {total} images, over max_images "
+            f"({cfg.max_images}); lower --variations or raise max_images"
+        )
+    rows = []
+    for key, phrase in settings:
+        full = f"{prompt} {phrase}".strip()
+        for k in range(cfg.variations):
+            seed = cfg.seed + k
+            rows.append(
+                {"setting": key, "prompt": full, "seed": seed, "file": f"{key}/{k:03d}_seed{seed}.png"}
+            )
+    return rows
+
+
+def _load(brand: BrandSpec, cfg: GenerateConfig, settings: Settings) -> tuple[Any, dict[str, str]]:
+    from brandtune.models import load_base_pipeline, resolve_base
+    from brandtune.registry import fetch, load_pipeline, model_name
+
+    if cfg.model == "base":
+        resolved = resolve_base(brand.base_model, settings=settings)
+        info = {
+            "model": "base",
+            "version": "",
+            "base_model": resolved.name,
+            "base_revision": resolved.revision,
+        }
+        return load_base_pipeline(resolved), info
+    name = model_name(brand.name)
+    uri = f"models:/{name}/{cfg.model}" if cfg.model.isdigit() else f"models:/{name}@{cfg.model.lstrip('@')}"
+    try:
+        adapter = fetch(uri, settings=settings)
+        pipe = load_pipeline(uri, fuse=cfg.fuse, settings=settings)
+    except RegistryError as exc:
+        if cfg.model.lstrip("@") == "champion":
+            raise GenerationError(
+                f"brand {brand.name} has no usable @champion ({exc}). Run `brandtune retrain --brand {brand.name}` "
+                f"or promote a version: `brandtune promote {brand.name} --version N`"
+            ) from exc
+        raise
+    info = {
+        "model": uri,
+        "version": adapter.version.version,
+        "base_model": adapter.base_model,
+        "base_revision": adapter.base_revision,
+        "adapter_sha256": adapter.sha256,
+    }
+    return pipe, info
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    import io
+
+    from brandtune.fsutil import atomic_write_bytes
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def _init_image(cfg: GenerateConfig) -> Image.Image | None:
+    if cfg.init_image is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(cfg.init_image) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise GenerationError(f"--init-image {cfg.init_image}: not a readable image ({exc})") from exc
+
+
+def generate(
+    config: GenerateConfig, settings: Settings | None = None, progress: bool = True
+) -> GenerationResult:
+    """Run a campaign job; images already on disk are skipped, so an interrupted job can simply be re-run."""
+    from tqdm.auto import tqdm
+
+    from brandtune.gallery import write_contact_sheets, write_gallery
+
+    settings = settings or Settings.from_env()
+    brand = load_brand(config.brand)
+    rows = plan_images(brand, config)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = config.output_dir or settings.home / "campaigns" / brand.name / f"{stamp}-{_slug(config.prompt)}"
+    out.mkdir(parents=True, exist_ok=True)
+    init = _init_image(config)
+    todo = [r for r in rows if not (out / r["file"]).is_file()]
+    pipe, info = _load(brand, config, settings)
+    apply_scheduler(pipe, config.sampler.scheduler)
+    size = native_size(pipe)
+    sampler = config.sampler.model_copy(
+        update={"width": config.sampler.width or size, "height": config.sampler.height or size}
+    )
+    previous = _read_manifest(out)
+    entries = {e["file"]: e for e in previous.get("images", [])}
+    bar = tqdm(
+        total=len(rows), initial=len(rows) - len(todo), desc="generate", unit="img", disable=not progress
+    )
+    for batch in _batches(todo, config.batch_size):
+        images = sample_batch(
+            pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch], sampler, init, config.strength
+        )
+        batch_record = {"prompts": [r["prompt"] for r in batch], "seeds": [r["seed"] for r in batch]}
+        for i, (row, image) in enumerate(zip(batch, images, strict=True)):
+            _save_png(image, out / row["file"])
+            entries[row["file"]] = {**row, "batch": {**batch_record, "index": i}}
+        _write_manifest(
+            out, config, sampler, info, [entries[r["file"]] for r in rows if r["file"] in entries]
+        )
+        bar.update(len(batch))
+    bar.close()
+    manifest = _write_manifest(
+        out, config, sampler, info, [entries[r["file"]] for r in rows if r["file"] in entries]
+    )
+    sheets = write_contact_sheets(out, rows)
+    gallery = write_gallery(out, brand, config, info, rows, sheets)
+    logger.info("campaign: %d generated, %d skipped, in %s", len(todo), len(rows) - len(todo), out)
+    return GenerationResult(out, manifest, gallery, sheets, len(todo), len(rows) - len(todo), info["version"])
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    import json
+
+    path = out / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_manifest(
+    out: Path, cfg: GenerateConfig, sampler: SamplerConfig, info: dict[str, str], images: list[dict[str, Any]]
+) -> Path:
+    common = {
+        "brand": cfg.brand,
+        "negative_prompt": sampler.negative_prompt,
+        "steps": sampler.num_inference_steps,
+        "guidance": sampler.guidance_scale,
+        "size": [sampler.width, sampler.height],
+        "scheduler": sampler.scheduler,
+        **info,
+    }
+    data = {
+        "job": cfg.model_dump(mode="json"),
+        "sampler": sampler.model_dump(mode="json"),
+        "model": info,
+        "brandtune_version": brandtune_version(),
+        "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "images": [{**common, **img} for img in images],
+    }
+    atomic_write_json(out / MANIFEST, data)
+    return out / MANIFEST
+
+
+def reproduce(
+    manifest: Path, output_dir: Path, settings: Settings | None = None, only: list[str] | None = None
+) -> list[Path]:
+    """Make the images of a manifest again into ``output_dir`` (``only``: a subset of their file names).
+
+    Each image's whole batch is re-run with the recorded prompts, seeds and sampler, so the pixels are identical
+    on the same hardware and software.
+    """
+    import json
+
+    data = json.loads(Path(manifest).read_text())
+    cfg = GenerateConfig.model_validate(data["job"])
+    sampler = SamplerConfig.model_validate(data["sampler"])
+    settings = settings or Settings.from_env()
+    brand = load_brand(cfg.brand)
+    model = data["model"]["version"] or "base"
+    pipe, _ = _load(brand, cfg.model_copy(update={"model": model}), settings)
+    apply_scheduler(pipe, sampler.scheduler)
+    init = _init_image(cfg)
+    wanted = [e for e in data["images"] if only is None or e["file"] in only]
+    written, done = [], {}
+    for entry in wanted:
+        key = json.dumps([entry["batch"]["prompts"], entry["batch"]["seeds"]])
+        if key not in done:
+            done[key] = sample_batch(
+                pipe, entry["batch"]["prompts"], entry["batch"]["seeds"], sampler, init, cfg.strength
+            )
+        path = Path(output_dir) / entry["file"]
+        _save_png(done[key][entry["batch"]["index"]], path)
+        written.append(path)
+    return written
