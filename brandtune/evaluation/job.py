@@ -140,8 +140,8 @@ def _generate_all(
 
     from brandtune.generation import _save_png
     from brandtune.models import load_base_pipeline
-    from brandtune.registry import adapter_name, resolve_adapter_base
-    from brandtune.registry._loading import WEIGHTS_NAME
+    from brandtune.registry import adapter_name
+    from brandtune.registry._loading import WEIGHTS_NAME, resolve_adapter_base
     from brandtune.sampling import apply_scheduler, sample_batch
 
     cand = models[0].adapter
