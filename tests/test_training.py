@@ -251,7 +251,7 @@ def test_two_process_accelerate_launch(tmp_path: Path) -> None:
     [
         ({"dataset": "ffffffff"}, Exception, "does not exist"),
         ({"base_model": "builtin:nope"}, ModelResolutionError, "Built-in models"),
-        ({"resolution": 40}, TrainingError, "not divisible by"),
+        ({"resolution": 63}, TrainingError, "not divisible by"),
         ({"target_modules": ["to_qq"]}, TrainingError, "matches no layer"),
         ({"mixed_precision": "fp16"}, TrainingError, "needs a CUDA GPU"),
     ],
