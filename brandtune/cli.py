@@ -188,14 +188,34 @@ def base_export(
 
 
 @app.command("demo")
-def demo(brand: BrandOpt = "acme") -> None:
-    """Run the pipeline end to end on the built-in sample brand."""
-    result = _ingest(brand, None, None, None)
+def demo(
+    brand: BrandOpt = "acme",
+    steps: Annotated[int | None, typer.Option(help="Training steps (default: the demo's).")] = None,
+) -> None:
+    """Run the whole pipeline on the built-in sample brand and print where to look."""
+    from brandtune.demo import DEMO_STEPS, run_demo
+
+    result = run_demo(brand, steps or DEMO_STEPS, say=lambda text: console.print(text, highlight=False))
+    console.print("\n[bold green]done.[/] Open these:")
+    console.print(f"  before/after: {result.before_after}")
+    console.print(f"  campaign:     {result.gallery}")
+    console.print(f"  evaluation:   {result.report}")
+    console.print(f"  dataset:      {result.dataset}")
     console.print(
-        f"[bold]1. ingest[/]  dataset {result.brand}/{result.fingerprint}: {result.num_images} images"
+        f"  MLflow:       run {result.mlflow_run_id}, model version {result.version} "
+        "(browse with `make mlflow-ui`)"
     )
-    console.print(f"   folder: {result.path}")
-    console.print(f"   report: {result.report_path} ({result.num_rejected} rejected)")
+
+
+def _add_command_modules() -> None:
+    """Commands that live in their own modules (each keeps its heavy imports inside the commands)."""
+    from brandtune import cli_jobs, cli_registry
+
+    cli_registry.add_commands(app)
+    cli_jobs.add_commands(app)
+
+
+_add_command_modules()
 
 
 def run() -> None:
