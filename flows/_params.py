@@ -1,0 +1,173 @@
+"""Typed flow parameters: what the Prefect UI turns into a form (descriptions, bounds, dropdowns).
+
+Each model is a small, UI-facing subset of a library config (:class:`~brandtune.training.TrainConfig`, the
+evaluation and generation configs); the flow converts it to the full config, so validation rules live in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from brandtune.evaluation.gate import GateConfig
+
+BrandSlug = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="Brand slug: the folder under data/brands that holds brand.yaml and photos/ (e.g. 'acme').",
+    ),
+]
+ModelRef = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="Registered adapter to use: an alias (candidate, champion, previous-champion) or a version "
+        "number such as '3'.",
+    ),
+]
+AccelerateConfig = Literal["none", "single_gpu", "multi_gpu_ddp", "fsdp", "cpu_2proc"]
+
+
+class FlowParams(BaseModel):
+    """Base of the flow parameter groups: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainingParams(FlowParams):
+    """How to fine-tune the LoRA adapter. Defaults suit the built-in tiny model on a CPU."""
+
+    base_model: str | None = Field(
+        default=None,
+        description="Base model: builtin:tiny, a local diffusers folder or a hub id. Empty: brand.yaml's.",
+    )
+    max_train_steps: int = Field(default=200, ge=1, le=100_000, description="Optimizer steps to train for.")
+    train_batch_size: int = Field(default=4, ge=1, le=256, description="Images per process per step.")
+    rank: int = Field(default=8, ge=1, le=256, description="LoRA rank: size of the low-rank update.")
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0, description="Peak learning rate.")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        default="constant", description="Learning-rate schedule."
+    )
+    resolution: int | None = Field(
+        default=None, ge=32, le=4096, description="Training size in px. Empty: the dataset's resolution."
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        default="no", description="Mixed precision: fp16 needs a GPU; bf16 a GPU or CPU that supports it."
+    )
+    train_text_encoder: bool = Field(default=False, description="Also train LoRA layers in the text encoder.")
+    gradient_checkpointing: bool = Field(default=False, description="Trade compute for GPU memory.")
+    seed: int = Field(default=0, ge=0, description="Seed for data order, noise and LoRA init.")
+    checkpointing_steps: int = Field(
+        default=50, ge=1, description="Write a resumable checkpoint every N steps (a retry resumes from it)."
+    )
+    validation_inference_steps: int = Field(
+        default=20, ge=1, le=200, description="Sampler steps for the validation images made at the end."
+    )
+    num_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch. Empty: all.")
+    num_processes: int = Field(
+        default=1, ge=1, le=64, description="Training processes (one per GPU; more than 1 runs DDP)."
+    )
+    accelerate_config: AccelerateConfig = Field(
+        default="none",
+        description="accelerate config from configs/accelerate/ (multi-GPU DDP, FSDP). 'none': one process, or "
+        "plain DDP when num_processes > 1.",
+    )
+    retries: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="Retry a failed training this many times; a retry resumes from the "
+        "last checkpoint instead of starting over.",
+    )
+    timeout_minutes: float | None = Field(
+        default=None, gt=0, description="Stop training (and its whole process tree) after this many minutes."
+    )
+
+    def train_config(self, brand: str, dataset: str | None) -> Any:
+        """The full :class:`~brandtune.training.TrainConfig` (``resume='latest'`` so a retry resumes)."""
+        from brandtune.training import TrainConfig
+
+        fields = self.model_dump(
+            exclude={"num_processes", "accelerate_config", "retries", "timeout_minutes"}, exclude_none=True
+        )
+        return TrainConfig(brand=brand, dataset=dataset, resume="latest", **fields)
+
+
+class EvaluationParams(FlowParams):
+    """How to evaluate: brand.yaml's fixed evaluation prompts x these seeds, one sampler for every model."""
+
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 3],
+        min_length=1,
+        max_length=64,
+        description="Fixed seeds per prompt.",
+    )
+    scheduler: Literal["ddim", "euler", "dpm++", "default"] = Field(
+        default="ddim", description="Sampler, the same for every model compared."
+    )
+    num_inference_steps: int = Field(default=20, ge=1, le=200, description="Sampler steps per image.")
+    guidance_scale: float = Field(default=4.0, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
+    batch_size: int = Field(default=8, ge=1, le=64, description="Images per pipeline call.")
+    include_base: bool = Field(
+        default=True, description="Also score the base model without an adapter (a floor)."
+    )
+    gate: GateConfig = Field(
+        default_factory=GateConfig,
+        description="Promotion rules; all must pass for the candidate to become @champion. Default: palette "
+        "distance at most 15 and no worse than the champion's by 2; technical checks pass on 90% of images.",
+    )
+
+    def eval_config(self, brand: str, candidate: str, against: str | None, promote: bool) -> Any:
+        """The full :class:`~brandtune.evaluation.job.EvalConfig`."""
+        from brandtune.evaluation.job import EvalConfig
+
+        return EvalConfig(
+            brand=brand, candidate=candidate, against=against, promote=promote, **self.model_dump()
+        )
+
+
+class GenerationParams(FlowParams):
+    """Sampler settings for a campaign."""
+
+    negative_prompt: str = Field(default="", description="What the images should not show.")
+    scheduler: Literal["ddim", "euler", "dpm++", "default"] = Field(default="ddim", description="Sampler.")
+    num_inference_steps: int = Field(default=20, ge=1, le=200, description="Sampler steps per image.")
+    guidance_scale: float = Field(default=4.0, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
+    seed: int = Field(default=0, ge=0, description="Seed of variation 0; variation k uses seed + k.")
+    batch_size: int = Field(default=8, ge=1, le=64, description="Images per pipeline call.")
+    max_images: int = Field(default=500, ge=1, le=10_000, description="Refuse campaigns larger than this.")
+    fuse: bool = Field(default=True, description="Fuse the adapter into the weights (faster).")
+    output_dir: str | None = Field(
+        default=None,
+        description="Folder on the worker to write into (re-running skips images already there). Empty: "
+        "BRANDTUNE_HOME/campaigns/{brand}/{time}-{prompt}.",
+    )
+
+    def generate_config(
+        self, brand: str, prompt: str, settings: list[str], variations: int, model: str
+    ) -> Any:
+        """The full :class:`~brandtune.generation.GenerateConfig`."""
+        from brandtune.generation import GenerateConfig
+        from brandtune.sampling import SamplerConfig
+
+        sampler = SamplerConfig(
+            scheduler=self.scheduler,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            negative_prompt=self.negative_prompt,
+        )
+        return GenerateConfig(
+            brand=brand,
+            prompt=prompt,
+            settings=settings,
+            variations=variations,
+            model=model,
+            sampler=sampler,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            max_images=self.max_images,
+            fuse=self.fuse,
+            output_dir=self.output_dir,
+        )

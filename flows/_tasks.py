@@ -1,0 +1,227 @@
+"""Prefect tasks shared by the flows: each one calls one ``brandtune`` function and times the work inside it.
+
+- Retries (with exponential backoff) only where the failure can be transient: MLflow calls. A task retries only when
+  :func:`brandtune.registry._client.is_transient` says the error looks like a server that is down or overloaded.
+- ``cache_policy=NO_CACHE`` everywhere: every task has side effects (datasets, runs, aliases, images).
+- Training runs as a child process in its own process group (:func:`brandtune.training.launch.launch`); its log is
+  streamed into the Prefect run log; a cancel, timeout or crash kills the whole tree. ``resume='latest'`` makes a
+  retried training continue from its last checkpoint. A global concurrency limit (``brandtune-gpu``) keeps two
+  trainings from sharing one GPU, whichever deployment started them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from brandtune.errors import ConfigError
+from brandtune.settings import Settings
+
+GPU_LIMIT = "brandtune-gpu"
+"""Global concurrency limit held by every training task (slots: env ``BRANDTUNE_GPU_SLOTS``, default 1)."""
+ACCELERATE_DIR = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only when the failure looks like an unreachable or overloaded MLflow server."""
+    from brandtune.registry._client import is_transient
+
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+MLFLOW_IO: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [2, 8, 30],
+    "retry_condition_fn": _transient,
+    "cache_policy": NO_CACHE,
+}
+
+
+@task(name="ingest-photos", cache_policy=NO_CACHE, log_prints=False)
+def ingest_task(
+    brand: str, sources: list[str] | None, resolution: int | None, min_images: int | None
+) -> dict[str, Any]:
+    """Validate, normalise and caption photos into a (content-addressed) dataset."""
+    from brandtune.config import IngestConfig, brand_dir, load_brand
+    from brandtune.ingest import ingest
+
+    start = time.perf_counter()
+    spec = load_brand(brand)
+    paths = [Path(s) for s in sources] if sources else [brand_dir(spec.name) / "photos"]
+    overrides = {
+        k: v for k, v in {"resolution": resolution, "min_images": min_images}.items() if v is not None
+    }
+    result = ingest(spec, paths, IngestConfig.for_brand(spec, **overrides), progress=False)
+    get_run_logger().info(
+        "dataset %s/%s: %d images, %d rejected%s",
+        result.brand,
+        result.fingerprint,
+        result.num_images,
+        result.num_rejected,
+        " (reused)" if result.reused else "",
+    )
+    return {
+        "fingerprint": result.fingerprint,
+        "path": str(result.path),
+        "num_images": result.num_images,
+        "num_rejected": result.num_rejected,
+        "reused": result.reused,
+        "report": str(result.report_path),
+        "sources": [str(p) for p in paths],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def accelerate_config_path(name: str) -> Path | None:
+    """``configs/accelerate/<name>.yaml`` (None for ``'none'``)."""
+    if name == "none":
+        return None
+    path = ACCELERATE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"accelerate_config {name!r}: {path} does not exist; choose one of "
+            f"{sorted(p.stem for p in ACCELERATE_DIR.glob('*.yaml')) or 'none (no configs shipped)'} or 'none'."
+        )
+    return path
+
+
+def _ensure_gpu_limit() -> int:
+    """Create the ``brandtune-gpu`` global concurrency limit if missing; return its slots (0: disabled)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    slots = int(os.environ.get("BRANDTUNE_GPU_SLOTS", "1"))
+    if slots <= 0:
+        return 0
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        except Exception:  # ObjectNotFound: first training on this server
+            try:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots)
+                )
+            except Exception as exc:  # created concurrently by another training
+                if "already exists" not in str(exc).lower() and "409" not in str(exc):
+                    raise
+    return slots
+
+
+class _LineSink:
+    """Send the child's output to the run log: one record per line, the last state of a ``\\r`` progress bar."""
+
+    def __init__(self) -> None:
+        self.logger = get_run_logger()
+        self.last_bar = 0.0
+
+    def __call__(self, line: str) -> None:
+        text = line.rsplit("\r", 1)[-1].strip()
+        if not text:
+            return
+        if "step/s" in text or "it/s" in text:  # progress bars: at most one every 5 s
+            now = time.monotonic()
+            if now - self.last_bar < 5 and "100%" not in text:
+                return
+            self.last_bar = now
+        self.logger.info(text)
+
+
+@task(name="train-lora", cache_policy=NO_CACHE, log_prints=False)
+def train_task(config: Any, num_processes: int = 1, accelerate_config: str = "none") -> dict[str, Any]:
+    """Train the LoRA adapter in a child process (own process group) and stream its log here.
+
+    Args:
+        config: A :class:`~brandtune.training.TrainConfig` (``resume='latest'`` makes a retry resume).
+        num_processes: Processes for ``accelerate launch``.
+        accelerate_config: Name of a file in ``configs/accelerate/`` or ``'none'``.
+    """
+    from prefect.concurrency.sync import concurrency
+    from prefect.runtime import flow_run
+
+    from brandtune.training.launch import launch
+
+    logger = get_run_logger()
+    acc = accelerate_config_path(accelerate_config)
+    env = {"PREFECT__FLOW_RUN_ID": str(flow_run.get_id() or "")}
+    slots = _ensure_gpu_limit()
+    if slots:
+        logger.info("waiting for a GPU slot (global concurrency limit %s)", GPU_LIMIT)
+    with concurrency(GPU_LIMIT, occupy=1, strict=True) if slots else contextlib.nullcontext():
+        start = time.perf_counter()
+        result = launch(
+            config, num_processes=num_processes, accelerate_config=acc, on_line=_LineSink(), env=env
+        )
+    result = {**result, "seconds": time.perf_counter() - start}
+    logger.info("adapter %s, MLflow run %s", result["adapter_dir"], result["mlflow_run_id"])
+    return result
+
+
+@task(name="register-candidate", **MLFLOW_IO)
+def register_task(brand: str, run_id: str) -> dict[str, Any]:
+    """Register the training run's adapter as a new version of ``{brand}-lora`` with alias ``@candidate``."""
+    from prefect.runtime import flow_run
+
+    from brandtune.registry import register
+
+    start = time.perf_counter()
+    version = register(brand, run_id, flow_run_id=flow_run.get_id())
+    get_run_logger().info("registered %s version %s (@candidate)", version.name, version.version)
+    return {"name": version.name, "version": version.version, "seconds": time.perf_counter() - start}
+
+
+@task(name="record-lineage", **MLFLOW_IO)
+def lineage_task(run_id: str | None, model: str | None = None, version: str | None = None) -> str | None:
+    """Tag the MLflow run and model version with this flow run's id and URL; return the run's experiment id."""
+    from brandtune.registry._client import client
+    from flows._artifacts import flow_run_ref
+
+    flow_run_id, url = flow_run_ref()
+    mlc = client(Settings.from_env())
+    tags = {"prefect.flow_run_id": flow_run_id or "", **({"prefect.flow_run_url": url} if url else {})}
+    experiment_id = None
+    if run_id:
+        for key, value in tags.items():
+            mlc.set_tag(run_id, key, value)
+        experiment_id = mlc.get_run(run_id).info.experiment_id
+    if model and version:
+        for key, value in tags.items():
+            mlc.set_model_version_tag(model, version, key, value)
+    return experiment_id
+
+
+@task(name="evaluate-candidate", cache_policy=NO_CACHE, log_prints=False)
+def evaluate_task(config: Any) -> Any:
+    """Render the fixed prompt suite for candidate, champion and base; score it; apply the promotion gate."""
+    from brandtune.evaluation.job import evaluate
+
+    start = time.perf_counter()
+    outcome = evaluate(config)
+    get_run_logger().info(
+        "gate %s (candidate v%s vs champion %s): %s",
+        "PASSED" if outcome.gate.passed else "FAILED",
+        outcome.candidate_version,
+        outcome.champion_version or "none",
+        outcome.gate.summary(),
+    )
+    return outcome, time.perf_counter() - start
+
+
+@task(name="generate-campaign", cache_policy=NO_CACHE, log_prints=False)
+def generate_task(config: Any) -> Any:
+    """Generate prompt x settings x variations from the chosen adapter, with manifest and contact sheets."""
+    from brandtune.generation import generate
+
+    start = time.perf_counter()
+    result = generate(config, progress=False)
+    get_run_logger().info("%d images (%d reused) in %s", result.generated, result.skipped, result.output_dir)
+    return result, time.perf_counter() - start
