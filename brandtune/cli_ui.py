@@ -1,0 +1,131 @@
+"""``brandtune ui``: a local Prefect server, the MLflow UI and a worker, with every deployment of prefect.yaml.
+
+``brandtune.cli`` calls :func:`add_commands`. The processes are supervised by :mod:`brandtune.services`: each runs
+in its own process group and Ctrl-C stops all of them (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from brandtune.errors import ConfigError
+
+console = Console()
+
+POOL = "brandtune-local"
+DEMO_TRAINING = {"max_train_steps": 60, "train_batch_size": 4, "checkpointing_steps": 30}
+DEMO_EVALUATION = {"seeds": [0, 1], "num_inference_steps": 10}
+
+
+def find_repo(start: Path | None = None) -> Path:
+    """The checkout holding prefect.yaml: ``start`` (default: the working directory) or a parent of it."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "prefect.yaml").is_file() and (folder / "flows").is_dir():
+            return folder
+    raise ConfigError(
+        f"No prefect.yaml with a flows/ folder in {here} or its parents: run `brandtune ui` inside the brandtune "
+        "checkout."
+    )
+
+
+def start_stack(stack: Any, repo: Path, prefect_port: int, mlflow_port: int, pool: str) -> dict[str, str]:
+    """Start server, MLflow and worker into ``stack``, deploy everything; return the URLs and environment."""
+    from brandtune import services
+    from brandtune.settings import Settings
+
+    settings = Settings.from_env()
+    logs = settings.home / "logs" / "ui"
+    prefect_home = Path(os.environ.get("PREFECT_HOME") or settings.home / "prefect")
+    api = stack.add(services.prefect_server(prefect_port, logs, prefect_home))
+    mlflow = stack.add(services.mlflow_server(mlflow_port, logs))
+    console.print(f"starting Prefect ({api.url}) and MLflow ({mlflow.url}); logs in {logs}")
+    services.wait_http(api, f"{api.url}/api/health", timeout=120)
+    services.wait_http(mlflow, f"{mlflow.url}/health", timeout=180)
+    env = services.prefect_env(
+        f"{api.url}/api",
+        prefect_home,
+        MLFLOW_TRACKING_URI=str(mlflow.url),
+        BRANDTUNE_REPO=str(repo),
+        BRANDTUNE_HOME=str(settings.home),
+    )
+    services.create_work_pool(pool, env)
+    console.print("deploying prefect.yaml ...")
+    services.deploy_all(repo, env)
+    stack.add(services.worker(pool, logs, env, cwd=repo))
+    return {"prefect": str(api.url), "mlflow": str(mlflow.url), **env}
+
+
+def run_demo(env: dict[str, str]) -> None:
+    """Run ``retrain`` then ``generate`` through their deployments and print where to look."""
+    os.environ.update(env)
+    from prefect.deployments import run_deployment
+
+    console.print("[bold]demo[/]: retrain (weekly-retrain deployment) ...")
+    run = run_deployment(
+        "retrain/weekly-retrain",
+        parameters={"brand": "acme", "training": DEMO_TRAINING, "evaluation": DEMO_EVALUATION},
+        timeout=3600,
+    )
+    if not run.state or not run.state.is_completed():
+        raise ConfigError(
+            f"retrain flow run {run.id} ended {run.state and run.state.name}: see {env['prefect']}"
+        )
+    result = run.state.result()
+    console.print(f"  flow run:      {env['prefect']}/runs/flow-run/{run.id}")
+    console.print(f"  MLflow run:    {env['mlflow']}/#/experiments (run {result['mlflow_run_id']})")
+    console.print(f"  model version: {env['mlflow']}/#/models/acme-lora/versions/{result['version']}")
+    console.print(f"  gate: {'passed, promoted' if result['promoted'] else 'not promoted'}")
+    model = "champion" if result["promoted"] else str(result["version"])
+    run = run_deployment(
+        "generate/generate-campaign",
+        parameters={"brand": "acme", "variations": 2, "model": model},
+        timeout=1800,
+    )
+    if run.state and run.state.is_completed():
+        console.print(f"  gallery:       {run.state.result()['gallery']}")
+
+
+def ui_cmd(
+    prefect_port: Annotated[int, typer.Option(help="Prefect server port on 127.0.0.1.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="MLflow server port on 127.0.0.1.")] = 5000,
+    pool: Annotated[str, typer.Option(help="Process work pool to create and serve.")] = POOL,
+    demo: Annotated[
+        bool, typer.Option(help="Also run retrain then generate on acme through Prefect.")
+    ] = False,
+) -> None:
+    """Start the Prefect UI, the MLflow UI and a worker with every deployment; Ctrl-C stops them all."""
+    from brandtune.services import ServiceStack
+
+    repo = find_repo()
+    with ServiceStack() as stack:
+        try:
+            env = start_stack(stack, repo, prefect_port, mlflow_port, pool)
+            console.print(f"[bold green]Prefect UI[/]  {env['prefect']}/deployments")
+            console.print(f"[bold green]MLflow UI[/]   {env['mlflow']}")
+            console.print(f"  other shells: export PREFECT_API_URL={env['PREFECT_API_URL']}")
+            console.print(f"                export MLFLOW_TRACKING_URI={env['mlflow']}")
+            console.print("  stop: Ctrl-C")
+            if demo:
+                run_demo(env)
+            while all(s.proc.poll() is None for s in stack.services):
+                stack.remember_descendants()
+                time.sleep(1)
+            dead = [s for s in stack.services if s.proc.poll() is not None]
+            raise ConfigError(
+                f"{dead[0].name} exited (code {dead[0].proc.returncode}); log: {dead[0].log_path}"
+            )
+        except KeyboardInterrupt:
+            console.print("stopping ...")
+    console.print("all services stopped")
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Add ``ui`` to the ``brandtune`` app."""
+    app.command("ui")(ui_cmd)

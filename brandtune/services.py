@@ -1,0 +1,279 @@
+"""Local services for the UI and end-to-end tests: a Prefect server, an MLflow server, a Prefect worker.
+
+Each service is a child process in its own process group, with its output in a log file. :func:`wait_http` waits
+for a health URL and, when the service dies or does not answer in time, raises an error carrying the last lines of
+its log. :func:`stop` ends the whole group: SIGTERM, a grace period, then SIGKILL for the group and for any
+descendant that left it (a worker's flow runs, a flow run's training child), so nothing is left behind.
+
+Example:
+    >>> with ServiceStack() as stack:
+    ...     api = stack.add(prefect_server(port, log_dir))
+    ...     wait_http(api, f"{api.url}/api/health")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from brandtune.errors import BrandtuneError
+
+logger = logging.getLogger(__name__)
+
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_CLI_COLORS": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class ServiceError(BrandtuneError, RuntimeError):
+    """A local service did not start, did not become healthy, or a set-up command failed."""
+
+
+@dataclass
+class Service:
+    """A running child process.
+
+    Attributes:
+        name: Short name for messages ("prefect-server").
+        proc: The process (leader of its own process group).
+        log_path: File receiving its stdout and stderr.
+        url: Base URL, for servers.
+    """
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    url: str | None = None
+    descendants: set[int] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    """The last ``lines`` lines of a log file ("" when it does not exist)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def bin_path(name: str) -> str:
+    """A console script of this environment (``prefect``, ``mlflow``), next to the running Python."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def start(
+    name: str,
+    cmd: Sequence[str],
+    log_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    url: str | None = None,
+) -> Service:
+    """Start ``cmd`` in its own process group, its output going to ``<log_dir>/<name>.log``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **QUIET_ENV, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
+    logger.info("started %s (pid %d): %s", name, proc.pid, " ".join(cmd))
+    return Service(name, proc, log_path, url)
+
+
+def wait_http(service: Service, url: str, timeout: float = 90.0, interval: float = 0.5) -> None:
+    """Wait until ``url`` answers HTTP 200.
+
+    Raises:
+        ServiceError: the process exited, or ``timeout`` passed; the message has the last lines of its log.
+    """
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        code = service.proc.poll()
+        if code is not None:
+            raise ServiceError(
+                f"{service.name} exited with code {code} before {url} answered. Last log lines "
+                f"({service.log_path}):\n{tail(service.log_path)}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise ServiceError(
+                f"{service.name} (pid {service.pid}) did not answer {url} within {timeout:.0f} s. Last log lines "
+                f"({service.log_path}):\n{tail(service.log_path)}"
+            )
+        time.sleep(interval)
+
+
+def _descendants(pid: int) -> set[int]:
+    import psutil
+
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def _kill_pids(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _alive(pids: set[int]) -> set[int]:
+    import psutil
+
+    alive = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+    return alive
+
+
+def stop(service: Service, grace: float = 10.0) -> None:
+    """Stop a service and everything it started: SIGTERM to its group, then SIGKILL to what is left."""
+    others = _descendants(service.pid) | service.descendants
+    if service.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(service.pid, signal.SIGTERM)
+    try:
+        service.proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        logger.warning("%s (pid %d) ignored SIGTERM for %.0f s: SIGKILL", service.name, service.pid, grace)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(service.pid, signal.SIGKILL)
+        service.proc.wait()
+    # descendants in other sessions (training children) get the same treatment
+    deadline = time.monotonic() + grace
+    _kill_pids(_alive(others), signal.SIGTERM)
+    while _alive(others) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _kill_pids(_alive(others), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(service.pid, signal.SIGKILL)  # stragglers that stayed in the group
+    logger.info("stopped %s (pid %d)", service.name, service.pid)
+
+
+class ServiceStack(contextlib.AbstractContextManager["ServiceStack"]):
+    """Services stopped in reverse order of start on exit, also when the body raised."""
+
+    def __init__(self) -> None:
+        self.services: list[Service] = []
+
+    def add(self, service: Service) -> Service:
+        self.services.append(service)
+        return service
+
+    def remember_descendants(self) -> None:
+        """Record every service's current descendants (so they are stopped even if they leave the group)."""
+        for service in self.services:
+            service.descendants |= _descendants(service.pid)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def stop_all(self) -> None:
+        while self.services:
+            service = self.services.pop()
+            try:
+                stop(service)
+            except Exception as exc:  # keep stopping the others
+                logger.warning("could not stop %s (pid %d): %s", service.name, service.pid, exc)
+
+
+def prefect_server(port: int, log_dir: Path, prefect_home: Path, host: str = "127.0.0.1") -> Service:
+    """``prefect server start`` on ``host:port`` with its sqlite database under ``prefect_home``."""
+    cmd = [bin_path("prefect"), "server", "start", "--host", host, "--port", str(port)]
+    env = {"PREFECT_HOME": str(prefect_home), "PREFECT_API_URL": f"http://{host}:{port}/api"}
+    return start("prefect-server", cmd, log_dir, env=env, url=f"http://{host}:{port}")
+
+
+def mlflow_server(port: int, log_dir: Path, host: str = "127.0.0.1") -> Service:
+    """``mlflow server`` on the project's local store (sqlite + artifacts under BRANDTUNE_HOME)."""
+    from brandtune.cli_registry import server_command
+
+    return start("mlflow-server", server_command(port, host), log_dir, url=f"http://{host}:{port}")
+
+
+def prefect_env(api_url: str, prefect_home: Path, **extra: str) -> dict[str, str]:
+    """Environment for Prefect clients, deploys and workers that talk to the server at ``api_url``."""
+    return {"PREFECT_API_URL": api_url, "PREFECT_HOME": str(prefect_home), **extra}
+
+
+def run_cli(cmd: Sequence[str], env: Mapping[str, str], cwd: Path | None = None, timeout: float = 300) -> str:
+    """Run a set-up command (work pool, deploy) to completion and return its output.
+
+    Raises:
+        ServiceError: it failed or timed out; the message has its last output lines.
+    """
+    try:
+        done = subprocess.run(
+            list(cmd),
+            env={**os.environ, **QUIET_ENV, **env},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ServiceError(f"`{' '.join(cmd)}` did not finish within {timeout:.0f} s") from exc
+    if done.returncode != 0:
+        out = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
+        raise ServiceError(f"`{' '.join(cmd)}` failed with exit code {done.returncode}:\n{out}")
+    return done.stdout
+
+
+def create_work_pool(pool: str, env: Mapping[str, str]) -> None:
+    """Create (or update) a process work pool."""
+    run_cli([bin_path("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"], env)
+
+
+def deploy_all(repo: Path, env: Mapping[str, str], timeout: float = 300) -> str:
+    """``prefect --no-prompt deploy --all`` from ``repo``'s prefect.yaml."""
+    return run_cli([bin_path("prefect"), "--no-prompt", "deploy", "--all"], env, cwd=repo, timeout=timeout)
+
+
+def worker(pool: str, log_dir: Path, env: Mapping[str, str], cwd: Path | None = None) -> Service:
+    """``prefect worker start`` on a process work pool."""
+    cmd = [bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process"]
+    return start("prefect-worker", cmd, log_dir, env=env, cwd=cwd)
