@@ -27,8 +27,18 @@ logger = logging.getLogger(__name__)
 def build_command(
     config_file: Path, result_file: Path, num_processes: int = 1, accelerate_config: Path | None = None
 ) -> list[str]:
-    """The command line that trains ``config_file`` with ``num_processes`` processes."""
+    """The command line that trains ``config_file`` with ``num_processes`` processes.
+
+    Several CPU processes (no config and no GPUs, or a config with ``distributed_type: MULTI_CPU`` / ``use_cpu``)
+    are started with ``torch.distributed.run``: ``accelerate launch`` starts only one process for multi-CPU unless
+    an MPI hostfile is configured. Run that command with ``ACCELERATE_USE_CPU=true`` (see :func:`cpu_world_size`)
+    so that each process's Accelerator joins the gloo group.
+    """
     train = ["-m", "brandtune.training", "--config", str(config_file), "--result-file", str(result_file)]
+    cpu_world = cpu_world_size(num_processes, accelerate_config)
+    if cpu_world > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cpu_world),
+                *train]  # fmt: skip
     if num_processes == 1 and accelerate_config is None:
         return [sys.executable, *train]
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -37,12 +47,30 @@ def build_command(
     if num_processes > 1 or accelerate_config is None:
         cmd += ["--num_processes", str(num_processes), "--num_machines", "1", "--dynamo_backend", "no"]
         if accelerate_config is None:
-            import importlib.util
-
-            cuda = importlib.util.find_spec("torch") is not None and _cuda_count() >= num_processes
-            cmd += ["--multi_gpu"] if cuda and num_processes > 1 else ["--cpu"]
-            cmd += ["--mixed_precision", "no"]
+            cmd += ["--multi_gpu", "--mixed_precision", "no"]
     return [*cmd, *train]
+
+
+def cpu_world_size(num_processes: int = 1, accelerate_config: Path | None = None) -> int:
+    """How many CPU training processes a launch starts (0 when it does not train on several CPU processes)."""
+    if accelerate_config is None:
+        return num_processes if num_processes > 1 and _cuda_count() < num_processes else 0
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    try:
+        cfg = load_config_from_file(str(accelerate_config))
+    except (OSError, ValueError, TypeError) as exc:
+        raise TrainingError(f"accelerate config {accelerate_config} cannot be read: {exc}") from exc
+    world = num_processes if num_processes > 1 else getattr(cfg, "num_processes", 1)
+    cpu = str(getattr(cfg.distributed_type, "value", cfg.distributed_type)) == "MULTI_CPU" or cfg.use_cpu
+    if not cpu or world <= 1:
+        return 0
+    if getattr(cfg, "num_machines", 1) > 1:
+        raise TrainingError(
+            f"accelerate config {accelerate_config}: multi-node CPU training is not supported by brandtune's "
+            "launcher; use one machine (num_machines: 1) or GPUs"
+        )
+    return world
 
 
 def _cuda_count() -> int:
@@ -88,6 +116,8 @@ def launch(
         cmd = build_command(config_file, result_file, num_processes, accelerate_config)
         logger.info("launching: %s", " ".join(cmd))
         child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        if cpu_world_size(num_processes, accelerate_config) > 1:
+            child_env["ACCELERATE_USE_CPU"] = "true"  # the workers' Accelerator then uses gloo on the CPU
         proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -101,7 +131,8 @@ def launch(
             assert proc.stdout is not None
             for line in proc.stdout:
                 line = line.rstrip("\n")
-                if " ERROR " in line or "Error:" in line:
+                # brandtune's own logged error wins over a launcher's traceback (torchrun's ChildFailedError)
+                if " ERROR " in line or ("Error:" in line and " ERROR " not in last_error):
                     last_error = line
                 (on_line or logger.info)(line)
             proc.wait()
