@@ -116,7 +116,7 @@ def test_retrain_deployment_from_the_api(deployed: dict[str, Any], brandtune_hom
 
 
 def test_cancel_mid_training_leaves_no_training_process(
-    deployed: dict[str, Any], brandtune_home: Path
+    deployed: dict[str, Any], brandtune_home: Path, acme_dataset: Path
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
@@ -124,16 +124,21 @@ def test_cancel_mid_training_leaves_no_training_process(
     from prefect.states import Cancelling
 
     before = {p.pid for p in training_processes(brandtune_home)}
-    run = run_deployment(
-        "train/train-lora",
-        parameters={"brand": "acme", "training": {**TINY_TRAINING, "max_train_steps": 100_000, "seed": 7}},
-        timeout=0,
-    )
+    t0 = time.time()
+    training = {**TINY_TRAINING, "max_train_steps": 100_000, "seed": 7, "checkpointing_steps": 1}
+    run = run_deployment("train/train-lora", parameters={"brand": "acme", "training": training}, timeout=0)
     deadline = time.monotonic() + 300
     started: list[psutil.Process] = []
     while not started:
         assert time.monotonic() < deadline, f"training never started\n{_worker_log(deployed)}"
         started = [p for p in training_processes(brandtune_home) if p.pid not in before]
+        time.sleep(1)
+    # mid-training: the loop has written a checkpoint of this run
+    while not [
+        c for c in brandtune_home.glob("runs/acme/*/checkpoints/checkpoint-*") if c.stat().st_mtime > t0
+    ]:
+        assert time.monotonic() < deadline, f"no checkpoint written\n{_worker_log(deployed)}"
+        assert any(p.is_running() for p in started), f"training ended early\n{_worker_log(deployed)}"
         time.sleep(1)
     pids = {p.pid for p in started} | {c.pid for p in started for c in p.children(recursive=True)}
     with get_client(sync_client=True) as client:
