@@ -45,13 +45,12 @@ def version_link(settings: Settings, model: str, version: str | None) -> str:
 
 
 def flow_run_ref() -> tuple[str | None, str | None]:
-    """The current flow run's id and UI URL (either may be None outside a flow run or without a UI)."""
+    """The current flow run's id and UI URL (the URL is None without a UI, e.g. on the ephemeral API)."""
+    from prefect.settings import PREFECT_UI_URL
+
     run_id = flow_run.get_id()
-    try:
-        url = flow_run.get_flow_run_ui_url() if run_id else None
-    except Exception:  # no UI URL configured (ephemeral API): the id is enough
-        url = None
-    return run_id, url
+    ui = PREFECT_UI_URL.value()
+    return run_id, (f"{ui.rstrip('/')}/runs/flow-run/{run_id}" if run_id and ui else None)
 
 
 def _fmt(value: Any) -> str:

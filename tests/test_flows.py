@@ -34,6 +34,7 @@ def prefect_harness(brandtune_home: Path) -> None:
     """One temporary Prefect API for the session (PREFECT_HOME is the session's, set by conftest)."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] = "0.5"
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
