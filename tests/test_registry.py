@@ -63,8 +63,13 @@ def test_register_records_lineage_description_and_candidate(v1, trained, setting
     # the model is logged into the training run itself (lineage is the run)
     import mlflow
 
-    run = mlflow.MlflowClient(settings.tracking_uri).get_run(trained.mlflow_run_id)
-    assert any(o.model_id == v1.source.removeprefix("models:/") for o in run.outputs.model_outputs)
+    client = mlflow.MlflowClient(settings.tracking_uri)
+    run = client.get_run(trained.mlflow_run_id)
+    model_id = v1.source.removeprefix("models:/")
+    assert any(o.model_id == model_id for o in run.outputs.model_outputs)
+    logged = client.get_logged_model(model_id)
+    assert logged.experiment_id == run.info.experiment_id and logged.status == "READY"
+    assert not logged.artifact_location.startswith(("mlruns", "./mlruns"))
 
 
 def test_register_twice_returns_the_same_version(v1, trained, settings) -> None:

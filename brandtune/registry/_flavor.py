@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+MODEL_NAME_DEFAULT = "lora"
 PLACEHOLDER_BASE = "/brandtune-base-placeholder"  # absolute: the flavor makes no hub call for it
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -81,27 +82,38 @@ def _signature(resolution: int) -> Any:
     )
 
 
-def log_diffusers_model(run_id: str, adapter: Path, info: dict[str, Any], name: str) -> str:
-    """Log ``adapter`` (folder with the safetensors and ``brandtune.json``) into run ``run_id``.
+def create_logged_model(mlc: Any, run_id: str, info: dict[str, Any], name: str) -> str:
+    """Create the (PENDING) LoggedModel in the training run's own experiment (``Model.log`` links it to the run).
 
-    Returns:
-        The LoggedModel id.
+    ``Model.log`` alone would put it in the *active* experiment (``Default`` outside a run), whose artifact root on
+    a sqlite store is ``./mlruns`` under the current directory.
     """
+    run = mlc.get_run(run_id)
+    model = mlc.create_logged_model(
+        experiment_id=run.info.experiment_id,
+        name=name,
+        source_run_id=run_id,
+        tags={"brandtune.source_run_id": run_id, "brandtune.base_model": str(info.get("base_model", ""))},
+    )
+    return str(model.model_id)
+
+
+def log_diffusers_model(model_id: str, run_id: str, adapter: Path, info: dict[str, Any]) -> None:
+    """Save ``adapter`` (folder with the safetensors and ``brandtune.json``) as the artifacts of ``model_id``."""
     import mlflow.diffusers  # noqa: F401  (the flavor module must be importable)
     from mlflow.models import Model
 
     base_model, revision = flavor_base(info)
-    meta = {"brandtune": {k: v for k, v in info.items() if k != "files"} | {"files": info.get("files", {})}}
-    model_info = Model.log(
+    meta = {"brandtune": dict(info)}
+    Model.log(
         artifact_path=None,
-        name=name,
+        name=MODEL_NAME_DEFAULT,
         flavor=_PinnedDiffusers(base_model, revision),
         flavor_name="diffusers",
         run_id=run_id,
+        model_id=model_id,
         adapter_path=str(adapter),
         adapter_type="lora",
         signature=_signature(int(info.get("resolution") or 512)),
         metadata=meta,
-        tags={"brandtune.source_run_id": run_id, "brandtune.base_model": base_model},
     )
-    return str(model_info.model_id)

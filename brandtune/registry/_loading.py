@@ -1,7 +1,7 @@
 """Downstream: resolve ``models:/<name>@<alias>`` once, cache the adapter by version, load it onto its base.
 
-The cache is ``<cache_dir>/adapters/<name>/<version>/`` (the MLflow model folder: ``MLmodel`` and
-``adapter_weights/``), written to a staging folder and renamed into place, so a reader sees all of it or none.
+The cache is ``<cache_dir>/adapters/<name>/<version>/<logged model id>/`` (the MLflow model folder: ``MLmodel``
+and ``adapter_weights/``; the logged model id keeps version 1 of two registries apart), written to a staging folder and renamed into place, so a reader sees all of it or none.
 A version's files never change in the registry, so a cached version is reused without asking the server for more
 than the alias; the weights' sha256 is checked against the version's ``brandtune.adapter_sha256`` tag every time.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,15 @@ class FetchedAdapter:
 
 
 def adapter_cache_dir(name: str, version: str, settings: Settings | None = None) -> Path:
-    """Where version ``version`` of ``name`` is cached."""
+    """The cache folder of version ``version`` of ``name`` (one subfolder per registry source)."""
     settings = settings or Settings.from_env()
     return settings.cache_dir / "adapters" / name / str(version)
+
+
+def _source_key(version: RegisteredVersion) -> str:
+    """The version's artifact identity (its LoggedModel id), so two registries' ``acme-lora`` v1 never collide."""
+    key = re.sub(r"[^\w.-]+", "_", version.source.removeprefix("models:/")).strip("._")
+    return key or "source"
 
 
 def fetch(uri: str, *, settings: Settings | None = None) -> FetchedAdapter:
@@ -81,7 +88,7 @@ def fetch(uri: str, *, settings: Settings | None = None) -> FetchedAdapter:
     check_reachable(settings.tracking_uri)
     mlc = client(settings)
     version = resolve(mlc, name, alias, number, settings.tracking_uri)
-    folder = adapter_cache_dir(name, version.version, settings)
+    folder = adapter_cache_dir(name, version.version, settings) / _source_key(version)
     cached = (folder / ADAPTER_SUBDIR / WEIGHTS_NAME).is_file()
     if not cached:
         with staging_dir(folder) as tmp:

@@ -231,14 +231,16 @@ def log_adapter(mlc: MlflowClient, run_id: str, adapter: Path, info: dict[str, A
     Returns:
         The LoggedModel id (the version's source is ``models:/<id>``).
     """
-    from brandtune.registry._flavor import log_diffusers_model
+    from brandtune.registry._flavor import create_logged_model, log_diffusers_model
 
-    model_id: str | None = None
+    model_id = call(
+        lambda: create_logged_model(mlc, run_id, info, MODEL_NAME), uri=uri, what="create the adapter model"
+    )
     try:
-        model_id = call(
-            lambda: log_diffusers_model(run_id, adapter, info, MODEL_NAME),
+        call(
+            lambda: log_diffusers_model(model_id, run_id, adapter, info),
             uri=uri,
-            what="log the adapter model",
+            what="upload the adapter model",
         )
         listed = call(
             lambda: _artifact_names(mlc, model_id), uri=uri, what="list the logged model's artifacts"
@@ -251,8 +253,7 @@ def log_adapter(mlc: MlflowClient, run_id: str, adapter: Path, info: dict[str, A
         call(lambda: mlc.finalize_logged_model(model_id, "READY"), uri=uri, what="finalize the logged model")
         return model_id
     except BaseException:
-        if model_id is not None:
-            _mark_failed(mlc, model_id)
+        _mark_failed(mlc, model_id)
         raise
 
 
