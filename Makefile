@@ -10,7 +10,7 @@ export BRANDTUNE_HOME ?= $(CURDIR)/.brandtune
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo test lint format clean mlflow-ui ui
 
 # Create the virtual environment and install brandtune with its test tools. Re-runs only when
 # pyproject.toml changes, so a second `make` reuses the environment in seconds.
@@ -32,6 +32,14 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+## Browse runs, datasets and model versions: MLflow UI on http://127.0.0.1:5000 (Ctrl-C stops it).
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/brandtune mlflow-ui
+
+## Prefect server + UI, MLflow UI and a worker, with every deployment of prefect.yaml (Ctrl-C stops all).
+ui: $(STAMP)
+	$(VENV)/bin/brandtune ui
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
