@@ -140,8 +140,7 @@ def _generate_all(
 
     from brandtune.generation import _save_png
     from brandtune.models import load_base_pipeline
-    from brandtune.registry import adapter_name
-    from brandtune.registry._loading import WEIGHTS_NAME, resolve_adapter_base
+    from brandtune.registry import WEIGHTS_NAME, adapter_name, resolve_adapter_base
     from brandtune.sampling import apply_scheduler, sample_batch
 
     cand = models[0].adapter
@@ -316,10 +315,8 @@ def _tag_candidate(
     run_id: str,
     settings: Settings,
 ) -> None:
-    from brandtune.registry._client import call, client
+    from brandtune.registry import set_version_tags
 
-    mlc = client(settings)
-    name, version = cand.version.name, cand.version.version
     tags = {f"brandtune.metric.{k}": f"{v:.6g}" for k, v in metrics.items()}
     tags.update(
         {
@@ -328,12 +325,7 @@ def _tag_candidate(
             "brandtune.eval_run_id": run_id,
         }
     )
-    for key, value in tags.items():
-        call(
-            lambda k=key, v=value: mlc.set_model_version_tag(name, version, k, v),
-            uri=settings.tracking_uri,
-            what=f"tag {name} v{version}",
-        )
+    set_version_tags(brand.name, cand.version.version, tags, settings=settings)
 
 
 def _log_run(

@@ -15,15 +15,17 @@ Importing this package is cheap: mlflow, torch and diffusers are imported inside
 
 from __future__ import annotations
 
-from brandtune.registry._aliases import AliasMove, list_versions, promote, rollback
+from brandtune.registry._aliases import AliasMove, list_versions, promote, rollback, set_version_tags
 from brandtune.registry._client import START_SERVER_HINT
 from brandtune.registry._loading import (
+    WEIGHTS_NAME,
     FetchedAdapter,
     adapter_cache_dir,
     adapter_name,
     fetch,
     load_pipeline,
     pull,
+    resolve_adapter_base,
 )
 from brandtune.registry._register import register
 from brandtune.registry._versions import (
@@ -40,6 +42,7 @@ __all__ = [
     "CHAMPION",
     "PREVIOUS",
     "START_SERVER_HINT",
+    "WEIGHTS_NAME",
     "AliasMove",
     "FetchedAdapter",
     "RegisteredVersion",
@@ -53,5 +56,7 @@ __all__ = [
     "promote",
     "pull",
     "register",
+    "resolve_adapter_base",
     "rollback",
+    "set_version_tags",
 ]

@@ -106,3 +106,16 @@ def list_versions(brand: str, *, settings: Settings | None = None) -> list[Regis
         RegisteredVersion(**{**r.__dict__, "aliases": tuple(sorted(by_version.get(r.version, [])))})
         for r in rows
     ]
+
+
+def set_version_tags(
+    brand: str, version: int | str, tags: dict[str, str], *, settings: Settings | None = None
+) -> None:
+    """Set tags on one version of ``<brand>-lora`` (evaluation metrics, gate decisions), retrying transient errors."""
+    mlc, name, uri, _ = _aliases(brand, settings)
+    for key, value in tags.items():
+        call(
+            lambda k=key, v=value: mlc.set_model_version_tag(name, str(version), k, v),  # type: ignore[attr-defined]
+            uri=uri,
+            what=f"tag {name} version {version}",
+        )
