@@ -209,8 +209,9 @@ def demo(
 
 def _add_command_modules() -> None:
     """Commands that live in their own modules (each keeps its heavy imports inside the commands)."""
-    from brandtune import cli_jobs, cli_registry, cli_ui
+    from brandtune import cli_base, cli_jobs, cli_registry, cli_ui
 
+    cli_base.add_commands(base_app)
     cli_registry.add_commands(app)
     cli_jobs.add_commands(app)
     cli_ui.add_commands(app)

@@ -59,12 +59,51 @@ _TINY_CLIP: dict[str, Any] = {
     "projection_dim": 32,
     "hidden_act": "quick_gelu",  # OpenAI CLIP (SD 1.x); SD 2.x / SDXL's second encoder are OpenCLIP, "gelu"
 }
+# builtin:tiny is pretrained by brandtune.models.pretrain, so its parts are sized for a 2-core CPU to learn in under
+# an hour: a VAE with a 4x downsampling and 48 latent channels (as many numbers as a 4x4 patch of RGB, so it can be
+# nearly lossless and trains in minutes), a UNet of ~4M parameters on the 16x16 latent grid and a 2-layer text
+# encoder. On a CPU the cost of these small convolutions is per-op overhead more than FLOPs: a 16x16 grid is what
+# makes thousands of UNet steps fit in the budget.
+_TINY_LATENT_CHANNELS = 48
+_TINY_PIXEL_VAE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [16, 32, 64],
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "layers_per_block": 1,
+    "latent_channels": _TINY_LATENT_CHANNELS,
+    "norm_num_groups": 8,
+    "mid_block_add_attention": False,
+    "sample_size": 64,  # 64 px images <-> 48x16x16 latents
+}
+_TINY_TEXT: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": MODEL_MAX_LENGTH,
+    "layer_norm_eps": 1e-5,
+    "projection_dim": 64,
+    "hidden_act": "quick_gelu",
+}
 _SD_BETAS: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
     "steps_offset": 1,
+}
+# The cosine schedule suits small, nearly pixel-space latents better than SD's scaled_linear; DDIM samples well in
+# 20-50 steps. Training code builds its DDPMScheduler from this same config.
+_TINY_SCHEDULER: dict[str, Any] = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_schedule": "squaredcos_cap_v2",
+    "steps_offset": 1,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "prediction_type": "epsilon",
 }
 
 
@@ -92,24 +131,24 @@ _SPECS: dict[str, BuiltinSpec] = {
     for spec in (
         BuiltinSpec(
             name="builtin:tiny",
-            description="SD-1.x architecture, 64 px, ~2M random parameters (tests and CPU demos)",
+            description="SD-1.x architecture, 64 px, ~5M parameters pretrained on procedural product scenes",
             family="sd1",
             asset="builtin_tiny",
             config={
                 "unet": {
-                    "sample_size": 32,
-                    "in_channels": 4,
-                    "out_channels": 4,
-                    "layers_per_block": 2,
-                    "block_out_channels": [32, 64],
-                    # Attention on the 16x16 level only, as in diffusers' own tiny SD tests: 4x cheaper than 32x32.
-                    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-                    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-                    "cross_attention_dim": 32,
+                    "sample_size": 16,
+                    "in_channels": _TINY_LATENT_CHANNELS,
+                    "out_channels": _TINY_LATENT_CHANNELS,
+                    "layers_per_block": 1,
+                    "block_out_channels": [64, 96, 96],
+                    # Cross-attention at 8x8 and 4x4 (to_q/to_k/to_v/to_out.0: LoRA's default targets).
+                    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                    "cross_attention_dim": 64,
                 },
-                "vae": _TINY_VAE,
-                "text_encoder": _TINY_CLIP,
-                "scheduler": {"_class_name": "DDPMScheduler", **_SD_BETAS, "clip_sample": False},
+                "vae": _TINY_PIXEL_VAE,
+                "text_encoder": _TINY_TEXT,
+                "scheduler": _TINY_SCHEDULER,
             },
         ),
         BuiltinSpec(

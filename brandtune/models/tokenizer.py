@@ -48,6 +48,7 @@ _CORPUS: tuple[str, ...] = (
     "blurry low quality watermark text distorted ugly bad deformed",
     "man woman person people hand hands model wearing using",
     "bottles sneakers shoes mugs cups bags cans jars boxes products colors colours photos",
+    "stripe circle triangle star mark kitchen counter",
 )
 # Learn merges until every word of the corpus is one token (training stops early when no pair is left).
 _MAX_MERGES = 1500
