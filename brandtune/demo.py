@@ -110,17 +110,24 @@ def before_after(base_dir: Path, adapter_dir: Path, out: Path) -> Path:
     rows = json.loads((adapter_dir / "manifest.json").read_text())["images"]
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     per = max(sum(r["setting"] == s for r in rows) for s in settings)
-    cell, gap, label = 96, 12, 20
-    sheet = Image.new("RGB", (2 * per * cell + gap, label + len(settings) * cell), "white")
+    cell, gap, label, left = 96, 12, 20, 90
+    width = left + 2 * per * cell + gap
+    sheet = Image.new("RGB", (width, label + len(settings) * cell), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((4, 4), "base model (no adapter)", fill=(40, 40, 40))
-    draw.text((per * cell + gap + 4, 4), "with the brand adapter", fill=(40, 40, 40))
+    draw.text((left + 4, 4), "base model (no adapter)", fill=(40, 40, 40))
+    draw.text((left + per * cell + gap + 4, 4), "with the brand adapter", fill=(40, 40, 40))
     for y, setting in enumerate(settings):
         mine = [r for r in rows if r["setting"] == setting]
+        draw.text((4, label + y * cell + cell // 2 - 12), setting, fill=(40, 40, 40))
+        draw.text(
+            (4, label + y * cell + cell // 2 + 2),
+            f"seeds {mine[0]['seed']}-{mine[-1]['seed']}",
+            fill=(110, 110, 110),
+        )
         for x, r in enumerate(mine):
             for side, folder in enumerate((base_dir, adapter_dir)):
                 with Image.open(folder / r["file"]) as img:
                     tile = img.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)
-                sheet.paste(tile, (side * (per * cell + gap) + x * cell, label + y * cell))
+                sheet.paste(tile, (left + side * (per * cell + gap) + x * cell, label + y * cell))
     _save_png(sheet, out)
     return out
