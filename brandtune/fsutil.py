@@ -42,6 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; written files are meant to be shared like any other
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -90,3 +91,22 @@ def publish_dir(staging: Path, final: Path) -> bool:
             shutil.rmtree(staging, ignore_errors=True)
             return False
         raise
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Put the finished folder ``staging`` at ``target``, replacing what is there.
+
+    An existing ``target`` is renamed aside first and removed only after the new folder is in place (and put back
+    if that fails), so a reader finds the old folder or the new one, never a mix.
+    """
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, aside)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from brandtune.errors import ModelResolutionError
+from brandtune.fsutil import atomic_write_json, replace_dir
 from brandtune.models.family import read_json
 from brandtune.models.resolve import resolve_base
-from brandtune.models.revision import content_files, write_json_atomic
+from brandtune.models.revision import content_files
 from brandtune.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ def export_base(
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, out)  # follows symlinks: hub snapshots link into a blob store
         _drop_missing_components(tmp)
-        write_json_atomic(tmp / EXPORT_FILE, {"ref": resolved.ref, **resolved.provenance()})
-        _replace_dir(tmp, target)
+        atomic_write_json(tmp / EXPORT_FILE, {"ref": resolved.ref, **resolved.provenance()})
+        replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -102,18 +102,3 @@ def _drop_missing_components(folder: Path) -> None:
         index["requires_safety_checker"] = False
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     logger.info("export: %s not in the source folder; set to null in model_index.json", ", ".join(missing))
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished copy onto ``target``, setting an existing ``target`` aside first."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, aside)
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        os.replace(aside, target)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)

@@ -15,8 +15,9 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
+
+from brandtune.fsutil import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -77,19 +78,6 @@ def _signature(root: Path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, payload: dict[str, object]) -> None:
-    """Write a small JSON file atomically (temp file in the same folder, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def cached_revision(root: Path, cache_file: Path) -> str:
     """Return a folder's revision, reusing ``cache_file`` while the folder's files are unchanged.
 
@@ -109,7 +97,7 @@ def cached_revision(root: Path, cache_file: Path) -> str:
         return str(cached["revision"])
     revision = compute_revision(root)
     try:
-        write_json_atomic(cache_file, {"revision": revision, "signature": signature, "folder": str(root)})
+        atomic_write_json(cache_file, {"revision": revision, "signature": signature, "folder": str(root)})
     except OSError as exc:  # a read-only model folder or cache: the revision is still right, just not kept
         logger.warning("could not cache the revision of %s in %s: %s", root, cache_file, exc)
     return revision

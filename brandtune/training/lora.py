@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brandtune.errors import TrainingError
-from brandtune.fsutil import atomic_write_json, sha256_file
+from brandtune.fsutil import atomic_write_json, replace_dir, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -100,22 +99,11 @@ def save_adapter(
         if export_kohya:
             files[KOHYA_NAME] = export_kohya_file(weights, staging / KOHYA_NAME, provenance)
         atomic_write_json(staging / PROVENANCE_NAME, {**provenance, "files": files})
-        _swap_into_place(staging, dest)
+        replace_dir(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest
-
-
-def _swap_into_place(staging: Path, dest: Path) -> None:
-    """Replace ``dest`` with ``staging``; a reader sees the old folder or the new one, never a mix."""
-    if not dest.exists():
-        os.rename(staging, dest)
-        return
-    old = dest.with_name(f".old-{dest.name}-{os.getpid()}")
-    os.rename(dest, old)
-    os.rename(staging, dest)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_kohya_file(weights: Path, out: Path, provenance: dict[str, Any]) -> str:
