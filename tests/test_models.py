@@ -31,9 +31,23 @@ pytestmark = pytest.mark.usefixtures("torch_threads")
 PROMPT = "a photo of acme bottle on a beach at sunset"
 
 
+_SHIPPED_DIR = builtin_module.shipped_dir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _from_config() -> Any:
+    """These tests exercise the from-config build path, so the shipped pretrained copy is set aside here.
+
+    ``test_shipped_builtin_tiny_*`` below check the shipped weights themselves.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(builtin_module, "shipped_dir", lambda spec: None)
+        yield
+
+
 @pytest.fixture(scope="module")
 def tiny() -> ResolvedBase:
-    """builtin:tiny, built once into the session's BRANDTUNE_HOME."""
+    """builtin:tiny built from config (random weights), once, into the session's BRANDTUNE_HOME."""
     return resolve_base("builtin:tiny")
 
 
@@ -85,6 +99,33 @@ def test_builtin_tiny_resolves(tiny: ResolvedBase) -> None:
         "base_revision": tiny.revision,
         "base_family": "sd1",
     }
+
+
+def test_shipped_builtin_tiny_is_what_builtin_tiny_resolves_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    monkeypatch.setattr(builtin_module, "shipped_dir", _SHIPPED_DIR)
+    shipped = builtin_module.shipped_dir(builtin_module.builtin_spec("builtin:tiny"))
+    assert shipped is not None, "brandtune/assets/builtin_tiny/ (the pretrained weights) is missing"
+    resolved = resolve_base("builtin:tiny")
+    assert resolved.path == shipped
+    assert (resolved.family, resolved.resolution, resolved.pipeline_class) == (
+        "sd1",
+        64,
+        "StableDiffusionPipeline",
+    )
+    assert resolved.revision.startswith("sha256:")
+    weights = list(shipped.rglob("*.safetensors"))
+    assert len(weights) == 3 and not list(shipped.rglob("*.bin"))
+    assert sum(p.stat().st_size for p in weights) <= 25 * 2**20
+    assert (shipped / "README.md").is_file() and (shipped / "pretrain.json").is_file()
+    # The shipped architecture is the spec's: the from-config build and the pretrained copy are the same model.
+    spec = builtin_module.builtin_spec("builtin:tiny")
+    unet_config = json.loads((shipped / "unet" / "config.json").read_text())
+    assert {k: unet_config[k] for k in spec.config["unet"]} == spec.config["unet"]
+    pipe = StableDiffusionPipeline.from_pretrained(shipped)  # plain diffusers loads it
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(PROMPT, num_inference_steps=2, generator=_generator()).images[0].size == (64, 64)
 
 
 def test_builtin_is_cached(tiny: ResolvedBase, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -98,10 +98,13 @@ def detect_family(path: Path | str) -> Family:
         )
     unet = read_json(folder / "unet" / "config.json")
     in_channels = unet.get("in_channels", 4)
-    if in_channels != 4:
+    vae_path = folder / "vae" / "config.json"
+    latent_channels = read_json(vae_path).get("latent_channels", 4) if vae_path.is_file() else 4
+    if in_channels != latent_channels:  # text-to-image UNets take exactly the VAE's latents
         raise UnsupportedModelError(
-            f"{folder} has a UNet with {in_channels} input channels (an inpainting or instruct-pix2pix model); "
-            f"brandtune trains text-to-image LoRAs on {_SUPPORTED} with 4-channel UNets."
+            f"{folder} has a UNet with {in_channels} input channels for {latent_channels}-channel latents (an "
+            f"inpainting or instruct-pix2pix model); brandtune trains text-to-image LoRAs on {_SUPPORTED}, "
+            "whose UNet input is the VAE latent."
         )
     if unet.get("addition_embed_type") == "text_time":
         if class_name not in SDXL_PIPELINES:

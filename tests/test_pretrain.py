@@ -1,0 +1,83 @@
+"""Tests of brandtune.models.pretrain with a few steps: a loadable folder, an MLflow run, the same bytes twice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brandtune.errors import TrainingError
+from brandtune.fsutil import sha256_file
+from brandtune.models.pretrain import PROVENANCE_FILE, PretrainConfig, pretrain, render_dataset, vary_caption
+from brandtune.synthetic import random_scene
+
+TINY_RUN = {
+    "num_images": 160,
+    "vae_steps": 2,
+    "vae_batch_size": 4,
+    "vae_crop": 16,
+    "unet_steps": 2,
+    "unet_batch_size": 4,
+    "warmup_steps": 1,
+    "log_every": 1,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread (the pretraining default): bit-identical reruns and no spinning on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_captions_vary_but_always_name_kind_and_colour() -> None:
+    rng = np.random.default_rng(0)
+    scene = random_scene(rng)
+    body = scene.product.body
+    texts = {vary_caption(scene, (a, b, c)) for a in (0.1, 0.9) for b in (0.1, 0.9) for c in (0.1, 0.9)}
+    assert len(texts) == 8
+    assert all(f"{body} {scene.product.kind}" in t for t in texts)
+    assert "a photo of a red mug on a beach".removeprefix("a photo of ") == "a red mug on a beach"
+
+
+def test_render_dataset_is_deterministic_and_never_draws_acme() -> None:
+    images, captions = render_dataset(64, seed=3)
+    again, captions_again = render_dataset(64, seed=3)
+    assert images.shape == (64, 3, 64, 64) and str(images.dtype) == "torch.uint8"
+    assert bool((images == again).all()) and captions == captions_again
+    assert not any("acme" in c or "teal bottle with an orange cap" in c for c in captions)
+
+
+def test_pretrain_writes_a_plain_pipeline_and_an_mlflow_run(tmp_path: Path) -> None:
+    import mlflow
+    from diffusers import StableDiffusionPipeline
+
+    from brandtune.settings import Settings
+
+    dest = tmp_path / "tiny"
+    result = pretrain(PretrainConfig(**TINY_RUN), dest)
+    assert result.path == dest and result.mlflow_run_id
+    provenance = json.loads((dest / PROVENANCE_FILE).read_text())
+    assert provenance["config"]["seed"] == 0 and provenance["command"] == "brandtune base build-tiny"
+    pipe = StableDiffusionPipeline.from_pretrained(dest)
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.vae.config.scaling_factor != 0.18215, "scaling_factor is set from the latents"
+    client = mlflow.MlflowClient(Settings.from_env().tracking_uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["brandtune.stage"] == "pretrain"
+    assert {"vae/l1", "vae/psnr_db", "unet/loss"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(result.mlflow_run_id, "unet/loss")) == TINY_RUN["unet_steps"]
+
+    again = pretrain(PretrainConfig(**TINY_RUN, tracking=False), tmp_path / "again")
+    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+        assert sha256_file(dest / part) == sha256_file(again.path / part), f"{part} differs between reruns"
+    with pytest.raises(TrainingError, match="exists"):
+        pretrain(PretrainConfig(**TINY_RUN), dest)
