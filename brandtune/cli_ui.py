@@ -7,6 +7,7 @@ in its own process group and Ctrl-C stops all of them (SIGTERM, then SIGKILL aft
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -92,6 +93,10 @@ def run_demo(env: dict[str, str]) -> None:
         console.print(f"  gallery:       {run.state.result()['gallery']}")
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def ui_cmd(
     prefect_port: Annotated[int, typer.Option(help="Prefect server port on 127.0.0.1.")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port on 127.0.0.1.")] = 5000,
@@ -101,9 +106,20 @@ def ui_cmd(
     ] = False,
 ) -> None:
     """Start the Prefect UI, the MLflow UI and a worker with every deployment; Ctrl-C stops them all."""
+    repo = find_repo()
+    # Ctrl-C, a closed terminal and `kill` all end in the same clean stop (also when SIGINT was inherited ignored)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        _serve(repo, prefect_port, mlflow_port, pool, demo)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    console.print("all services stopped")
+
+
+def _serve(repo: Path, prefect_port: int, mlflow_port: int, pool: str, demo: bool) -> None:
     from brandtune.services import ServiceStack
 
-    repo = find_repo()
     with ServiceStack() as stack:
         try:
             env = start_stack(stack, repo, prefect_port, mlflow_port, pool)
@@ -122,8 +138,8 @@ def ui_cmd(
                 f"{dead[0].name} exited (code {dead[0].proc.returncode}); log: {dead[0].log_path}"
             )
         except KeyboardInterrupt:
-            console.print("stopping ...")
-    console.print("all services stopped")
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean stop short
+            console.print("stopping (a few seconds) ...")
 
 
 def add_commands(app: typer.Typer) -> None:
