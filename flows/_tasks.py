@@ -99,6 +99,7 @@ def _ensure_gpu_limit() -> int:
     """Create the ``brandtune-gpu`` global concurrency limit if missing; return its slots (0: disabled)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     slots = int(os.environ.get("BRANDTUNE_GPU_SLOTS", "1"))
     if slots <= 0:
@@ -106,14 +107,12 @@ def _ensure_gpu_limit() -> int:
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(GPU_LIMIT)
-        except Exception:  # ObjectNotFound: first training on this server
-            try:
+        except ObjectNotFound:  # first training on this server
+            # another training may create it at the same moment
+            with contextlib.suppress(ObjectAlreadyExists):
                 client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots)
                 )
-            except Exception as exc:  # created concurrently by another training
-                if "already exists" not in str(exc).lower() and "409" not in str(exc):
-                    raise
     return slots
 
 
