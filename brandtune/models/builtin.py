@@ -103,7 +103,9 @@ _TINY_SCHEDULER: dict[str, Any] = {
     "steps_offset": 1,
     "clip_sample": False,
     "set_alpha_to_one": False,
-    "prediction_type": "epsilon",
+    # v-prediction: at high noise the target is (minus) the clean latent, so a briefly trained model does not blow
+    # up in DDIM's first steps as an epsilon model does (x0 = (x_t - sigma * eps) / alpha, alpha ~ 0.06 at t=961).
+    "prediction_type": "v_prediction",
 }
 
 
