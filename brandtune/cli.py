@@ -194,17 +194,25 @@ def demo(
 ) -> None:
     """Run the whole pipeline on the built-in sample brand and print where to look."""
     from brandtune.demo import DEMO_STEPS, run_demo
+    from brandtune.settings import Settings
 
+    # Prefect keeps its local state beside brandtune's unless told otherwise; the first flow run of a process
+    # starts a temporary API server, which can be slow on a busy machine.
+    os.environ.setdefault("PREFECT_HOME", str(Settings.from_env().home / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     result = run_demo(brand, steps or DEMO_STEPS, say=lambda text: console.print(text, highlight=False))
+    settings = Settings.from_env()
     console.print("\n[bold green]done.[/] Open these:")
     console.print(f"  before/after: {result.before_after}")
     console.print(f"  campaign:     {result.gallery}")
-    console.print(f"  evaluation:   {result.report}")
-    console.print(f"  dataset:      {result.dataset}")
+    console.print(f"  evaluation:   {settings.home / 'evaluations' / brand} (report.html of the newest run)")
+    console.print(f"  gate:         {result.gate}")
+    console.print(f"  dataset:      {settings.datasets_dir / brand / result.dataset}")
     console.print(
-        f"  MLflow:       run {result.mlflow_run_id}, model version {result.version} "
-        "(browse with `make mlflow-ui`)"
+        f"  MLflow:       training run {result.mlflow_run_id}, model {brand}-lora version {result.version}"
+        f"{' (now @champion)' if result.promoted else ''}; browse with `make mlflow-ui`"
     )
+    console.print("  Prefect:      the flow runs and their artifacts: `make ui`")
 
 
 def _add_command_modules() -> None:

@@ -19,12 +19,11 @@ DEMO_BATCH = 8
 
 @dataclass(frozen=True)
 class DemoResult:
-    dataset: Path
+    dataset: str
     mlflow_run_id: str
     version: str
     gate: str
     promoted: bool
-    report: Path
     gallery: Path
     before_after: Path
 
@@ -32,69 +31,63 @@ class DemoResult:
 def run_demo(
     brand_name: str = "acme", steps: int = DEMO_STEPS, say: Callable[[str], None] = logger.info
 ) -> DemoResult:
-    """Run every stage once on ``brand_name`` and return where each result is."""
-    from brandtune.config import IngestConfig
-    from brandtune.evaluation.job import EvalConfig, evaluate
-    from brandtune.generation import GenerateConfig, generate
-    from brandtune.ingest import ingest
-    from brandtune.registry import register
-    from brandtune.sampling import SamplerConfig
-    from brandtune.training import TrainConfig
-    from brandtune.training.launch import launch
+    """Run ``retrain`` then ``generate`` through Prefect on ``brand_name`` and return where each result is.
+
+    ``retrain`` is the whole chain: ingest, train, register as @candidate, evaluate against @champion and the base
+    model, promote when the gate passes. ``generate`` then makes a campaign from the champion (or from the new
+    version when the gate held it back), and once more from the base model for a before/after sheet.
+    """
+    from flows._params import GenerationParams, TrainingParams
+    from flows.generate import generate_flow
+    from flows.retrain import retrain_flow
 
     settings = Settings.from_env()
     brand = load_brand(brand_name)
-    say(f"1/5 ingest {brand_dir(brand.name) / 'photos'}")
-    data = ingest(
-        brand, brand_dir(brand.name) / "photos", IngestConfig.for_brand(brand), settings, progress=True
-    )
     say(
-        f"    dataset {data.fingerprint}: {data.num_images} images ({data.num_rejected} rejected) in {data.path}"
+        f"retrain {brand.name}: ingest {brand_dir(brand.name) / 'photos'}, train {steps} steps on "
+        f"{brand.base_model}, register, evaluate, promote if the gate passes"
     )
-    say(f"2/5 train a LoRA on {brand.base_model} for {steps} steps")
-    cfg = TrainConfig(
-        brand=brand.name,
-        dataset=data.fingerprint,
+    training = TrainingParams(
         max_train_steps=steps,
         learning_rate=DEMO_LEARNING_RATE,
         train_batch_size=DEMO_BATCH,
         checkpointing_steps=100,
-        resume="latest",
     )
-    trained = launch(cfg, on_line=lambda line: logger.debug("%s", line))
-    say(f"    adapter {trained['adapter_dir']} (MLflow run {trained['mlflow_run_id']})")
-    say("3/5 register it as a new version with @candidate")
-    version = register(brand.name, trained["mlflow_run_id"], settings=settings)
-    say(f"    {version.name} version {version.version}")
-    say("4/5 evaluate the candidate against @champion and the base model; the gate decides")
-    outcome = evaluate(EvalConfig(brand=brand.name, candidate=version.version), settings)
-    say(f"    gate: {outcome.gate.summary()}")
-    say(f"    report: {outcome.report_html}")
-    model = "champion" if outcome.promoted or outcome.champion_version else version.version
-    say(f"5/5 generate a campaign from {'@champion' if model == 'champion' else 'version ' + model}")
+    retrained = retrain_flow(brand=brand.name, training=training)
+    model = "champion" if retrained["promoted"] or retrained["champion_before"] else retrained["version"]
+    if model != "champion":
+        say(
+            f"the gate held version {model} back and there is no champion yet: generating from version {model}"
+        )
     out = settings.home / "campaigns" / brand.name / "demo"
-    job = GenerateConfig(
-        brand=brand.name,
-        prompt="a photo of {trigger} {subject}",
-        settings=list(brand.settings),
-        variations=4,
-        model=model,
-        output_dir=out / "adapter",
-        sampler=SamplerConfig(),
+    common = {
+        "brand": brand.name,
+        "prompt": "a photo of {trigger} {subject}",
+        "settings": list(brand.settings),
+        "variations": 4,
+    }
+    campaign = generate_flow(
+        model=model, generation=GenerationParams(output_dir=str(out / "adapter")), **common
     )
-    campaign = generate(job, settings, progress=True)
-    before = generate(
-        job.model_copy(update={"model": "base", "output_dir": out / "base"}), settings, progress=True
+    before = generate_flow(model="base", generation=GenerationParams(output_dir=str(out / "base")), **common)
+    sheet = before_after(Path(before["output_dir"]), Path(campaign["output_dir"]), out / "before_after.png")
+    from brandtune.registry import list_versions
+
+    gate = next(
+        (
+            v.tags.get("brandtune.gate_reason", "")
+            for v in list_versions(brand.name, settings=settings)
+            if v.version == retrained["version"]
+        ),
+        "",
     )
-    sheet = before_after(before.output_dir, campaign.output_dir, out / "before_after.png")
     return DemoResult(
-        data.path,
-        trained["mlflow_run_id"],
-        version.version,
-        outcome.gate.summary(),
-        outcome.promoted,
-        outcome.report_html,
-        campaign.gallery,
+        retrained["dataset"],
+        retrained["mlflow_run_id"],
+        retrained["version"],
+        gate,
+        retrained["promoted"],
+        Path(campaign["gallery"]),
         sheet,
     )
 
