@@ -199,6 +199,7 @@ def demo(
     # Prefect keeps its local state beside brandtune's unless told otherwise; the first flow run of a process
     # starts a temporary API server, which can be slow on a busy machine.
     os.environ.setdefault("PREFECT_HOME", str(Settings.from_env().home / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     result = run_demo(brand, steps or DEMO_STEPS, say=lambda text: console.print(text, highlight=False))
     settings = Settings.from_env()
