@@ -147,6 +147,12 @@ _SPECS: dict[str, BuiltinSpec] = {
                     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
                     "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
                     "cross_attention_dim": 64,
+                    # Also pool the text (attention pooling) into the time embedding, so every resnet sees the
+                    # caption: global attributes (colours, setting) are learned in hundreds of steps, where
+                    # cross-attention alone had not started to follow the text after 500. The pipeline is
+                    # unchanged: the UNet computes the pooled embedding from encoder_hidden_states itself.
+                    "addition_embed_type": "text",
+                    "addition_embed_type_num_heads": 4,
                 },
                 "vae": _TINY_PIXEL_VAE,
                 "text_encoder": _TINY_TEXT,

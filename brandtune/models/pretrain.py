@@ -58,7 +58,7 @@ class PretrainConfig(StrictModel):
     )
     vae_learning_rate: float = Field(default=3e-3, gt=0, description="VAE peak learning rate (cosine decay).")
     kl_weight: float = Field(default=1e-4, ge=0, description="Weight of the KL term (per latent element).")
-    unet_steps: int = Field(default=500, ge=1, description="UNet + text encoder optimizer steps (stage 3).")
+    unet_steps: int = Field(default=700, ge=1, description="UNet + text encoder optimizer steps (stage 3).")
     unet_batch_size: int = Field(
         default=64,
         ge=1,
