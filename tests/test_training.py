@@ -244,6 +244,7 @@ def test_two_process_accelerate_launch(tmp_path: Path) -> None:
     assert (adapter / "pytorch_lora_weights.safetensors").is_file()
     assert any("adapter written" in line for line in lines)
     assert sum("adapter written" in line for line in lines) == 1  # main process only
+    assert sum("brandtune.training: adapter:" in line for line in lines) == 2  # but both ranks trained
 
 
 @pytest.mark.parametrize(
