@@ -4,7 +4,7 @@ Three stages, each seeded: (1) render ``num_images`` random scenes (:mod:`brandt
 never drawn) with varied captions; (2) train the VAE alone for ``vae_steps`` (L1 reconstruction of a sampled latent
 plus a light KL), then encode every image once and set the VAE's ``scaling_factor`` from the latents' spread; (3)
 train the UNet and the text encoder together on the cached latents for ``unet_steps`` (v-prediction,
-Min-SNR weighting, caption dropout for classifier-free guidance, an EMA of the weights, which is what is saved).
+plain loss, caption dropout for classifier-free guidance, an EMA of the weights, which is what is saved).
 No VAE runs in the UNet loop, which is what makes stage 3 affordable. Curves go to MLflow (experiment
 ``brandtune/builtin-tiny``) like any run, and the result is a plain ``StableDiffusionPipeline`` folder.
 
@@ -66,7 +66,12 @@ class PretrainConfig(StrictModel):
     )
     unet_learning_rate: float = Field(default=2e-3, gt=0, description="UNet/text peak learning rate.")
     warmup_steps: int = Field(default=20, ge=0, description="Linear warm-up steps of both stages.")
-    snr_gamma: float = Field(default=5.0, gt=0, description="Min-SNR loss weighting gamma.")
+    snr_gamma: float | None = Field(
+        default=None,
+        gt=0,
+        description="Min-SNR loss weighting gamma; None: plain loss. For v-prediction Min-SNR scales the loss of "
+        "high-noise steps by ~SNR (near 0), which is where the caption decides the image.",
+    )
     caption_dropout: float = Field(default=0.1, ge=0, lt=1, description="Share of empty captions (for CFG).")
     ema_decay: float = Field(
         default=0.99, ge=0, lt=1, description="EMA decay of the saved UNet/text weights."
@@ -362,15 +367,13 @@ def train_unet(pipe: Any, latents: Any, captions: list[str], config: PretrainCon
         pred = unet(
             noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=text_encoder(batch_ids)[0]
         ).sample
-        snr = compute_snr(noise_sched, t)
-        if noise_sched.config.prediction_type == "v_prediction":
-            target, weight = (
-                noise_sched.get_velocity(x0, noise, t),
-                snr.clamp(max=config.snr_gamma) / (snr + 1),
-            )
-        else:
-            target, weight = noise, snr.clamp(max=config.snr_gamma) / snr
-        loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        v_pred = noise_sched.config.prediction_type == "v_prediction"
+        target = noise_sched.get_velocity(x0, noise, t) if v_pred else noise
+        per_example = (pred - target).pow(2).mean(dim=(1, 2, 3))
+        if config.snr_gamma is not None:
+            snr = compute_snr(noise_sched, t)
+            per_example = per_example * snr.clamp(max=config.snr_gamma) / (snr + 1 if v_pred else snr)
+        loss = per_example.mean()
         if not torch.isfinite(loss):
             raise TrainingError(f"UNet loss is {loss.item()} at step {step}; lower unet_learning_rate")
         opt.zero_grad(set_to_none=True)
