@@ -110,10 +110,12 @@ def server_command(port: int, host: str = "127.0.0.1") -> list[str]:
         )
     Path(settings.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    # Artifacts stay plain file:// locations (not proxied mlflow-artifacts:/ URIs), so runs made through this
+    # server and runs made straight on the sqlite store (no MLFLOW_TRACKING_URI) can read each other's artifacts.
     return [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", settings.tracking_uri,
-        "--artifacts-destination", str(settings.artifacts_dir),
+        "--default-artifact-root", settings.artifacts_dir.as_uri(), "--no-serve-artifacts",
         "--host", host, "--port", str(port), "--workers", "1",
     ]  # fmt: skip
 
