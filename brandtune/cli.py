@@ -209,6 +209,7 @@ def demo(
     console.print(f"  evaluation:   {settings.home / 'evaluations' / brand} (report.html of the newest run)")
     console.print(f"  gate:         {result.gate}")
     console.print(f"  dataset:      {settings.datasets_dir / brand / result.dataset}")
+    console.print(f"  ingest report: {settings.datasets_dir / brand / result.dataset / 'report.json'}")
     console.print(
         f"  MLflow:       training run {result.mlflow_run_id}, model {brand}-lora version {result.version}"
         f"{' (now @champion)' if result.promoted else ''}; browse with `make mlflow-ui`"
