@@ -54,3 +54,21 @@ def acme_dataset(brandtune_home: Path) -> Path:
 def _brands_dir() -> None:
     """Brand slugs resolve against the repo's data/brands wherever pytest is started from."""
     os.environ.setdefault("BRANDTUNE_BRANDS_DIR", str(REPO_ROOT / "data" / "brands"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_store(brandtune_home: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh MLflow sqlite store per test module: one module's registered versions and aliases (a champion
+    promoted by a flow test, say) never leak into another module's expectations."""
+    import sys
+
+    uri = f"sqlite:///{brandtune_home / 'mlflow' / (request.module.__name__.rsplit('.', 1)[-1] + '.db')}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    if "mlflow" in sys.modules:  # the process-wide default of code that asks mlflow itself
+        sys.modules["mlflow"].set_tracking_uri(uri)
+    yield uri
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old

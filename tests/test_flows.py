@@ -41,7 +41,7 @@ def prefect_harness(brandtune_home: Path) -> None:
         yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mlflow_client(brandtune_home: Path) -> Any:
     from brandtune.registry._client import client
 
