@@ -9,6 +9,7 @@ SHELL := /bin/bash
 export BRANDTUNE_HOME ?= $(CURDIR)/.brandtune
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: venv demo test lint format clean mlflow-ui ui
 

@@ -201,6 +201,7 @@ def demo(
     os.environ.setdefault("PREFECT_HOME", str(Settings.from_env().home / "prefect"))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no calls home from the local API
     result = run_demo(brand, steps or DEMO_STEPS, say=lambda text: console.print(text, highlight=False))
     settings = Settings.from_env()
     console.print("\n[bold green]done.[/] Open these:")
