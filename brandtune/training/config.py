@@ -132,8 +132,6 @@ class TrainConfig(StrictModel):
             raise ValueError(
                 f"lr_warmup_steps ({self.lr_warmup_steps}) must be below max_train_steps ({self.max_train_steps})"
             )
-        if self.prior_preservation and self.train_batch_size < 1:
-            raise ValueError("prior_preservation needs train_batch_size >= 1")
         return self
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,6 @@ class TrainPlan:
     class_encoded: Encoded | None = None
     weight_dtype: Any = None
     mlflow_run_id: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def family(self) -> str:
@@ -112,10 +111,10 @@ def check_precision(mixed_precision: str) -> None:
         raise TrainingError("mixed_precision 'bf16' is not supported by this GPU; use 'fp16' or 'no'")
 
 
-def check_disk(run_dir: Path, lora_params: int, config: TrainConfig, cache_bytes: int) -> None:
+def check_disk(run_dir: Path, lora_params: int, config: TrainConfig) -> None:
     """Fail before training when the run folder's disk cannot hold the checkpoints it will write."""
     per_ckpt = lora_params * 4 * 3  # weights + two AdamW moments, fp32
-    need = per_ckpt * (config.checkpoints_total_limit + 1) + lora_params * 4 * 2 + cache_bytes + (64 << 20)
+    need = per_ckpt * (config.checkpoints_total_limit + 1) + lora_params * 4 * 2 + (64 << 20)
     probe = run_dir
     while not probe.exists():
         probe = probe.parent

@@ -224,7 +224,7 @@ def train(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     set_seed(config.seed)
     models = _setup_models(plan, accelerator)
     params = [p for m in models["trained"] for p in m.parameters() if p.requires_grad]
-    check_disk(plan.run_dir, sum(p.numel() for p in params), config, 0)
+    check_disk(plan.run_dir, sum(p.numel() for p in params), config)
     cache_hit = _encode(plan, settings, accelerator)
     encoders = models["text_encoders"] if config.train_text_encoder else []
     plan.components = dataclasses.replace(plan.components, vae=None, text_encoders=tuple(encoders))
