@@ -43,20 +43,17 @@ def _setup(home: Path, train_steps: int) -> str:
     return version.version
 
 
-def _throughput(pipe, images: int, batch: int, steps: int, repeats: int) -> float:
+def _rate(pipe, images: int, batch: int, steps: int) -> float:
+    """Images per second generating ``images`` images in batches of ``batch``."""
     from brandtune.sampling import SamplerConfig, sample_batch
 
     sampler = SamplerConfig(num_inference_steps=steps)
     prompts = ["a photo of acme bottle on a beach"] * batch
-    sample_batch(pipe, prompts[:1], [0], sampler)  # warm-up
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for start in range(0, images, batch):
-            n = min(batch, images - start)
-            sample_batch(pipe, prompts[:n], list(range(start, start + n)), sampler)
-        rates.append(images / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    t0 = time.perf_counter()
+    for start in range(0, images, batch):
+        n = min(batch, images - start)
+        sample_batch(pipe, prompts[:n], list(range(start, start + n)), sampler)
+    return images / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -64,7 +61,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, default=16, help="Images per measurement.")
     parser.add_argument("--steps", type=int, default=20, help="Denoising steps.")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="Interleaved measurements per variant; the median is shown."
+    )
     parser.add_argument("--train-steps", type=int, default=20)
     args = parser.parse_args()
     import torch
@@ -82,12 +81,16 @@ def main() -> None:
             "adapter, unfused": lambda: load_pipeline(uri, fuse=False),
             "adapter, fused": lambda: load_pipeline(uri, fuse=True),
         }
-        rows = []
-        for name, make in variants.items():
-            pipe = make()
+        pipes = {name: make() for name, make in variants.items()}
+        for pipe in pipes.values():
             apply_scheduler(pipe, "ddim")
-            for batch in (1, 8):
-                rows.append((name, batch, _throughput(pipe, args.images, batch, args.steps, args.repeats)))
+            _rate(pipe, 2, 2, 2)  # warm-up
+        # Interleaved: every repeat measures every variant once, so load on a shared machine hits all alike.
+        samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in pipes for b in (1, 8)}
+        for _ in range(args.repeats):
+            for (name, batch), rates in samples.items():
+                rates.append(_rate(pipes[name], args.images, batch, args.steps))
+        rows = [(name, batch, statistics.median(rates)) for (name, batch), rates in samples.items()]
         base = {b: r for n, b, r in rows if n.startswith("base")}
         print(
             f"machine: {platform.machine()} {platform.processor() or ''}, cpus={os.cpu_count()}, "

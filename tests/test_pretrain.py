@@ -11,7 +11,14 @@ import pytest
 
 from brandtune.errors import TrainingError
 from brandtune.fsutil import sha256_file
-from brandtune.models.pretrain import PROVENANCE_FILE, PretrainConfig, pretrain, render_dataset, vary_caption
+from brandtune.models.pretrain import (
+    PROVENANCE_FILE,
+    PretrainConfig,
+    loss_weights,
+    pretrain,
+    render_dataset,
+    vary_caption,
+)
 from brandtune.synthetic import random_scene
 
 TINY_RUN = {
@@ -48,11 +55,28 @@ def test_captions_vary_but_always_name_kind_and_colour() -> None:
 
 
 def test_render_dataset_is_deterministic_and_never_draws_acme() -> None:
-    images, captions = render_dataset(64, seed=3)
-    again, captions_again = render_dataset(64, seed=3)
+    images, captions, masks = render_dataset(64, seed=3)
+    again, captions_again, masks_again = render_dataset(64, seed=3)
     assert images.shape == (64, 3, 64, 64) and str(images.dtype) == "torch.uint8"
-    assert bool((images == again).all()) and captions == captions_again
+    assert masks.shape == (64, 64, 64) and str(masks.dtype) == "torch.uint8"
+    assert bool((images == again).all()) and bool((masks == masks_again).all()) and captions == captions_again
     assert not any("acme" in c or "teal bottle with an orange cap" in c for c in captions)
+    # every scene has a product, and it covers part of the frame, not all of it
+    coverage = masks.float().mean(dim=(1, 2)) / 255
+    assert bool((coverage > 0.02).all()) and bool((coverage < 0.6).all())
+
+
+def test_loss_weights_favour_the_product_and_keep_mean_one() -> None:
+    import torch
+
+    masks = torch.zeros((2, 64, 64), dtype=torch.uint8)
+    masks[0, 16:48, 24:40] = 255  # a product in the middle of the first image; none in the second
+    weights = loss_weights(masks, 16, product_weight=4.0)
+    assert weights.shape == (2, 1, 16, 16)
+    torch.testing.assert_close(weights.mean(dim=(1, 2, 3)), torch.ones(2))
+    assert float(weights[0, 0, 8, 8]) == pytest.approx(5 * float(weights[0, 0, 0, 0]))
+    assert bool((weights[1] == 1).all())
+    assert bool((loss_weights(masks, 16, product_weight=0.0) == 1).all())
 
 
 def test_pretrain_writes_a_plain_pipeline_and_an_mlflow_run(tmp_path: Path) -> None:

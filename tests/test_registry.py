@@ -216,6 +216,8 @@ def test_two_adapters_with_weights_and_fuse(v1, trained, settings, tmp_path) -> 
     np.testing.assert_allclose(generate(pipe), want, atol=1e-4)
     fused = load_pipeline(v1.uri, fuse=True, settings=settings)
     np.testing.assert_allclose(generate(fused), want, atol=1e-4)
+    # fused means plain modules: no LoRA layer is left to cost time at every call
+    assert not any("lora" in name for name, _ in fused.unet.named_modules())
 
 
 def test_pull_writes_files_and_adapter_json(v1, trained, settings, tmp_path) -> None:

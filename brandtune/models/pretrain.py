@@ -58,7 +58,7 @@ class PretrainConfig(StrictModel):
     )
     vae_learning_rate: float = Field(default=3e-3, gt=0, description="VAE peak learning rate (cosine decay).")
     kl_weight: float = Field(default=1e-4, ge=0, description="Weight of the KL term (per latent element).")
-    unet_steps: int = Field(default=700, ge=1, description="UNet + text encoder optimizer steps (stage 3).")
+    unet_steps: int = Field(default=1600, ge=1, description="UNet + text encoder optimizer steps (stage 3).")
     unet_batch_size: int = Field(
         default=64,
         ge=1,
@@ -71,6 +71,12 @@ class PretrainConfig(StrictModel):
         gt=0,
         description="Min-SNR loss weighting gamma; None: plain loss. For v-prediction Min-SNR scales the loss of "
         "high-noise steps by ~SNR (near 0), which is where the caption decides the image.",
+    )
+    product_loss_weight: float = Field(
+        default=4.0,
+        ge=0,
+        description="Extra loss weight inside the product's mask (latent grid): the product is a small part of "
+        "the image, and its colour is what the caption's colour word must control. 0: plain loss.",
     )
     caption_dropout: float = Field(default=0.1, ge=0, lt=1, description="Share of empty captions (for CFG).")
     ema_decay: float = Field(
@@ -128,10 +134,11 @@ def pretrain(config: PretrainConfig, dest: Path, settings: Any = None) -> Pretra
     try:
         torch.manual_seed(config.seed)
         pipe = _make_sd(builtin_spec("builtin:tiny"))
-        images, captions = render_dataset(config.num_images, config.seed)
+        images, captions, masks = render_dataset(config.num_images, config.seed)
         psnr = train_vae(pipe.vae, images, config, tracker)
         latents = encode_latents(pipe.vae, images)
-        loss = train_unet(pipe, latents, captions, config, tracker)
+        weights = loss_weights(masks, latents.shape[-1], config.product_loss_weight)
+        loss = train_unet(pipe, latents, captions, config, tracker, weights)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         with staging_dir(dest) as tmp:
             _save(pipe, tmp, config, {"vae_psnr_db": psnr, "unet_loss": loss, "wall_s": wall, "cpu_s": cpu})
@@ -191,26 +198,30 @@ def vary_caption(scene: Any, u: tuple[float, float, float]) -> str:
     return text
 
 
-def render_dataset(n: int, seed: int) -> tuple[Any, list[str]]:
-    """Render ``n`` random 64 px scenes and their varied captions.
+def render_dataset(n: int, seed: int) -> tuple[Any, list[str], Any]:
+    """Render ``n`` random 64 px scenes, their varied captions and the products' masks.
 
     Returns:
-        ``(images, captions)``: a ``(n, 3, 64, 64)`` uint8 tensor and ``n`` strings.
+        ``(images, captions, masks)``: a ``(n, 3, 64, 64)`` uint8 tensor, ``n`` strings and a ``(n, 64, 64)``
+        uint8 tensor of product coverage (0-255).
     """
     import numpy as np
     import torch
 
-    from brandtune.synthetic import random_scene, render_scene
+    from brandtune.synthetic import random_scene, render_scene_with_mask
 
     rng = np.random.default_rng(seed)
     images = torch.empty((n, 3, 64, 64), dtype=torch.uint8)
+    masks = torch.empty((n, 64, 64), dtype=torch.uint8)
     captions = []
     for i in range(n):
         scene = random_scene(rng)
-        images[i] = torch.from_numpy(np.array(render_scene(scene, 64))).permute(2, 0, 1)
+        image, coverage = render_scene_with_mask(scene, 64)
+        images[i] = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        masks[i] = torch.from_numpy((coverage * 255).round().astype(np.uint8))
         captions.append(vary_caption(scene, tuple(rng.random(3))))
     logger.info("rendered %d scenes", n)
-    return images, captions
+    return images, captions, masks
 
 
 def _to_unit(images: Any) -> Any:
@@ -326,8 +337,36 @@ def encode_latents(vae: Any, images: Any, batch: int = 256) -> Any:
 # --- stage 3: UNet + text encoder -------------------------------------------------------------------------------
 
 
-def train_unet(pipe: Any, latents: Any, captions: list[str], config: PretrainConfig, tracker: Any) -> float:
-    """Train UNet and text encoder jointly on cached latents (v- or epsilon-prediction, as the scheduler says); copy the EMA weights in at the end.
+def loss_weights(masks: Any, grid: int, product_weight: float) -> Any:
+    """Per-latent-cell loss weights ``1 + product_weight * coverage``, normalised to mean 1 per image.
+
+    Args:
+        masks: ``(N, H, W)`` uint8 product coverage from :func:`render_dataset`.
+        grid: The latent grid's side (``H`` divided by the VAE's downsampling).
+        product_weight: Extra weight of a fully covered cell; 0 gives all ones.
+
+    Returns:
+        A ``(N, 1, grid, grid)`` float tensor.
+    """
+    import torch
+
+    coverage = torch.nn.functional.adaptive_avg_pool2d(masks[:, None].float() / 255.0, grid)
+    weights = 1.0 + product_weight * coverage
+    return weights / weights.mean(dim=(1, 2, 3), keepdim=True)
+
+
+def train_unet(
+    pipe: Any,
+    latents: Any,
+    captions: list[str],
+    config: PretrainConfig,
+    tracker: Any,
+    weights: Any = None,
+) -> float:
+    """Train UNet and text encoder jointly on cached latents; copy the EMA weights in at the end.
+
+    The target is v or epsilon, as the scheduler's ``prediction_type`` says; ``weights`` (from
+    :func:`loss_weights`, one per latent cell) weight the squared error, plain when omitted.
 
     Returns:
         The mean loss of the last ``log_every`` steps.
@@ -369,7 +408,10 @@ def train_unet(pipe: Any, latents: Any, captions: list[str], config: PretrainCon
         ).sample
         v_pred = noise_sched.config.prediction_type == "v_prediction"
         target = noise_sched.get_velocity(x0, noise, t) if v_pred else noise
-        per_example = (pred - target).pow(2).mean(dim=(1, 2, 3))
+        err = (pred - target).pow(2)
+        if weights is not None:
+            err = err * weights[idx]
+        per_example = err.mean(dim=(1, 2, 3))
         if config.snr_gamma is not None:
             snr = compute_snr(noise_sched, t)
             per_example = per_example * snr.clamp(max=config.snr_gamma) / (snr + 1 if v_pred else snr)

@@ -203,7 +203,8 @@ def load_pipeline(
             combine several adapters with ``set_adapters``.
         device: Where to put the pipeline (``"cuda"``, ``"cpu"``); left on the CPU when omitted.
         dtype: Weight dtype (``torch.float16`` or ``"float16"``); the saved dtype when omitted.
-        fuse: Fuse the adapters into the base weights (faster inference, no later switching).
+        fuse: Fuse the adapters into the base weights and drop the LoRA layers: plain modules that run at the
+            base model's speed; no later switching (load a fresh pipeline for another adapter).
         base_model: Use this base reference (e.g. a local folder) instead of the recorded one; its revision
             must still match the adapters'.
         settings: Tracking URI and cache location; read from the environment when omitted.
@@ -241,6 +242,7 @@ def load_pipeline(
         pipe.set_adapters(names, adapter_weights=weights)
     if fuse:
         pipe.fuse_lora(adapter_names=names)
+        pipe.unload_lora_weights()  # the fused weights stay; the peft wrappers (a per-layer cost) go
     logger.info("loaded %s on %s", ", ".join(a.version.uri for a in adapters), resolved.name)
     return pipe
 
