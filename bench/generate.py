@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _setup(home: Path, train_steps: int) -> str:
+def _setup(home: Path, train_steps: int, threads: int) -> str:
     os.environ["BRANDTUNE_HOME"] = str(home)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
     os.environ.setdefault("BRANDTUNE_BRANDS_DIR", str(REPO / "data" / "brands"))
@@ -37,6 +37,7 @@ def _setup(home: Path, train_steps: int) -> str:
             checkpointing_steps=0,
             validation_inference_steps=2,
             learning_rate=1e-2,
+            num_threads=threads,
         )
     )
     version = register("acme", result.mlflow_run_id)
@@ -70,7 +71,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
-        version = _setup(Path(tmp), args.train_steps)
+        version = _setup(Path(tmp), args.train_steps, args.threads)
         from brandtune.models import load_base_pipeline, resolve_base
         from brandtune.registry import load_pipeline
         from brandtune.sampling import apply_scheduler

@@ -301,7 +301,11 @@ def run_reference(args: argparse.Namespace, base: Path, dataset_dir: Path) -> di
                     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                     hidden = text_encoder(batch["input_ids"].to(accelerator.device))[0]
                     pred = unet(noisy, timesteps, hidden).sample
-                    loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
+                    if noise_scheduler.config.prediction_type == "v_prediction":
+                        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                    else:
+                        target = noise
+                    loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(params, defaults.max_grad_norm)
