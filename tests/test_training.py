@@ -158,6 +158,25 @@ def test_sdxl_architecture_trains(tmp_path: Path) -> None:
     assert _generate(pipe).shape[-1] == 3
 
 
+def test_text_encoder_lora_trains_and_loads_in_plain_diffusers(tmp_path: Path) -> None:
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from brandtune.models import resolve_base
+
+    result = train(quick(tmp_path, train_text_encoder=True, max_train_steps=3, learning_rate=1e-2))
+    keys = load_file(result.adapter_dir / "pytorch_lora_weights.safetensors").keys()
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    pipe = StableDiffusionPipeline.from_pretrained(resolve_base("builtin:tiny").path)
+    ids = pipe.tokenizer(["a photo of acme bottle"], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        before = pipe.text_encoder(ids)[0]
+        pipe.load_lora_weights(result.adapter_dir)
+        after = pipe.text_encoder(ids)[0]
+    assert not torch.allclose(before, after), "the text-encoder LoRA changes what the text encoder says"
+
+
 def test_latent_cache_reused_and_invalidated(tmp_path: Path, acme_dataset: Path) -> None:
     from PIL import Image
 

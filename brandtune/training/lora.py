@@ -44,15 +44,23 @@ def check_targets(model: torch.nn.Module, targets: list[str], what: str) -> None
 def add_lora(
     model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: list[str], what: str
 ) -> None:
-    """Freeze ``model`` and attach trainable LoRA layers (B initialised to zero: no change until trained)."""
-    from peft import LoraConfig
+    """Freeze ``model`` and attach trainable LoRA layers (B initialised to zero: no change until trained).
+
+    diffusers models use their own ``add_adapter``; transformers text encoders get the layers from peft directly
+    (``inject_adapter_in_model``), because transformers' ``add_adapter`` demands a newer peft than diffusers does.
+    """
+    from diffusers import ModelMixin
+    from peft import LoraConfig, inject_adapter_in_model
 
     check_targets(model, targets, what)
     model.requires_grad_(False)
     config = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian", target_modules=targets
     )
-    model.add_adapter(config)
+    if isinstance(model, ModelMixin):
+        model.add_adapter(config)
+    else:
+        inject_adapter_in_model(config, model)
 
 
 def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
