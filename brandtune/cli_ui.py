@@ -15,13 +15,19 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from brandtune.demo import DEMO_BATCH, DEMO_LEARNING_RATE, DEMO_STEPS
 from brandtune.errors import ConfigError
 
 console = Console()
 
 POOL = "brandtune-local"
-DEMO_TRAINING = {"max_train_steps": 60, "train_batch_size": 4, "checkpointing_steps": 30}
-DEMO_EVALUATION = {"seeds": [0, 1], "num_inference_steps": 10}
+#: The same training as ``make demo`` (brandtune.demo), so both demos show the same adapter.
+DEMO_TRAINING = {
+    "max_train_steps": DEMO_STEPS,
+    "train_batch_size": DEMO_BATCH,
+    "learning_rate": DEMO_LEARNING_RATE,
+    "checkpointing_steps": 100,
+}
 
 
 def find_repo(start: Path | None = None) -> Path:
@@ -71,7 +77,7 @@ def run_demo(env: dict[str, str]) -> None:
     console.print("[bold]demo[/]: retrain (weekly-retrain deployment) ...")
     run = run_deployment(
         "retrain/weekly-retrain",
-        parameters={"brand": "acme", "training": DEMO_TRAINING, "evaluation": DEMO_EVALUATION},
+        parameters={"brand": "acme", "training": DEMO_TRAINING},
         timeout=3600,
     )
     if not run.state or not run.state.is_completed():
