@@ -28,6 +28,7 @@ TINY_RUN = {
     "vae_crop": 16,
     "unet_steps": 2,
     "unet_batch_size": 4,
+    "decoder_steps": 2,
     "warmup_steps": 1,
     "log_every": 1,
 }
@@ -97,7 +98,7 @@ def test_pretrain_writes_a_plain_pipeline_and_an_mlflow_run(tmp_path: Path) -> N
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["brandtune.stage"] == "pretrain"
-    assert {"vae/l1", "vae/psnr_db", "unet/loss"} <= set(run.data.metrics)
+    assert {"vae/l1", "vae/psnr_db", "unet/loss", "decoder/l1", "decoder/psnr_db"} <= set(run.data.metrics)
     assert len(client.get_metric_history(result.mlflow_run_id, "unet/loss")) == TINY_RUN["unet_steps"]
 
     again = pretrain(PretrainConfig(**TINY_RUN, tracking=False), tmp_path / "again")
