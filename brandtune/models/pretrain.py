@@ -64,7 +64,9 @@ class PretrainConfig(StrictModel):
         description="Decoder-only fine-tune on the frozen encoder's latents (stage 4; the encoder, the latents and "
         "so the UNet are unchanged). The short VAE stage leaves hues washed out (red decodes orange).",
     )
-    decoder_learning_rate: float = Field(default=1e-3, gt=0, description="Decoder fine-tune peak learning rate.")
+    decoder_learning_rate: float = Field(
+        default=1e-3, gt=0, description="Decoder fine-tune peak learning rate."
+    )
     unet_steps: int = Field(default=1600, ge=1, description="UNet + text encoder optimizer steps (stage 3).")
     unet_batch_size: int = Field(
         default=64,
