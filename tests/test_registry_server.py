@@ -195,7 +195,11 @@ def test_mlflow_ui_command_serves_and_stops_on_ctrl_c(tmp_path) -> None:
         wait_healthy(f"http://127.0.0.1:{port}", proc, log)
         assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        assert proc.wait(timeout=30) == 0, log.read_text()
+        try:  # generous: the command waits up to 10 s for the server before SIGKILL, and a loaded box is slow
+            code = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"mlflow-ui did not stop 90 s after SIGINT; its log:\n{log.read_text()}")
+        assert code == 0, log.read_text()
         with pytest.raises(requests.exceptions.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
         assert f"http://127.0.0.1:{port}" in log.read_text() and "stopped" in log.read_text()
