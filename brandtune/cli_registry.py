@@ -128,11 +128,14 @@ def mlflow_ui_cmd(
     url = f"http://127.0.0.1:{port}"
     console.print(f"[bold green]MLflow[/] at {url}  (store {cmd[cmd.index('--backend-store-uri') + 1]})")
     console.print(f"  other shells: export MLFLOW_TRACKING_URI={url}   stop: Ctrl-C")
+    from brandtune.services import stop_signals_interrupt
+
     proc = subprocess.Popen(
         cmd, start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     )
     try:
-        code = proc.wait()
+        with stop_signals_interrupt():  # also when started with SIGINT ignored (a shell's background job)
+            code = proc.wait()
     except KeyboardInterrupt:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

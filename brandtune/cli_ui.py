@@ -99,10 +99,6 @@ def run_demo(env: dict[str, str]) -> None:
         console.print(f"  gallery:       {run.state.result()['gallery']}")
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def ui_cmd(
     prefect_port: Annotated[int, typer.Option(help="Prefect server port on 127.0.0.1.")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port on 127.0.0.1.")] = 5000,
@@ -112,14 +108,11 @@ def ui_cmd(
     ] = False,
 ) -> None:
     """Start the Prefect UI, the MLflow UI and a worker with every deployment; Ctrl-C stops them all."""
+    from brandtune.services import stop_signals_interrupt
+
     repo = find_repo()
-    # Ctrl-C, a closed terminal and `kill` all end in the same clean stop (also when SIGINT was inherited ignored)
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
+    with stop_signals_interrupt():  # Ctrl-C, a closed terminal and `kill` all end in the same clean stop
         _serve(repo, prefect_port, mlflow_port, pool, demo)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     console.print("all services stopped")
 
 

@@ -21,13 +21,34 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from brandtune.errors import BrandtuneError
 
 logger = logging.getLogger(__name__)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Inside the block, SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt; the old handlers come back after.
+
+    Ctrl-C, a closed terminal and ``kill`` then all end in the caller's clean stop, also when the process was
+    started with SIGINT ignored (as a shell does for background jobs), where Python installs no handler of its own.
+    """
+    stop = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in stop}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
 
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -181,7 +181,8 @@ def test_mlflow_ui_command_serves_and_stops_on_ctrl_c(tmp_path) -> None:
     port = free_port()
     env = {**os.environ, "BRANDTUNE_HOME": str(tmp_path)}
     env.pop("MLFLOW_TRACKING_URI")
-    code = (
+    code = (  # started with SIGINT ignored, as a shell starts a background job: Ctrl-C must still stop it
+        "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
         "import typer; from brandtune.cli_registry import add_commands; app = typer.Typer(); "
         "app.callback()(lambda: None); add_commands(app); app()"
     )
