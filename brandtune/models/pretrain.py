@@ -1,10 +1,11 @@
 """Pretrain ``builtin:tiny`` from scratch on procedural product scenes, on a CPU, reproducibly.
 
-Three stages, each seeded: (1) render ``num_images`` random scenes (:mod:`brandtune.synthetic`; the acme product is
-never drawn) with varied captions; (2) train the VAE alone for ``vae_steps`` (L1 reconstruction of a sampled latent
-plus a light KL), then encode every image once and set the VAE's ``scaling_factor`` from the latents' spread; (3)
-train the UNet and the text encoder together on the cached latents for ``unet_steps`` (v-prediction,
-plain loss, caption dropout for classifier-free guidance, an EMA of the weights, which is what is saved).
+Four stages, each seeded: (1) render ``num_images`` random scenes (:mod:`brandtune.synthetic`; the acme product is
+never drawn) with varied captions and the products' masks; (2) train the VAE alone for ``vae_steps`` (L1
+reconstruction of a sampled latent plus a light KL), then encode every image once and set the VAE's
+``scaling_factor`` from the latents' spread; (3) train the UNet and the text encoder together on the cached latents
+for ``unet_steps`` (v-prediction, the loss weighted towards the product, caption dropout for classifier-free
+guidance, an EMA of the weights, which is what is saved); (4) fine-tune the VAE decoder alone on the same latents.
 No VAE runs in the UNet loop, which is what makes stage 3 affordable. Curves go to MLflow (experiment
 ``brandtune/builtin-tiny``) like any run, and the result is a plain ``StableDiffusionPipeline`` folder.
 

@@ -222,9 +222,8 @@ def train(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
     torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // plan.world))
     if accelerator.device.type == "cpu":
-        torch.set_flush_denormal(
-            True
-        )  # tiny weights and gradients hit denormal floats, several times slower on x86
+        # tiny weights and gradients can hit denormal floats, which are several times slower on x86
+        torch.set_flush_denormal(True)
     set_seed(config.seed)
     models = _setup_models(plan, accelerator)
     params = [p for m in models["trained"] for p in m.parameters() if p.requires_grad]
