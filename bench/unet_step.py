@@ -31,10 +31,9 @@ def _unet(rank: int):
     return unet
 
 
-def _steps(model, params, batch: int, steps: int, memory_format) -> list[float]:
+def _steps(model, cfg, params, batch: int, steps: int, memory_format) -> list[float]:
     import torch
 
-    cfg = model.config if hasattr(model, "config") else model._orig_mod.config
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
     latents = latents.contiguous(memory_format=memory_format)
@@ -74,7 +73,7 @@ def main() -> None:
             unet.to(memory_format=fmt)
         params = [p for p in unet.parameters() if p.requires_grad]
         model = torch.compile(unet) if name == "torch.compile" else unet
-        times = _steps(model, params, args.batch_size, args.steps, fmt)
+        times = _steps(model, unet.config, params, args.batch_size, args.steps, fmt)
         rows.append((name, times[0], statistics.median(times[5:]), min(times[5:])))
     eager = rows[0][2]
     print(

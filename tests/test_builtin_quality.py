@@ -8,36 +8,26 @@ These run the real model on fixed prompts and seeds. The threshold was set from 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
+from brandtune.evaluation.imageprep import as_rgb_array
 from brandtune.models import builtin as builtin_module
 from brandtune.models import load_base_pipeline, resolve_base
 from brandtune.models.builtin import builtin_spec, shipped_dir
 from brandtune.models.sampling import sample_images
 from brandtune.synthetic import COLOURS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 #: Colours asked for in the caption-following test (chance level: 1 / len).
 ASKED_COLOURS = ("red", "blue", "green", "yellow")
 COLOUR_SEEDS = range(8)
 #: Measured on the shipped weights: see docs/builtin-tiny.md.
 MIN_COLOUR_ACCURACY = 0.75
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a busy 2-core machine it is several times faster than two (no spinning)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +39,11 @@ def base_pipe() -> Any:
     return load_base_pipeline(resolve_base("builtin:tiny"))
 
 
-def _lab(image: Any) -> np.ndarray:
-    from skimage.color import rgb2lab
-
-    return rgb2lab(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)  # (H, W, 3)
-
-
 def classify_colour(image: Any, names: Sequence[str]) -> str:
     """The named colour that the most saturated pixels of ``image`` are nearest to (CIEDE2000)."""
     from skimage.color import deltaE_ciede2000, rgb2lab
 
-    lab = _lab(image).reshape(-1, 3)
+    lab = rgb2lab(as_rgb_array(image)).reshape(-1, 3)
     chroma = np.hypot(lab[:, 1], lab[:, 2])
     lab = lab[chroma > 25] if (chroma > 25).sum() >= 8 else lab
     refs = rgb2lab(np.array([[COLOURS[n] for n in names]], dtype=np.float64) / 255.0)[0]  # (K, 3)

@@ -38,7 +38,7 @@ _SHIPPED_DIR = builtin_module.shipped_dir
 def _from_config() -> Any:
     """These tests exercise the from-config build path, so the shipped pretrained copy is set aside here.
 
-    tests/test_builtin_quality.py checks the shipped weights themselves, once they exist.
+    tests/test_builtin_quality.py checks the shipped weights themselves.
     """
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(builtin_module, "shipped_dir", lambda spec: None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,9 @@ from brandtune.models.pretrain import (
 )
 from brandtune.synthetic import random_scene
 
+#: One thread, as pretraining uses: reruns are bit-identical.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY_RUN = {
     "num_images": 160,
     "vae_steps": 2,
@@ -32,17 +34,6 @@ TINY_RUN = {
     "warmup_steps": 1,
     "log_every": 1,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread (the pretraining default): bit-identical reruns and no spinning on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_captions_vary_but_always_name_kind_and_colour() -> None:

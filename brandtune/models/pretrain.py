@@ -464,10 +464,11 @@ def finetune_decoder(vae: Any, images: Any, latents: Any, config: PretrainConfig
     """
     import torch
 
+    held_out = _to_unit(images[-32:])  # the VAE stage's held-out images stay held out
     if config.decoder_steps == 0:
-        return vae_psnr(vae, _to_unit(images[-32:]))
+        return vae_psnr(vae, held_out)
     gen = torch.Generator().manual_seed(config.seed + 3)
-    pool = images.shape[0] - 32  # the VAE stage's held-out images stay held out
+    pool = images.shape[0] - 32
     scale = vae.config.scaling_factor
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for p in params:
@@ -489,10 +490,10 @@ def finetune_decoder(vae: Any, images: Any, latents: Any, config: PretrainConfig
         sched.step()
         metrics = {"decoder/l1": loss.item(), "decoder/s_per_step": (time.perf_counter() - t0) / step}
         if step % 100 == 0 or step == config.decoder_steps:
-            metrics["decoder/psnr_db"] = vae_psnr(vae, _to_unit(images[-32:]))
+            metrics["decoder/psnr_db"] = vae_psnr(vae, held_out)
         _log(tracker, "decoder", step, config.decoder_steps, metrics, config.log_every)
     vae.eval().requires_grad_(False)
-    return vae_psnr(vae, _to_unit(images[-32:]))
+    return vae_psnr(vae, held_out)
 
 
 def _save(pipe: Any, dest: Path, config: PretrainConfig, numbers: dict[str, float]) -> None:
