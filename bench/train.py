@@ -4,6 +4,7 @@
     .venv/bin/python bench/train.py --steps 200 --batch-size 4 --resolution 64 --rank 8 --threads 2 --base builtin:tiny
     # GPU, UNets of the real architectures built from config with random weights (only the UNet loop matters):
     .venv/bin/python bench/train.py --arch sd15 --device cuda --mixed-precision bf16 --resolution 512 --batch-size 1
+    bench/train_gpu.sh OUTDIR                            # the whole GPU matrix (SD 1.5 and SDXL, 512/1024 px, batch 1/4)
 
 Two variants, each in a fresh child process of this script (``--only reference|brandtune``) so that peak RSS is per
 variant; the parent prints the table.
@@ -21,7 +22,8 @@ variant; the parent prints the table.
 "end-to-end" runs from the child's first line (before ``import torch``) to its exit, so it carries imports, model
 loading, brandtune's one-off encode and MLflow set-up, and the reference's save. Peak RSS is the child's
 ``ru_maxrss``; "loop RSS +" is how far RSS rose during the loop above its value at the loop's start (sampled every
-20 ms). On a GPU, peak memory is ``torch.cuda.max_memory_allocated``. Exits non-zero only when something fails.
+20 ms). On a GPU, peak memory is ``torch.cuda.max_memory_allocated``, for the loop alone and for the whole run.
+Exits non-zero only when something fails.
 """
 
 from __future__ import annotations
@@ -52,14 +54,14 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 _SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
              "beta_schedule": "scaled_linear", "steps_offset": 1}  # fmt: skip
-# A small VAE with the real 8x downsampling (4 blocks), so latents have the real size; its cost is not the point.
-_SMALL_VAE = {"in_channels": 3, "out_channels": 3, "block_out_channels": [32, 32, 32, 32], "layers_per_block": 1,
-              "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-              "latent_channels": 4}  # fmt: skip
-# One-layer CLIP text encoders with the real hidden sizes (the UNet's cross-attention width depends on them).
-_CLIP_L = {"hidden_size": 768, "intermediate_size": 1024, "num_hidden_layers": 1, "num_attention_heads": 12,
+# The published SD VAE (83.7M parameters; 8x downsampling to 4 latent channels) and CLIP text encoders (ViT-L/14's
+# 123M and, for SDXL, OpenCLIP ViT-bigG/14's 695M), so the reference's per-step VAE and text work has its real cost.
+_SD_VAE = {"in_channels": 3, "out_channels": 3, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+           "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+           "latent_channels": 4, "sample_size": 512}  # fmt: skip
+_CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
            "max_position_embeddings": 77, "projection_dim": 768, "hidden_act": "quick_gelu"}  # fmt: skip
-_CLIP_G = {"hidden_size": 1280, "intermediate_size": 1280, "num_hidden_layers": 1, "num_attention_heads": 20,
+_CLIP_G = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
            "max_position_embeddings": 77, "projection_dim": 1280, "hidden_act": "gelu"}  # fmt: skip
 ARCH_CONFIGS: dict[str, dict[str, Any]] = {
     # SD 1.5's published UNet config (runwayml/stable-diffusion-v1-5, unet/config.json); 860M parameters.
@@ -76,7 +78,7 @@ ARCH_CONFIGS: dict[str, dict[str, Any]] = {
             "cross_attention_dim": 768,
             "attention_head_dim": 8,
         },
-        "vae": _SMALL_VAE,
+        "vae": _SD_VAE,
         "text_encoder": _CLIP_L,
         "scheduler": {"_class_name": "DDPMScheduler", **_SD_BETAS, "clip_sample": False},
     },
@@ -99,7 +101,7 @@ ARCH_CONFIGS: dict[str, dict[str, Any]] = {
             "addition_time_embed_dim": 256,
             "projection_class_embeddings_input_dim": 2816,
         },
-        "vae": {**_SMALL_VAE, "scaling_factor": 0.13025},
+        "vae": {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025},
         "text_encoder": _CLIP_L,
         "text_encoder_2": _CLIP_G,
         "scheduler": {"_class_name": "EulerDiscreteScheduler", **_SD_BETAS, "timestep_spacing": "leading"},
@@ -107,8 +109,8 @@ ARCH_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_arch(arch: str, dest: Path, dtype_name: str) -> Path:
-    """A diffusers folder with ``arch``'s UNet (random weights) and small random VAE/text encoders, made once."""
+def build_arch(arch: str, dest: Path, dtype_name: str, device: str) -> Path:
+    """A diffusers folder with ``arch``'s UNet, VAE and text encoders (random weights), made once on ``device``."""
     if (dest / ".complete").is_file():
         return dest
     import torch
@@ -121,8 +123,8 @@ def build_arch(arch: str, dest: Path, dtype_name: str) -> Path:
         f"bench:{arch}", arch, cfg["family"], {k: v for k, v in cfg.items() if k != "family"}, ""
     )
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    # on the GPU, initialising SDXL's 2.6B parameters takes seconds instead of a minute
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         pipe = _make_sdxl(spec) if cfg["family"] == "sdxl" else _make_sd(spec)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype_name, torch.float32)
     pipe.unet.to(dtype)  # random weights in the training dtype: half the disk and load time of fp32
@@ -178,6 +180,23 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _reset_gpu_peak(device: str, out: dict[str, Any]) -> None:
+    """Start measuring the loop's own peak; the peak so far is kept in ``out`` for the whole-run figure."""
+    if device == "cuda":
+        import torch
+
+        out["pre_loop_peak_gpu_mib"] = _gpu_peak_mib(device)
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _gpu_peak_mib(device: str) -> float:
+    if device != "cuda":
+        return float("nan")
+    import torch
+
+    return torch.cuda.max_memory_allocated() / MIB
+
+
 def _finish(out: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     out["end_to_end_s"] = time.perf_counter() - _T_PROCESS
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB
@@ -187,9 +206,8 @@ def _finish(out: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     out["median_step_s"] = times[len(times) // 2] if times else float("nan")
     out["min_step_s"] = times[0] if times else float("nan")  # the least-disturbed step on a shared machine
     if args.device == "cuda":
-        import torch
-
-        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / MIB
+        peaks = (out["pre_loop_peak_gpu_mib"], out["loop_peak_gpu_mib"], _gpu_peak_mib(args.device))
+        out["peak_gpu_mib"] = max(peaks)
     return out
 
 
@@ -286,6 +304,7 @@ def run_reference(args: argparse.Namespace, base: Path, dataset_dir: Path) -> di
     step, loss_value = 0, float("nan")
     unet.train()
     _sync(args.device)
+    _reset_gpu_peak(args.device, out)
     with RssSampler() as rss:
         t_loop = time.perf_counter()
         step_times: list[float] = []
@@ -321,6 +340,7 @@ def run_reference(args: argparse.Namespace, base: Path, dataset_dir: Path) -> di
                     break
         _sync(args.device)
         out["loop_s"] = time.perf_counter() - t_loop
+        out["loop_peak_gpu_mib"] = _gpu_peak_mib(args.device)
     out["loop_rss_rise_mib"] = (rss.peak - rss.start) / MIB
     out["step_times"] = step_times
     t_save = time.perf_counter()
@@ -346,6 +366,8 @@ def _timed(
         _sync(device)
         started = time.perf_counter()
         sampler = RssSampler() if rss is not None else None
+        if sampler is not None:
+            _reset_gpu_peak(device, out)
         try:
             if sampler is None:
                 return inner(*a, **kw)
@@ -356,6 +378,7 @@ def _timed(
             out[key] = out.get(key, 0.0) + time.perf_counter() - started
             if sampler is not None and rss is not None:
                 rss[key] = sampler
+                out["loop_peak_gpu_mib"] = _gpu_peak_mib(device)
 
     setattr(module, name, wrapper)
 
@@ -440,7 +463,7 @@ def prepare(args: argparse.Namespace) -> tuple[str, Path]:
     if args.arch:
         folder = Path(os.environ["BRANDTUNE_HOME"]) / "bench-models" / f"{args.arch}-{args.mixed_precision}"
         folder.parent.mkdir(parents=True, exist_ok=True)
-        base = str(build_arch(args.arch, folder, args.mixed_precision))
+        base = str(build_arch(args.arch, folder, args.mixed_precision, args.device))
     resolve_base(base)  # builds builtin:tiny once here, so neither child pays for it
     return base, dataset_dir
 
@@ -471,7 +494,7 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) ->
             "MLflow start s", "save+validation s", "end-to-end s", "peak RSS MiB", "loop RSS + MiB",
             "final loss"]  # fmt: skip
     if args.device == "cuda":
-        cols.insert(-1, "peak GPU MiB")
+        cols[-1:-1] = ["loop peak GPU MiB", "peak GPU MiB"]
     print("| " + " | ".join(cols) + " |")
     print("| --- " + "| ---: " * (len(cols) - 1) + "|")
     for name, r in results.items():
@@ -482,7 +505,7 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) ->
                f"{r['end_to_end_s']:.1f}",
                f"{r['peak_rss_mib']:.0f}", f"{r['loop_rss_rise_mib']:.1f}"]  # fmt: skip
         if args.device == "cuda":
-            row.append(f"{r['peak_gpu_mib']:.0f}")
+            row += [f"{r['loop_peak_gpu_mib']:.0f}", f"{r['peak_gpu_mib']:.0f}"]
         row.append(f"{r['final_loss']:.4f}")
         print("| " + " | ".join(row) + " |")
     if set(VARIANTS) <= results.keys():

@@ -158,6 +158,23 @@ def test_sdxl_architecture_trains(tmp_path: Path) -> None:
     assert _generate(pipe).shape[-1] == 3
 
 
+@pytest.mark.parametrize("base", ["builtin:tiny", "builtin:tiny-sdxl"])
+def test_bf16_mixed_precision_trains_and_validates(tmp_path: Path, base: str) -> None:
+    """The GPU setting (bf16 UNet, fp32 LoRA and VAE) end to end, validation images included, on the CPU."""
+    from accelerate.state import AcceleratorState
+    from PIL import Image
+
+    # accelerate keeps one state per process (training runs one per process); this test changes its precision
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        result = train(quick(tmp_path, base_model=base, mixed_precision="bf16", max_train_steps=2))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert np.isfinite(result.final_loss)
+    grid = np.asarray(Image.open(result.run_dir / "validation" / "step-000002.png"))
+    assert grid.std() > 0, "validation images are drawn, not blank"
+
+
 def test_text_encoder_lora_trains_and_loads_in_plain_diffusers(tmp_path: Path) -> None:
     import torch
     from diffusers import StableDiffusionPipeline

@@ -153,11 +153,17 @@ def encode_examples(
     *,
     flip: bool,
     with_text: bool,
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> Encoded:
-    """Run the VAE (and text encoders) over the examples once; ``flip`` appends mirrored copies."""
+    """Run the VAE (and text encoders) over the examples once; ``flip`` appends mirrored copies.
+
+    ``batch_size`` defaults to as many images as make two 512 px ones (at most 8): an SD VAE's fp32 encoder
+    activations grow with the pixel count, to several GB per 1024 px image, and the UNet is on the GPU already.
+    """
     import torch
 
+    if batch_size is None:
+        batch_size = min(8, max(1, 2 * 512 * 512 // (resolution * resolution)))
     vae = components.vae
     means, stds = [], []
     sets = [False, True] if flip else [False]

@@ -108,6 +108,8 @@ def _class_images(plan: TrainPlan, settings: Settings) -> None:
 
 
 def _encode(plan: TrainPlan, settings: Settings, accelerator: Any) -> bool:
+    import torch
+
     cfg = plan.config
     key = cache_key(
         dataset=plan.fingerprint,
@@ -118,6 +120,8 @@ def _encode(plan: TrainPlan, settings: Settings, accelerator: Any) -> bool:
         text=not cfg.train_text_encoder,
     )
     cache_file = settings.cache_dir / "latents" / f"{key}.safetensors" if cfg.cache_latents else None
+    if plan.components.vae is not None:  # encode on the accelerator (fp32: an SD VAE overflows in fp16)
+        plan.components.vae.to(accelerator.device, dtype=torch.float32)
     with accelerator.main_process_first():
         plan.encoded, hit = load_or_encode(
             plan.components,

@@ -15,7 +15,11 @@ logger = logging.getLogger(__name__)
 
 
 def pipeline_with(plan: TrainPlan, unet: Any, text_encoders: list[Any] | None = None) -> Any:
-    """The base pipeline, with the (LoRA-carrying) training UNet and text encoders swapped in."""
+    """The base pipeline, with the (LoRA-carrying) training UNet and text encoders swapped in.
+
+    The components loaded here (VAE, frozen text encoders) get the UNet's device and the training weight dtype,
+    as the training script's validation does; the swapped-in modules are used as they are.
+    """
     import diffusers
 
     cls = getattr(diffusers, plan.resolved.pipeline_class)
@@ -24,7 +28,7 @@ def pipeline_with(plan: TrainPlan, unet: Any, text_encoders: list[Any] | None = 
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     for name, enc in zip(["text_encoder", "text_encoder_2"], text_encoders or [], strict=False):
         kwargs[name] = enc
-    pipe = cls.from_pretrained(plan.resolved.path, **kwargs)
+    pipe = cls.from_pretrained(plan.resolved.path, torch_dtype=plan.weight_dtype, **kwargs).to(unet.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -60,7 +64,8 @@ def log_validation(
     )
     was_training = unet.training
     unet.eval()
-    with torch.no_grad():
+    # autocast as in training: the LoRA weights stay fp32 and some pipelines hand fp32 latents to a bf16 VAE
+    with torch.no_grad(), accelerator.autocast():
         pipe = pipeline_with(plan, unet, encoders)
         images = sample(
             plan, pipe, plan.validation_prompts, cfg.num_validation_images, cfg.validation_inference_steps
