@@ -175,6 +175,21 @@ def test_bf16_mixed_precision_trains_and_validates(tmp_path: Path, base: str) ->
     assert grid.std() > 0, "validation images are drawn, not blank"
 
 
+def test_prior_preservation_generates_class_images_once(tmp_path: Path) -> None:
+    from brandtune.settings import Settings
+
+    cfg = {"prior_preservation": True, "num_class_images": 3, "max_train_steps": 2}
+    first = train(quick(tmp_path / "a", **cfg))
+    folders = list((Settings.from_env().cache_dir / "class_images").iterdir())
+    assert len(folders) == 1, "one cached set of class images for this base, prompt, count and resolution"
+    files = sorted(folders[0].glob("*.png"))
+    assert len(files) == 3 and (folders[0] / "encoded.safetensors").is_file()
+    stamps = [f.stat().st_mtime_ns for f in files]
+    second = train(quick(tmp_path / "b", **cfg))
+    assert [f.stat().st_mtime_ns for f in sorted(folders[0].glob("*.png"))] == stamps, "reused, not redrawn"
+    assert np.isfinite(first.final_loss) and second.final_loss == first.final_loss
+
+
 def test_text_encoder_lora_trains_and_loads_in_plain_diffusers(tmp_path: Path) -> None:
     import torch
     from diffusers import StableDiffusionPipeline

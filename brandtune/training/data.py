@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from brandtune.errors import TrainingError
 from brandtune.fsutil import canonical_json, sha256_bytes
@@ -154,9 +154,11 @@ def encode_examples(
     flip: bool,
     with_text: bool,
     batch_size: int | None = None,
+    device: Any = None,
 ) -> Encoded:
     """Run the VAE (and text encoders) over the examples once; ``flip`` appends mirrored copies.
 
+    The VAE runs on ``device`` in fp32 (an SD VAE overflows in fp16); where it is when ``device`` is None.
     ``batch_size`` defaults to as many images as make two 512 px ones (at most 8): an SD VAE's fp32 encoder
     activations grow with the pixel count, to several GB per 1024 px image, and the UNet is on the GPU already.
     """
@@ -165,6 +167,8 @@ def encode_examples(
     if batch_size is None:
         batch_size = min(8, max(1, 2 * 512 * 512 // (resolution * resolution)))
     vae = components.vae
+    if device is not None:
+        vae.to(device, dtype=torch.float32)
     means, stds = [], []
     sets = [False, True] if flip else [False]
     rows = [(ex, f) for f in sets for ex in examples]
@@ -199,8 +203,9 @@ def load_or_encode(
     *,
     flip: bool,
     with_text: bool,
+    device: Any = None,
 ) -> tuple[Encoded, bool]:
-    """Encoded examples from ``cache_file`` if it exists, else encode and write it atomically.
+    """Encoded examples from ``cache_file`` if it exists, else encode (the VAE on ``device``) and write it atomically.
 
     Returns:
         The encoded examples and whether the cache was hit.
@@ -211,7 +216,7 @@ def load_or_encode(
         tensors = load_file(cache_file)
         logger.info("latent/text cache hit: %s", cache_file.name)
         return Encoded(**{f: tensors.get(f) for f in Encoded.__dataclass_fields__}), True
-    encoded = encode_examples(components, examples, resolution, flip=flip, with_text=with_text)
+    encoded = encode_examples(components, examples, resolution, flip=flip, with_text=with_text, device=device)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=cache_file.parent)

@@ -80,7 +80,7 @@ def _optimizer(config: TrainConfig, params: list[Any]) -> Any:
     )
 
 
-def _class_images(plan: TrainPlan, settings: Settings) -> None:
+def _class_images(plan: TrainPlan, settings: Settings, device: Any) -> None:
     """Generate (once, cached) and encode the class images for prior preservation."""
     import torch
 
@@ -93,7 +93,7 @@ def _class_images(plan: TrainPlan, settings: Settings) -> None:
     key = cache_key(base=plan.resolved.revision, prompt=prompt, n=cfg.num_class_images, res=plan.resolution)
     folder = settings.cache_dir / "class_images" / key
     if not folder.is_dir():
-        pipe = load_base_pipeline(plan.resolved)
+        pipe = load_base_pipeline(plan.resolved, device=str(device))
         with staging_dir(folder) as tmp:
             for i in range(cfg.num_class_images):
                 gen = torch.Generator().manual_seed(i)
@@ -102,14 +102,18 @@ def _class_images(plan: TrainPlan, settings: Settings) -> None:
             publish_dir(tmp, folder)
     examples = [Example(p, prompt, plan.resolution, plan.resolution) for p in sorted(folder.glob("*.png"))]
     encoded, _ = load_or_encode(
-        plan.components, examples, plan.resolution, folder / "encoded.safetensors", flip=False, with_text=True
+        plan.components,
+        examples,
+        plan.resolution,
+        folder / "encoded.safetensors",
+        flip=False,
+        with_text=True,
+        device=device,
     )
     plan.class_encoded = encoded
 
 
 def _encode(plan: TrainPlan, settings: Settings, accelerator: Any) -> bool:
-    import torch
-
     cfg = plan.config
     key = cache_key(
         dataset=plan.fingerprint,
@@ -120,8 +124,6 @@ def _encode(plan: TrainPlan, settings: Settings, accelerator: Any) -> bool:
         text=not cfg.train_text_encoder,
     )
     cache_file = settings.cache_dir / "latents" / f"{key}.safetensors" if cfg.cache_latents else None
-    if plan.components.vae is not None:  # encode on the accelerator (fp32: an SD VAE overflows in fp16)
-        plan.components.vae.to(accelerator.device, dtype=torch.float32)
     with accelerator.main_process_first():
         plan.encoded, hit = load_or_encode(
             plan.components,
@@ -130,9 +132,10 @@ def _encode(plan: TrainPlan, settings: Settings, accelerator: Any) -> bool:
             cache_file,
             flip=cfg.random_flip,
             with_text=not cfg.train_text_encoder,
+            device=accelerator.device,
         )
         if cfg.prior_preservation:
-            _class_images(plan, settings)
+            _class_images(plan, settings, accelerator.device)
     return hit
 
 
