@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from brandtune.evaluation.imageprep import as_rgb_array
-from brandtune.models import builtin as builtin_module
 from brandtune.models import load_base_pipeline, resolve_base
 from brandtune.models.builtin import builtin_spec, shipped_dir
 from brandtune.models.sampling import sample_images
@@ -67,7 +66,8 @@ def test_shipped_builtin_tiny_is_what_builtin_tiny_resolves_to() -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    shipped = builtin_module.shipped_dir(builtin_module.builtin_spec("builtin:tiny"))
+    spec = builtin_spec("builtin:tiny")
+    shipped = shipped_dir(spec)
     assert shipped is not None, "brandtune/assets/builtin_tiny/ (the pretrained weights) is missing"
     resolved = resolve_base("builtin:tiny")
     assert resolved.path == shipped
@@ -82,7 +82,6 @@ def test_shipped_builtin_tiny_is_what_builtin_tiny_resolves_to() -> None:
     assert sum(p.stat().st_size for p in weights) <= 25 * 2**20
     assert (shipped / "README.md").is_file() and (shipped / "pretrain.json").is_file()
     # The shipped architecture is the spec's: the from-config build and the pretrained copy are the same model.
-    spec = builtin_module.builtin_spec("builtin:tiny")
     unet_config = json.loads((shipped / "unet" / "config.json").read_text())
     assert {k: unet_config[k] for k in spec.config["unet"]} == spec.config["unet"]
     pipe = StableDiffusionPipeline.from_pretrained(shipped)  # plain diffusers loads it

@@ -160,7 +160,8 @@ def test_sdxl_architecture_trains(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("base", ["builtin:tiny", "builtin:tiny-sdxl"])
 def test_bf16_mixed_precision_trains_and_validates(tmp_path: Path, base: str) -> None:
-    """The GPU setting (bf16 UNet, fp32 LoRA and VAE) end to end, validation images included, on the CPU."""
+    """The GPU setting end to end on the CPU: bf16 base weights, fp32 LoRA weights and VAE encode, validation
+    images drawn by a bf16 pipeline under autocast."""
     from accelerate.state import AcceleratorState
     from PIL import Image
 
