@@ -44,9 +44,9 @@ class PretrainConfig(StrictModel):
     num_images: int = Field(
         default=12000, ge=128, description="Procedural 64 px scenes rendered for training."
     )
-    vae_steps: int = Field(default=400, ge=1, description="Most VAE optimizer steps (stage 2).")
+    vae_steps: int = Field(default=1200, ge=1, description="Most VAE optimizer steps (stage 2).")
     vae_target_psnr: float = Field(
-        default=27.0,
+        default=30.0,
         gt=0,
         description="Stop the VAE early once held-out PSNR (dB, checked every 25 steps) reaches it.",
     )
@@ -59,6 +59,13 @@ class PretrainConfig(StrictModel):
     )
     vae_learning_rate: float = Field(default=3e-3, gt=0, description="VAE peak learning rate (cosine decay).")
     kl_weight: float = Field(default=1e-4, ge=0, description="Weight of the KL term (per latent element).")
+    vae_product_weight: float = Field(
+        default=8.0,
+        ge=0,
+        description="Extra reconstruction weight inside the product's mask (pixels), in the VAE and decoder stages: "
+        "a thin product is a few percent of the pixels, and an unweighted L1 lets the decoder smear its colours "
+        "into the background's. 0: plain L1.",
+    )
     decoder_steps: int = Field(
         default=600,
         ge=0,
@@ -145,11 +152,11 @@ def pretrain(config: PretrainConfig, dest: Path, settings: Any = None) -> Pretra
         torch.manual_seed(config.seed)
         pipe = _make_sd(builtin_spec("builtin:tiny"))
         images, captions, masks = render_dataset(config.num_images, config.seed)
-        psnr = train_vae(pipe.vae, images, config, tracker)
+        psnr = train_vae(pipe.vae, images, config, tracker, masks)
         latents = encode_latents(pipe.vae, images)
         weights = loss_weights(masks, latents.shape[-1], config.product_loss_weight)
         loss = train_unet(pipe, latents, captions, config, tracker, weights)
-        psnr = finetune_decoder(pipe.vae, images, latents, config, tracker)
+        psnr = finetune_decoder(pipe.vae, images, latents, config, tracker, masks)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         with staging_dir(dest) as tmp:
             _save(pipe, tmp, config, {"vae_psnr_db": psnr, "unet_loss": loss, "wall_s": wall, "cpu_s": cpu})
@@ -260,8 +267,11 @@ def _log(tracker: Any, stage: str, step: int, total: int, metrics: dict[str, flo
 # --- stage 2: VAE ----------------------------------------------------------------------------------------------
 
 
-def train_vae(vae: Any, images: Any, config: PretrainConfig, tracker: Any) -> float:
-    """Train the VAE on ``images``; return the PSNR (dB) of the posterior means on a held-out batch."""
+def train_vae(vae: Any, images: Any, config: PretrainConfig, tracker: Any, masks: Any = None) -> float:
+    """Train the VAE on ``images``; return the PSNR (dB) of the posterior means on a held-out batch.
+
+    ``masks`` (product coverage, as from :func:`render_dataset`) weight the L1 by ``config.vae_product_weight``.
+    """
     import torch
 
     gen = torch.Generator().manual_seed(config.seed + 1)
@@ -278,10 +288,10 @@ def train_vae(vae: Any, images: Any, config: PretrainConfig, tracker: Any) -> fl
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps, config.vae_steps))
     t0 = time.perf_counter()
     for step in range(1, config.vae_steps + 1):
-        x = _random_crops(images, pool, config.vae_batch_size, config.vae_crop, gen)
+        x, w = _random_crops(images, pool, config.vae_batch_size, config.vae_crop, gen, masks)
         dist = vae.encode(x).latent_dist
         recon = vae.decode(dist.sample(generator=gen)).sample
-        rec = (recon - x).abs().mean()
+        rec = _weighted_l1(recon, x, w, config.vae_product_weight)
         kl = dist.kl().mean() / dist.mean[0].numel()
         loss = rec + config.kl_weight * kl
         if not torch.isfinite(loss):
@@ -307,17 +317,32 @@ def train_vae(vae: Any, images: Any, config: PretrainConfig, tracker: Any) -> fl
     return vae_psnr(vae, held_out)
 
 
-def _random_crops(images: Any, pool: int, n: int, size: int, gen: Any) -> Any:
-    """``n`` random ``size`` px crops, on the VAE's 4 px grid, of the first ``pool`` images, in [-1, 1]."""
+def _random_crops(images: Any, pool: int, n: int, size: int, gen: Any, masks: Any = None) -> tuple[Any, Any]:
+    """``n`` random ``size`` px crops, on the VAE's 4 px grid, of the first ``pool`` images, in [-1, 1].
+
+    Returns:
+        ``(crops, mask_crops)``: ``(n, 3, size, size)`` and the same crops of ``masks`` as ``(n, 1, size, size)``
+        coverage in [0, 1] (``None`` without ``masks``).
+    """
     import torch
 
     idx = torch.randint(0, pool, (n,), generator=gen)
     offsets = torch.randint(0, (64 - size) // 4 + 1, (n, 2), generator=gen) * 4
-    crops = [
-        images[i, :, y : y + size, x : x + size]
-        for i, (y, x) in zip(idx.tolist(), offsets.tolist(), strict=True)
-    ]
-    return _to_unit(torch.stack(crops))  # (n, 3, size, size)
+    pairs = list(zip(idx.tolist(), offsets.tolist(), strict=True))
+    crops = torch.stack([images[i, :, y : y + size, x : x + size] for i, (y, x) in pairs])
+    if masks is None:
+        return _to_unit(crops), None
+    covered = torch.stack([masks[i, y : y + size, x : x + size] for i, (y, x) in pairs])
+    return _to_unit(crops), covered[:, None].float() / 255.0
+
+
+def _weighted_l1(recon: Any, target: Any, coverage: Any, product_weight: float) -> Any:
+    """Mean L1 weighted ``1 + product_weight * coverage`` per pixel (normalised to mean 1 per batch)."""
+    err = (recon - target).abs()
+    if coverage is None or product_weight == 0:
+        return err.mean()
+    weights = 1.0 + product_weight * coverage
+    return (err * weights).mean() / weights.mean()
 
 
 def vae_psnr(vae: Any, x: Any) -> float:
@@ -456,7 +481,9 @@ def train_unet(
 # --- stage 4: decoder --------------------------------------------------------------------------------------------
 
 
-def finetune_decoder(vae: Any, images: Any, latents: Any, config: PretrainConfig, tracker: Any) -> float:
+def finetune_decoder(
+    vae: Any, images: Any, latents: Any, config: PretrainConfig, tracker: Any, masks: Any = None
+) -> float:
     """Fine-tune the VAE decoder alone on ``(latent, image)`` pairs; return the held-out PSNR (dB) afterwards.
 
     The encoder stays frozen, so the latents the UNet learned on keep their meaning: this only sharpens how they
@@ -480,7 +507,8 @@ def finetune_decoder(vae: Any, images: Any, latents: Any, config: PretrainConfig
     for step in range(1, config.decoder_steps + 1):
         idx = torch.randint(0, pool, (config.vae_batch_size,), generator=gen)
         recon = vae.decode(latents[idx] / scale).sample
-        loss = (recon - _to_unit(images[idx])).abs().mean()
+        coverage = None if masks is None else masks[idx, None].float() / 255.0
+        loss = _weighted_l1(recon, _to_unit(images[idx]), coverage, config.vae_product_weight)
         if not torch.isfinite(loss):
             raise TrainingError(f"decoder loss is {loss.item()} at step {step}; lower decoder_learning_rate")
         opt.zero_grad(set_to_none=True)
