@@ -13,6 +13,8 @@ from brandtune.fsutil import sha256_file
 from brandtune.models.pretrain import (
     PROVENANCE_FILE,
     PretrainConfig,
+    _random_crops,
+    _weighted_l1,
     loss_weights,
     pretrain,
     render_dataset,
@@ -69,6 +71,44 @@ def test_loss_weights_favour_the_product_and_keep_mean_one() -> None:
     assert float(weights[0, 0, 8, 8]) == pytest.approx(5 * float(weights[0, 0, 0, 0]))
     assert bool((weights[1] == 1).all())
     assert bool((loss_weights(masks, 16, product_weight=0.0) == 1).all())
+
+
+def test_vae_crops_carry_their_masks_and_the_l1_favours_the_product() -> None:
+    import torch
+
+    images, _, masks = render_dataset(8, seed=5)
+    gen = torch.Generator().manual_seed(0)
+    crops, coverage = _random_crops(images, 8, 6, 32, gen, masks)
+    assert crops.shape == (6, 3, 32, 32) and coverage.shape == (6, 1, 32, 32)
+    # each mask crop is cut from the same place as its image crop: find it again by brute force
+    for crop, cov in zip(crops, coverage, strict=True):
+        found = [
+            (i, y, x)
+            for i in range(8)
+            for y in range(0, 33, 4)
+            for x in range(0, 33, 4)
+            if torch.equal(((crop + 1) * 127.5).round().byte(), images[i, :, y : y + 32, x : x + 32])
+        ]
+        assert any(
+            torch.equal((cov[0] * 255).round().byte(), masks[i, y : y + 32, x : x + 32]) for i, y, x in found
+        )
+    assert _random_crops(images, 8, 6, 32, torch.Generator().manual_seed(0))[1] is None
+
+    target = torch.zeros((1, 3, 4, 4))
+    cover = torch.zeros((1, 1, 4, 4))
+    cover[..., :2, :2] = 1.0  # the product: a quarter of the pixels
+    wrong_product, wrong_background = target.clone(), target.clone()
+    wrong_product[..., :2, :2] = 1.0
+    wrong_background[..., 2:, 2:] = 1.0
+    # unweighted, both errors cost the same; weighted 8x, the product's costs 9x the background's
+    assert float(_weighted_l1(wrong_product, target, cover, 0.0)) == float(
+        _weighted_l1(wrong_background, target, cover, 0.0)
+    )
+    ratio = _weighted_l1(wrong_product, target, cover, 8.0) / _weighted_l1(
+        wrong_background, target, cover, 8.0
+    )
+    assert float(ratio) == pytest.approx(9.0)
+    assert float(_weighted_l1(target + 0.5, target, cover, 8.0)) == pytest.approx(0.5)  # mean weight 1
 
 
 def test_pretrain_writes_a_plain_pipeline_and_an_mlflow_run(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def load_base_pipeline(
     pipeline_cls = getattr(diffusers, resolved.pipeline_class)
     kwargs: dict[str, Any] = {"use_safetensors": True}
     if torch_dtype is not None:
-        kwargs["torch_dtype"] = torch_dtype
+        kwargs["dtype"] = torch_dtype
     if resolved.family != "sdxl":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     pipe = pipeline_cls.from_pretrained(resolved.path, **kwargs)
@@ -94,15 +94,14 @@ def load_components(
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     path = resolved.path
-    dtype_kwargs: dict[str, Any] = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    dtype_kwargs: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", use_safetensors=True, **dtype_kwargs)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", use_safetensors=True, **dtype_kwargs)
-    te_kwargs: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
     encoder_classes: list[tuple[str, str, Any]] = [("text_encoder", "tokenizer", CLIPTextModel)]
     if resolved.family == "sdxl":
         encoder_classes.append(("text_encoder_2", "tokenizer_2", CLIPTextModelWithProjection))
     text_encoders = tuple(
-        cls.from_pretrained(path, subfolder=enc, use_safetensors=True, **te_kwargs)
+        cls.from_pretrained(path, subfolder=enc, use_safetensors=True, **dtype_kwargs)
         for enc, _, cls in encoder_classes
     )
     tokenizers = tuple(CLIPTokenizer.from_pretrained(path, subfolder=tok) for _, tok, _ in encoder_classes)

@@ -28,7 +28,7 @@ def pipeline_with(plan: TrainPlan, unet: Any, text_encoders: list[Any] | None = 
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     for name, enc in zip(["text_encoder", "text_encoder_2"], text_encoders or [], strict=False):
         kwargs[name] = enc
-    pipe = cls.from_pretrained(plan.resolved.path, torch_dtype=plan.weight_dtype, **kwargs).to(unet.device)
+    pipe = cls.from_pretrained(plan.resolved.path, dtype=plan.weight_dtype, **kwargs).to(unet.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
