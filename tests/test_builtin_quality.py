@@ -1,8 +1,9 @@
-"""Behavioural tests of the shipped, pretrained builtin:tiny: it is what builtin:tiny resolves to, and it follows
-the colour named in a caption.
+"""Behavioural tests of the shipped, pretrained builtin:tiny: it is what builtin:tiny resolves to, it follows the
+colour named in a caption, and a brand LoRA trained on it with the demo's settings learns the brand's palette while
+the settings stay what the prompts ask for.
 
-These run the real model on fixed prompts and seeds. The threshold was set from measurements of the shipped weights
-(32 of 32 right; see docs/builtin-tiny.md) with a wide margin; it checks behaviour, not exact pixels.
+These run the real model on fixed prompts and seeds. The thresholds were set from measurements of the shipped
+weights (docs/builtin-tiny.md) with a margin; they check behaviour, not exact pixels.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from brandtune.evaluation.imageprep import as_rgb_array
+from brandtune.evaluation.metrics import palette_adherence
 from brandtune.models import load_base_pipeline, resolve_base
 from brandtune.models.builtin import builtin_spec, shipped_dir
 from brandtune.models.sampling import sample_images
@@ -27,6 +29,12 @@ ASKED_COLOURS = ("red", "blue", "green", "yellow")
 COLOUR_SEEDS = range(8)
 #: Measured on the shipped weights: see docs/builtin-tiny.md.
 MIN_COLOUR_ACCURACY = 0.75
+#: Seeds per evaluation prompt in the brand fine-tune test.
+BRAND_SEEDS = range(4)
+#: The adapter's mean CIEDE2000 to the brand palette over the base's: the issue asks for down by >= 25%.
+MAX_PALETTE_RATIO = 0.75
+#: The adapter's beach-vs-snow background distance must keep at least this share of the base's.
+MIN_SETTING_CONTRAST = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +99,94 @@ def test_shipped_builtin_tiny_is_what_builtin_tiny_resolves_to() -> None:
         num_inference_steps=2,
         generator=torch.Generator().manual_seed(0),
     ).images[0].size == (64, 64)
+
+
+def background_lab(image: Any, border: int = 6) -> np.ndarray:
+    """Mean CIELAB of the image's outer ``border`` px: the setting, not the (centred) product."""
+    from skimage.color import rgb2lab
+
+    lab = rgb2lab(as_rgb_array(image))
+    ring = np.ones(lab.shape[:2], dtype=bool)
+    ring[border:-border, border:-border] = False
+    return lab[ring].mean(axis=0)
+
+
+def _ciede2000(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.color import deltaE_ciede2000
+
+    return float(deltaE_ciede2000(a, b))
+
+
+def test_brand_lora_learns_the_palette_and_keeps_the_settings(
+    base_pipe: Any, acme_dataset: Any, tmp_path: Any
+) -> None:
+    """The demo's fine-tune (same steps, batch and learning rate) on the acme photos, scored on the brand's
+    evaluation prompts with fixed seeds, base vs adapter."""
+    from brandtune.config import load_brand
+    from brandtune.demo import DEMO_BATCH, DEMO_LEARNING_RATE, DEMO_STEPS
+    from brandtune.training import TrainConfig
+    from brandtune.training.run import train
+
+    brand = load_brand("acme")
+    prompts = [brand.fill(p) for p in brand.evaluation_prompts]  # beach, snow, kitchen counter, studio
+
+    def draw() -> dict[str, list[Any]]:
+        images = sample_images(
+            base_pipe, [p for p in prompts for _ in BRAND_SEEDS], [*BRAND_SEEDS] * len(prompts)
+        )
+        n = len(BRAND_SEEDS)
+        return {p: images[i * n : (i + 1) * n] for i, p in enumerate(prompts)}
+
+    def palette_de(images: dict[str, list[Any]]) -> float:
+        scores = [
+            palette_adherence(im, brand.palette, brand.neutral_palette).delta_e
+            for v in images.values()
+            for im in v
+        ]
+        return float(np.mean(scores))
+
+    before = draw()
+    result = train(
+        TrainConfig(
+            brand="acme",
+            dataset=acme_dataset.name,
+            max_train_steps=DEMO_STEPS,
+            train_batch_size=DEMO_BATCH,
+            learning_rate=DEMO_LEARNING_RATE,
+            checkpointing_steps=0,
+            validation_inference_steps=2,
+            num_threads=1,
+            output_dir=tmp_path / "acme-lora",
+        )
+    )
+    base_pipe.load_lora_weights(str(result.adapter_dir))
+    try:
+        after = draw()
+    finally:
+        base_pipe.unload_lora_weights()
+
+    de_before, de_after = palette_de(before), palette_de(after)
+    # setting: each adapter image's background is nearest the base's background for its own prompt
+    centres = {p: np.mean([background_lab(im) for im in before[p]], axis=0) for p in prompts}
+    right = [
+        min(prompts, key=lambda q, im=im: _ciede2000(background_lab(im), centres[q])) == p
+        for p in prompts
+        for im in after[p]
+    ]
+    beach, snow = prompts[0], prompts[1]
+
+    def contrast(images: dict[str, list[Any]]) -> float:
+        mean = {p: np.mean([background_lab(im) for im in images[p]], axis=0) for p in (beach, snow)}
+        return _ciede2000(mean[beach], mean[snow])
+
+    print(
+        f"palette dE {de_before:.2f} -> {de_after:.2f} ({de_after / de_before:.2f}x); settings right "
+        f"{sum(right)}/{len(right)}; beach-vs-snow background dE {contrast(before):.1f} -> {contrast(after):.1f}"
+    )
+    assert de_after <= MAX_PALETTE_RATIO * de_before, (
+        f"palette dE {de_before:.2f} -> {de_after:.2f}: not down by {1 - MAX_PALETTE_RATIO:.0%}"
+    )
+    assert np.mean(right) >= 0.75, (
+        f"only {sum(right)}/{len(right)} adapter images keep their prompt's setting"
+    )
+    assert contrast(after) >= MIN_SETTING_CONTRAST * contrast(before), "beach and snow backgrounds converged"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,7 +153,12 @@ class RunTracker:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = MetaDataset(resolve_dataset_source(str(path)), name=name, digest=digest)
+        with warnings.catch_warnings():  # MLflow registers its local source twice and warns that it picks one
+            warnings.filterwarnings(
+                "ignore", "The specified dataset source can be interpreted in multiple ways"
+            )
+            source = resolve_dataset_source(str(path))
+        dataset = MetaDataset(source, name=name, digest=digest)
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
         self.client.log_inputs(self.run_id, datasets=[entity])
 
