@@ -64,11 +64,16 @@ def add_lora(
 
 
 def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA weights of a peft-adapted model, keyed as diffusers expects."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """The LoRA weights of a peft-adapted model in peft's key layout (``lora_A``/``lora_B``).
+
+    diffusers' ``load_lora_weights`` reads that layout as it is. Its older layout (``lora.down``/``lora.up``, what
+    ``convert_state_dict_to_diffusers`` makes) covers only the attention projections: a LoRA that also targets
+    convolutions or feed-forward layers came out half in each, and diffusers then silently dropped the attention
+    half when loading.
+    """
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    return get_peft_model_state_dict(model)
 
 
 def _stringify(meta: dict[str, Any]) -> dict[str, str]:
