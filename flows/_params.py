@@ -47,9 +47,16 @@ class TrainingParams(FlowParams):
     train_batch_size: int = Field(default=4, ge=1, le=256, description="Images per process per step.")
     rank: int = Field(default=8, ge=1, le=256, description="LoRA rank: size of the low-rank update.")
     learning_rate: float = Field(default=1e-3, gt=0, le=1.0, description="Peak learning rate.")
+    target_modules: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="UNet layers that get LoRA (names or suffixes, e.g. to_q, ff.net.2, conv1). Empty: attention "
+        "only (to_q, to_k, to_v, to_out.0).",
+    )
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
         default="constant", description="Learning-rate schedule."
     )
+    lr_warmup_steps: int = Field(default=0, ge=0, le=100_000, description="Linear warm-up steps.")
     resolution: int | None = Field(
         default=None, ge=32, le=4096, description="Training size in px. Empty: the dataset's resolution."
     )

@@ -37,8 +37,9 @@ def curves(run_id: str, tracking_uri: str) -> None:
         ("vae/l1", "VAE L1 (train crops)"),
         ("vae/psnr_db", "VAE PSNR dB (held out)"),
         ("unet/loss", "UNet loss (v-prediction)"),
+        ("decoder/l1", "decoder L1 (stage 4)"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
     for ax, (key, title) in zip(axes, panels, strict=True):
         hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
         ax.plot([m.step for m in hist], [m.value for m in hist], lw=1)

@@ -220,9 +220,10 @@ def test_lora_on_every_layer_kind_loads_whole_in_plain_diffusers(tmp_path: Path)
     from safetensors.torch import load_file
 
     from brandtune.models import resolve_base
-    from brandtune.training.config import BROAD_UNET_TARGETS
+    from brandtune.training.config import DEFAULT_UNET_TARGETS, NON_ATTENTION_UNET_TARGETS
 
-    result = train(quick(tmp_path, target_modules=BROAD_UNET_TARGETS, max_train_steps=2))
+    targets = [*DEFAULT_UNET_TARGETS, *NON_ATTENTION_UNET_TARGETS]
+    result = train(quick(tmp_path, target_modules=targets, max_train_steps=2))
     saved = load_file(result.adapter_dir / "pytorch_lora_weights.safetensors")
     layers = {k.removeprefix("unet.").rsplit(".lora", 1)[0] for k in saved}
     assert any(n.endswith("attn1.to_q") for n in layers) and any(

@@ -10,6 +10,10 @@ from pydantic import Field, model_validator
 from brandtune.config import StrictModel
 
 DEFAULT_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+#: The UNet's feed-forward layers, the projections into and out of its transformer blocks and its resnets' 3x3
+#: convolutions: everything but attention. On builtin:tiny a brand LoRA on these moves a small product's colours,
+#: and attention LoRA, alone or added to these, does not (docs/builtin-tiny.md, "A brand fine-tune on it").
+NON_ATTENTION_UNET_TARGETS = ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
 DEFAULT_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
