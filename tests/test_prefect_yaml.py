@@ -69,3 +69,16 @@ def test_training_parameters_show_dropdowns(tmp_path: Path) -> None:
     assert training["mixed_precision"]["enum"] == ["no", "fp16", "bf16"]
     assert "multi_gpu_ddp" in training["accelerate_config"]["enum"]
     assert training["max_train_steps"]["minimum"] == 1
+
+
+def test_training_parameters_reach_the_train_config() -> None:
+    from brandtune.training.config import DEFAULT_UNET_TARGETS, NON_ATTENTION_UNET_TARGETS
+    from flows._params import TrainingParams
+
+    default = TrainingParams().train_config("acme", None)
+    assert default.target_modules == DEFAULT_UNET_TARGETS and default.lr_warmup_steps == 0
+    chosen = TrainingParams(
+        target_modules=NON_ATTENTION_UNET_TARGETS, lr_scheduler="cosine", lr_warmup_steps=20
+    ).train_config("acme", "abc")
+    assert chosen.target_modules == NON_ATTENTION_UNET_TARGETS
+    assert (chosen.lr_scheduler, chosen.lr_warmup_steps, chosen.dataset) == ("cosine", 20, "abc")

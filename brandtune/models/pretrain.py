@@ -70,7 +70,7 @@ class PretrainConfig(StrictModel):
         default=600,
         ge=0,
         description="Decoder-only fine-tune on the frozen encoder's latents (stage 4; the encoder, the latents and "
-        "so the UNet are unchanged). The short VAE stage leaves hues washed out (red decodes orange).",
+        "so the UNet are unchanged). It sharpens the hues the VAE stage leaves washed out.",
     )
     decoder_learning_rate: float = Field(
         default=1e-3, gt=0, description="Decoder fine-tune peak learning rate."
@@ -487,7 +487,8 @@ def finetune_decoder(
     """Fine-tune the VAE decoder alone on ``(latent, image)`` pairs; return the held-out PSNR (dB) afterwards.
 
     The encoder stays frozen, so the latents the UNet learned on keep their meaning: this only sharpens how they
-    are drawn (the same idea as Stable Diffusion's fine-tuned-decoder VAEs). Full 64 px images, L1 loss.
+    are drawn (the same idea as Stable Diffusion's fine-tuned-decoder VAEs). Full 64 px images, L1 loss weighted
+    inside the products' ``masks`` by ``config.vae_product_weight``, as in the VAE stage.
     """
     import torch
 
