@@ -15,19 +15,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from brandtune.demo import DEMO_BATCH, DEMO_LEARNING_RATE, DEMO_STEPS
+from brandtune.demo import DEMO_TRAINING
 from brandtune.errors import ConfigError
 
 console = Console()
 
 POOL = "brandtune-local"
-#: The same training as ``make demo`` (brandtune.demo), so both demos show the same adapter.
-DEMO_TRAINING = {
-    "max_train_steps": DEMO_STEPS,
-    "train_batch_size": DEMO_BATCH,
-    "learning_rate": DEMO_LEARNING_RATE,
-    "checkpointing_steps": 100,
-}
 
 
 def find_repo(start: Path | None = None) -> Path:

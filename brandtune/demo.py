@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from brandtune.config import brand_dir, load_brand
 from brandtune.settings import Settings
@@ -13,14 +14,19 @@ from brandtune.training.config import NON_ATTENTION_UNET_TARGETS
 
 logger = logging.getLogger(__name__)
 
-#: The demo's fine-tune, chosen from measurements on builtin:tiny (docs/builtin-tiny.md, "A brand fine-tune on it").
-#: Cosine decay: at a constant rate the final palette distance swung more with the training seed.
-DEMO_STEPS = 300
-DEMO_LEARNING_RATE = 5e-3
-DEMO_SCHEDULE = "cosine"
-DEMO_WARMUP = 20
-DEMO_BATCH = 8
-DEMO_TARGETS = NON_ATTENTION_UNET_TARGETS
+#: The demo's fine-tune as ``TrainingParams`` fields; ``make demo``, ``brandtune ui --demo`` and the acceptance test
+#: all train with it. Chosen from measurements on builtin:tiny (docs/builtin-tiny.md, "A brand fine-tune on it");
+#: cosine decay because at a constant rate the final palette distance swung more with the training seed.
+DEMO_TRAINING: dict[str, Any] = {
+    "max_train_steps": 300,
+    "train_batch_size": 8,
+    "learning_rate": 5e-3,
+    "lr_scheduler": "cosine",
+    "lr_warmup_steps": 20,
+    "target_modules": NON_ATTENTION_UNET_TARGETS,
+    "checkpointing_steps": 100,
+}
+DEMO_STEPS: int = DEMO_TRAINING["max_train_steps"]
 
 
 @dataclass(frozen=True)
@@ -53,15 +59,7 @@ def run_demo(
         f"retrain {brand.name}: ingest {brand_dir(brand.name) / 'photos'}, train {steps} steps on "
         f"{brand.base_model}, register, evaluate, promote if the gate passes"
     )
-    training = TrainingParams(
-        max_train_steps=steps,
-        learning_rate=DEMO_LEARNING_RATE,
-        lr_scheduler=DEMO_SCHEDULE,
-        lr_warmup_steps=DEMO_WARMUP,
-        train_batch_size=DEMO_BATCH,
-        target_modules=DEMO_TARGETS,
-        checkpointing_steps=100,
-    )
+    training = TrainingParams(**{**DEMO_TRAINING, "max_train_steps": steps})
     retrained = retrain_flow(brand=brand.name, training=training)
     model = "champion" if retrained["promoted"] or retrained["champion_before"] else retrained["version"]
     if model != "champion":

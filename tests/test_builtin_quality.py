@@ -127,14 +127,7 @@ def test_brand_lora_learns_the_palette_and_keeps_the_settings(
     """The demo's fine-tune (same steps, batch and learning rate) on the acme photos, scored on the brand's
     evaluation prompts with fixed seeds, base vs adapter."""
     from brandtune.config import load_brand
-    from brandtune.demo import (
-        DEMO_BATCH,
-        DEMO_LEARNING_RATE,
-        DEMO_SCHEDULE,
-        DEMO_STEPS,
-        DEMO_TARGETS,
-        DEMO_WARMUP,
-    )
+    from brandtune.demo import DEMO_TRAINING
     from brandtune.training import TrainConfig
     from brandtune.training.run import train
 
@@ -161,13 +154,7 @@ def test_brand_lora_learns_the_palette_and_keeps_the_settings(
         TrainConfig(
             brand="acme",
             dataset=acme_dataset.name,
-            max_train_steps=DEMO_STEPS,
-            train_batch_size=DEMO_BATCH,
-            learning_rate=DEMO_LEARNING_RATE,
-            lr_scheduler=DEMO_SCHEDULE,
-            lr_warmup_steps=DEMO_WARMUP,
-            target_modules=DEMO_TARGETS,
-            checkpointing_steps=0,
+            **{**DEMO_TRAINING, "checkpointing_steps": 0},  # checkpoints do not change the weights
             validation_inference_steps=2,
             num_threads=1,
             output_dir=tmp_path / "acme-lora",
