@@ -99,11 +99,14 @@ def run_demo(
     )
 
 
+LABEL_FONT_SIZE = 12  # px; the before/after sheet's labels
+
+
 def before_after(base_dir: Path, adapter_dir: Path, out: Path) -> Path:
     """One PNG: per setting, the base model's images (left) next to the adapter's (right), same seeds."""
     import json
 
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     from brandtune.generation import _save_png
 
@@ -114,15 +117,18 @@ def before_after(base_dir: Path, adapter_dir: Path, out: Path) -> Path:
     width = left + 2 * per * cell + gap
     sheet = Image.new("RGB", (width, label + len(settings) * cell), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((left + 4, 4), "base model (no adapter)", fill=(40, 40, 40))
-    draw.text((left + per * cell + gap + 4, 4), "with the brand adapter", fill=(40, 40, 40))
+    # Pillow's bundled TrueType font (the bitmap default drops spaces: "noadapter")
+    font = ImageFont.load_default(size=LABEL_FONT_SIZE)
+    draw.text((left + 4, 4), "base model (no adapter)", fill=(40, 40, 40), font=font)
+    draw.text((left + per * cell + gap + 4, 4), "with the brand adapter", fill=(40, 40, 40), font=font)
     for y, setting in enumerate(settings):
         mine = [r for r in rows if r["setting"] == setting]
-        draw.text((4, label + y * cell + cell // 2 - 12), setting, fill=(40, 40, 40))
+        draw.text((4, label + y * cell + cell // 2 - 12), setting, fill=(40, 40, 40), font=font)
         draw.text(
             (4, label + y * cell + cell // 2 + 2),
             f"seeds {mine[0]['seed']}-{mine[-1]['seed']}",
             fill=(110, 110, 110),
+            font=font,
         )
         for x, r in enumerate(mine):
             for side, folder in enumerate((base_dir, adapter_dir)):
