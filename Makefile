@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing brandtune and its dependencies into $(VENV) (first time: about 2 minutes)..."
 	$(PY) -m pip install --quiet --upgrade pip 2>&1 | { grep -v 'is ignored' || true; }
-	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | { grep -v 'is ignored' || true; }
+	@# setuptools warns about every editable install ("Editable installation ... same name as your package"):
+	@# nothing for a newcomer to act on; the filter matches that one message only.
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[dev]' 2>&1 \
+		| { grep -v 'is ignored' || true; }
 	@touch $(STAMP)
 
 venv: $(STAMP)
