@@ -62,11 +62,12 @@ def sample_cmd(
 
     from brandtune.fsutil import atomic_write_bytes
     from brandtune.models import load_base_pipeline, resolve_base
+    from brandtune.models.loading import load_adapter
     from brandtune.models.sampling import image_grid, sample_images
 
     pipe = load_base_pipeline(resolve_base(model))
     if adapter is not None:
-        pipe.load_lora_weights(str(adapter))
+        load_adapter(pipe, adapter)
     images = sample_images(
         pipe, [prompt] * num, [seed + i for i in range(num)], steps=steps, guidance=guidance
     )

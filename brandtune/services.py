@@ -115,8 +115,12 @@ def start(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     url: str | None = None,
+    unset: Sequence[str] = (),
 ) -> Service:
-    """Start ``cmd`` in its own process group, its output going to ``<log_dir>/<name>.log``."""
+    """Start ``cmd`` in its own process group, its output going to ``<log_dir>/<name>.log``.
+
+    It inherits this process's environment without the variables named in ``unset``, plus ``env``.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with open(log_path, "ab") as log:
@@ -125,7 +129,7 @@ def start(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **QUIET_ENV, **(env or {})},
+            env={**{k: v for k, v in os.environ.items() if k not in unset}, **QUIET_ENV, **(env or {})},
             cwd=cwd,
             start_new_session=True,
         )
@@ -294,7 +298,15 @@ def deploy_all(repo: Path, env: Mapping[str, str], timeout: float = 300) -> str:
     return run_cli([bin_path("prefect"), "--no-prompt", "deploy", "--all"], env, cwd=repo, timeout=timeout)
 
 
-def worker(pool: str, log_dir: Path, env: Mapping[str, str], cwd: Path | None = None) -> Service:
-    """``prefect worker start`` on a process work pool."""
+def worker(
+    pool: str,
+    log_dir: Path,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    *,
+    name: str = "prefect-worker",
+    unset: Sequence[str] = (),
+) -> Service:
+    """``prefect worker start`` on a process work pool (``unset``: inherited variables it must not see)."""
     cmd = [bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process"]
-    return start("prefect-worker", cmd, log_dir, env=env, cwd=cwd)
+    return start(name, cmd, log_dir, env=env, cwd=cwd, unset=unset)

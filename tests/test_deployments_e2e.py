@@ -1,13 +1,17 @@
 """End to end through a real Prefect server: deploy prefect.yaml, run `retrain` from the API, cancel a training.
 
-Starts `prefect server` and `mlflow server` on free loopback ports, creates the `brandtune-local` process work pool,
-runs `prefect --no-prompt deploy --all`, starts a worker, then triggers deployments as the UI does (the API). Every
-process started here is stopped by PID (process group, then SIGKILL) at the end, also when a test fails.
+Starts `prefect server` and `mlflow server` on free loopback ports, then runs the README's "Scaling out" commands as
+written (only their `<...>` placeholders filled in): create the `brandtune-local` process work pool,
+`prefect --no-prompt deploy --all`, start a worker with BRANDTUNE_REPO, BRANDTUNE_HOME and MLFLOW_TRACKING_URI. Then
+it triggers deployments as the UI does (the API). Every process started here is stopped by PID (process group, then
+SIGKILL) at the end, also when a test fails.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,9 +52,70 @@ def training_processes(home: Path) -> list[psutil.Process]:
     return found
 
 
+# What the README's worker command must set by itself: the worker does not inherit these from the test process.
+WORKER_SETUP_ENV = (
+    "PREFECT_API_URL",
+    "BRANDTUNE_REPO",
+    "BRANDTUNE_HOME",
+    "MLFLOW_TRACKING_URI",
+    "BRANDTUNE_BRANDS_DIR",
+)
+FIX = (
+    "BRANDTUNE_REPO is not set on this worker: set it to the brandtune checkout (the folder with flows/ and "
+    "prefect.yaml) in the worker's environment and restart the worker"
+)
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's fenced bash block under "## Prefect" > **Scaling out.**, one per entry."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    prefect = text[text.index("## Prefect") :]
+    section = prefect[prefect.index("**Scaling out.**") :]
+    found = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert found, "README: no ```bash block under **Scaling out.**"
+    lines = found.group(1).replace("\\\n", " ").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def run_readme_commands(
+    values: dict[str, str], env: dict[str, str], log_dir: Path, stack: services.ServiceStack
+) -> tuple[str, services.Service]:
+    """Run the README's commands as a shell would, each `<placeholder>` replaced from ``values``.
+
+    ``export`` and ``cd`` carry over to later commands, ``VAR=value cmd`` sets VAR for ``cmd`` only; the worker
+    (which runs until stopped) becomes a service of ``stack``. Returns the other commands' output and the worker.
+    """
+    cwd: Path | None = None
+    output, worker = "", None
+    for line in readme_commands():
+        for key, value in values.items():
+            line = line.replace(key, value)
+        assert not re.search(r"<[\w-]+>", line), f"README placeholder this test does not know: {line!r}"
+        words = shlex.split(line)
+        if words[0] == "export":
+            env.update(word.split("=", 1) for word in words[1:])
+            continue
+        if words[0] == "cd":
+            cwd = Path(words[1])
+            continue
+        own = dict(env)
+        while re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+            key, value = words.pop(0).split("=", 1)
+            own[key] = value
+        argv = [services.bin_path(words[0]), *words[1:]]
+        if words[:3] == ["prefect", "worker", "start"]:
+            worker = stack.add(
+                services.start("prefect-worker", argv, log_dir, env=own, cwd=cwd, unset=WORKER_SETUP_ENV)
+            )
+        else:
+            output += services.run_cli(argv, own, cwd=cwd)
+    assert worker is not None, "the README's commands start no worker"
+    return output, worker
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory, brandtune_home: Path) -> Iterator[dict[str, Any]]:
-    """Prefect server + MLflow server + worker, with every deployment of prefect.yaml."""
+    """Prefect server + MLflow server, then the README's commands: work pool, every deployment, a worker."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     root = tmp_path_factory.mktemp("e2e")
@@ -61,24 +126,32 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, brandtune_home: Path) -> 
         mlflow = stack.add(services.mlflow_server(m_port, logs))
         services.wait_http(api, f"{api.url}/api/health", timeout=180)
         services.wait_http(mlflow, f"{mlflow.url}/health", timeout=180)
-        env = services.prefect_env(
-            f"{api.url}/api",
-            prefect_home,
-            MLFLOW_TRACKING_URI=str(mlflow.url),
-            BRANDTUNE_REPO=str(REPO_ROOT),
-            BRANDTUNE_HOME=str(brandtune_home),
-            PREFECT_WORKER_QUERY_SECONDS="2",
-            PREFECT_RUNNER_POLL_FREQUENCY="2",
-        )
-        services.create_work_pool("brandtune-local", env)
-        out = services.deploy_all(REPO_ROOT, env)
+        # test-speed knobs only; everything the README's commands need comes from them
+        env = {
+            "PREFECT_HOME": str(prefect_home),
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        }
+        values = {
+            "<prefect-api-url>": f"{api.url}/api",
+            "<checkout>": str(REPO_ROOT),
+            "<brandtune-home>": str(brandtune_home),
+            "<mlflow-url>": str(mlflow.url),
+        }
+        out, worker = run_readme_commands(values, env, logs, stack)
         assert "weekly-retrain" in out, out
-        worker = stack.add(services.worker("brandtune-local", logs, env, cwd=REPO_ROOT))
         old_uri = os.environ["MLFLOW_TRACKING_URI"]
         os.environ["MLFLOW_TRACKING_URI"] = str(mlflow.url)
         try:
             with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-                yield {"api": api, "mlflow": mlflow, "worker": worker, "stack": stack, "env": env}
+                yield {
+                    "api": api,
+                    "mlflow": mlflow,
+                    "worker": worker,
+                    "stack": stack,
+                    "env": env,
+                    "logs": logs,
+                }
         finally:
             os.environ["MLFLOW_TRACKING_URI"] = old_uri
             stack.remember_descendants()
@@ -91,6 +164,16 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, brandtune_home: Path) -> 
 
 def _worker_log(deployed: dict[str, Any]) -> str:
     return services.tail(deployed["worker"].log_path, 40)
+
+
+def test_readme_worker_runs_a_deployment(deployed: dict[str, Any]) -> None:
+    """The worker started by the README's command takes a run of a prefect.yaml deployment and completes it."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment("ingest/ingest-photos", parameters={"brand": "acme"}, timeout=600)
+    assert run.state is not None and run.state.is_completed(), (
+        f"{run.state and run.state.name}: {run.state and run.state.message}\n{_worker_log(deployed)}"
+    )
 
 
 def test_retrain_deployment_from_the_api(deployed: dict[str, Any], brandtune_home: Path) -> None:
@@ -156,3 +239,63 @@ def test_cancel_mid_training_leaves_no_training_process(
         time.sleep(0.5)
     left = [p for p in training_processes(brandtune_home) if p.pid not in before]
     assert not left, f"training processes left after cancel: {[(p.pid, p.cmdline()) for p in left]}"
+
+
+def test_worker_without_brandtune_repo_fails_the_run_with_the_fix(
+    deployed: dict[str, Any], tmp_path: Path
+) -> None:
+    """A worker started without BRANDTUNE_REPO (its own pool, so the README's worker cannot take the run) fails a
+    deployment of prefect.yaml's pull steps with the one-line fix, as the run's state message and in its logs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    pool = "brandtune-bare"
+    services.create_work_pool(pool, deployed["env"])
+    with get_client(sync_client=True) as client:
+        source = client.read_deployment_by_name("ingest/ingest-photos")
+        assert source.pull_steps == [
+            {"brandtune.deploy_steps.enter_checkout": {"directory": "{{ $BRANDTUNE_REPO }}"}}
+        ]
+        deployment_id = client.create_deployment(
+            flow_id=source.flow_id,
+            name="ingest-photos-bare-worker",
+            work_pool_name=pool,
+            entrypoint=source.entrypoint,
+            path=source.path,
+            pull_steps=source.pull_steps,
+            parameters={"brand": "acme"},
+        )
+        bare = services.worker(
+            pool, deployed["logs"], deployed["env"], cwd=tmp_path, name="bare-worker", unset=WORKER_SETUP_ENV
+        )
+        try:
+            run = client.create_flow_run_from_deployment(deployment_id)
+            state = _wait_final(client, run.id, bare)
+            logs = _run_logs(client, run.id, until=FIX)
+        finally:
+            services.stop(bare)
+    assert state.type == StateType.FAILED and state.message == FIX, f"{state.name}: {state.message}"
+    assert FIX in logs and "FileNotFoundError" not in logs, logs
+
+
+def _wait_final(client: Any, run_id: Any, worker: services.Service, timeout: float = 300) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = client.read_flow_run(run_id).state
+        if state and state.is_final():
+            return state
+        assert time.monotonic() < deadline, f"flow run stuck in {state}\n{services.tail(worker.log_path, 40)}"
+        time.sleep(1)
+
+
+def _run_logs(client: Any, run_id: Any, until: str, timeout: float = 30) -> str:
+    """The flow run's logs, waiting a little for ``until`` (a run's logs reach the API in batches)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        text = "\n".join(log.message for log in logs)
+        if until in text or time.monotonic() > deadline:
+            return text
+        time.sleep(1)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from brandtune import _quiet
+from brandtune.errors import ConfigError
 from brandtune.models.resolve import ResolvedBase
 
 if TYPE_CHECKING:
@@ -58,6 +61,7 @@ def load_base_pipeline(
     Returns:
         A ``StableDiffusionPipeline`` (sd1, sd2) or ``StableDiffusionXLPipeline`` (sdxl).
     """
+    _quiet.install()  # before diffusers' pipeline modules import transformers' image processors
     import diffusers
 
     pipeline_cls = getattr(diffusers, resolved.pipeline_class)
@@ -90,6 +94,7 @@ def load_components(
     Returns:
         The components, models in eval mode with gradients still enabled (training decides what to freeze).
     """
+    _quiet.install()
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -119,3 +124,71 @@ def load_components(
         tokenizers=tokenizers,
         noise_scheduler=noise_scheduler,
     )
+
+
+ADAPTER_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # what brandtune and ``save_lora_weights`` write
+
+
+def adapter_components(weights: Path) -> set[str]:
+    """The pipeline components a diffusers-format LoRA file holds weights for (``{"unet", "text_encoder"}``).
+
+    Read from the safetensors header only (no tensor is loaded). A key without a component prefix (a kohya or
+    other non-diffusers layout) counts as ``""``.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        keys = list(handle.keys())
+    return {key.split(".", 1)[0] if "." in key else "" for key in keys}
+
+
+def load_adapter(
+    pipe: DiffusionPipeline,
+    folder: Path | str,
+    *,
+    adapter_name: str | None = None,
+    weight_name: str = ADAPTER_WEIGHTS_NAME,
+) -> None:
+    """Load a LoRA adapter folder into a pipeline, into only the components it has weights for.
+
+    ``pipe.load_lora_weights`` offers every adapter to every text encoder too, and for a UNet-only adapter
+    (brandtune's default) diffusers then warns "No LoRA keys associated to CLIPTextModel found" on every load. A
+    UNet-only file therefore takes the pipeline's own UNet path (``lora_state_dict`` + ``load_lora_into_unet``, the
+    very calls ``load_lora_weights`` makes for the UNet, so the effect is the same); any other file (one with a
+    text-encoder part from ``train_text_encoder``, or a kohya layout) goes through ``load_lora_weights`` whole.
+
+    Args:
+        pipe: A diffusers pipeline with LoRA support (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``).
+        folder: The adapter folder (``pytorch_lora_weights.safetensors`` and ``brandtune.json``).
+        adapter_name: The peft adapter name (diffusers picks ``default_N`` when omitted).
+        weight_name: The weights file inside ``folder``.
+
+    Raises:
+        ConfigError: ``folder`` has no such weights file.
+    """
+    weights = Path(folder) / weight_name
+    if not weights.is_file():
+        raise ConfigError(
+            f"adapter folder {folder} has no {weight_name}: give a folder written by `brandtune train` "
+            "(or `brandtune pull`)"
+        )
+    if adapter_components(weights) == {"unet"} and hasattr(pipe, "load_lora_into_unet"):
+        from diffusers.loaders import lora_pipeline
+
+        state_dict, alphas, metadata = pipe.lora_state_dict(
+            str(folder), weight_name=weight_name, return_lora_metadata=True
+        )
+        pipe.load_lora_into_unet(
+            state_dict,
+            network_alphas=alphas,
+            unet=pipe.unet,
+            adapter_name=adapter_name,
+            metadata=metadata,
+            _pipeline=pipe,
+            low_cpu_mem_usage=getattr(
+                lora_pipeline, "_LOW_CPU_MEM_USAGE_DEFAULT_LORA", False
+            ),  # as load_lora_weights
+        )
+    else:
+        pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=adapter_name)
+    logger.debug("loaded adapter %s (%s) as %s", folder, weight_name, adapter_name or "default")

@@ -100,6 +100,9 @@ def create_logged_model(mlc: Any, run_id: str, info: dict[str, Any], name: str) 
 
 def log_diffusers_model(model_id: str, run_id: str, adapter: Path, info: dict[str, Any]) -> None:
     """Save ``adapter`` (folder with the safetensors and ``brandtune.json``) as the artifacts of ``model_id``."""
+    from brandtune import _quiet
+
+    _quiet.install()  # before MLflow infers the pip requirements (torch's +cpu label)
     import mlflow.diffusers  # noqa: F401  (the flavor module must be importable)
     from mlflow.models import Model
 

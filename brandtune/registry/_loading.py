@@ -217,6 +217,7 @@ def load_pipeline(
             on different bases.
     """
     from brandtune.models import load_base_pipeline
+    from brandtune.models.loading import load_adapter
 
     settings = settings or Settings.from_env()
     pairs = _normalize(uris)
@@ -235,7 +236,7 @@ def load_pipeline(
     for adapter in adapters:
         name = adapter_name(adapter.version)
         if name not in names:
-            pipe.load_lora_weights(str(adapter.path), weight_name=WEIGHTS_NAME, adapter_name=name)
+            load_adapter(pipe, adapter.path, weight_name=WEIGHTS_NAME, adapter_name=name)
             names.append(name)
     weights = [w for _, w in pairs][: len(names)]
     if len(names) > 1 or weights != [1.0]:

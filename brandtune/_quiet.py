@@ -1,0 +1,78 @@
+"""Narrow filters for third-party log messages that a brandtune user cannot act on.
+
+Each entry of :data:`QUIETED` names the logger that emits one message, a pattern matched against that message, and
+why it is dropped. Only records of that logger matching that pattern are dropped: every other message of the same
+logger still shows, and no logger's level or handlers change. :func:`install` is idempotent; the functions that
+trigger the messages (pipeline and model loading, logging an adapter to MLflow) call it before they do, and nothing
+is installed at import time.
+
+Not filtered but avoided: diffusers' "No LoRA keys associated to CLIPTextModel found" comes from offering a
+UNet-only adapter to the text encoder; `brandtune.models.loading.load_adapter` loads such an adapter into the UNet
+only, so the message is never provoked and stays visible for adapters where it means something.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Quieted:
+    """One filtered message.
+
+    Attributes:
+        logger: Name of the logger that emits it (the module's ``__name__``).
+        pattern: Regular expression searched in the formatted message.
+        reason: Why a brandtune user gains nothing from seeing it.
+    """
+
+    logger: str
+    pattern: re.Pattern[str]
+    reason: str
+
+
+QUIETED: tuple[Quieted, ...] = (
+    Quieted(
+        "transformers.utils.import_utils",
+        re.compile(r"^`\w+ImageProcessor` requires torchvision \(not installed\); falling back to `\w+Pil`"),
+        "diffusers' pipeline modules import CLIP/Siglip image processors brandtune never uses; torchvision cannot "
+        "be installed beside the CPU torch build, and the PIL fallback is what it would use anyway",
+    ),
+    Quieted(
+        "diffusers.models.modeling_utils",
+        re.compile(r"^There are modules in \w+ that should be kept in float32: \[\]\. Casting directly"),
+        "an empty list: the model has no float32-only modules, so casting it with to() (as training does for "
+        "its frozen parts) loses nothing; the message with a non-empty list still shows",
+    ),
+    Quieted(
+        "mlflow.utils.requirements_utils",
+        re.compile(r"^Found torch version \([^)]*\) contains a local version label \(\+\w+\)"),
+        "the +cpu/+cuXXX build label of torch is this machine's wheel; MLflow records the plain version, which is "
+        "what a serving machine should install",
+    ),
+)
+
+
+class MessageFilter(logging.Filter):
+    """Drops the records whose message matches ``pattern``; lets everything else through."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed record is the handler's to report, not ours to drop
+            return True
+        return not self.pattern.search(message)
+
+
+def install() -> None:
+    """Attach each :data:`QUIETED` filter to its logger, once (calling it again adds nothing)."""
+    for quieted in QUIETED:
+        target = logging.getLogger(quieted.logger)
+        if not any(isinstance(f, MessageFilter) and f.pattern == quieted.pattern for f in target.filters):
+            target.addFilter(MessageFilter(quieted.pattern))
