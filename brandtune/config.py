@@ -19,10 +19,12 @@ from brandtune.errors import ConfigError
 from brandtune.settings import Settings
 
 __all__ = [
+    "BrandGate",
     "BrandSpec",
     "IngestConfig",
     "Settings",
     "brand_dir",
+    "brands_root",
     "format_validation_error",
     "load_brand",
     "load_yaml_model",
@@ -39,6 +41,75 @@ class StrictModel(BaseModel):
     """Base of every brandtune config: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BrandGate(StrictModel):
+    """A brand's own promotion bars (``gate:`` in brand.yaml), on top of the default gate. Every key is optional.
+
+    By default a new adapter becomes the first champion when it is measurably closer to the brand than the base
+    model on the same prompts and seeds, and later ones when they do not fall behind the champion. A bar set here
+    is an extra rule, judged on the candidate's mean over the evaluation images, with or without a champion: use
+    it for a level this brand must reach whatever the base model does. The gate's own rules live in
+    :mod:`brandtune.evaluation.gate`, which turns this section into rules (``GateConfig.for_brand``); this model
+    stays here, free of the evaluation code, so that loading a brand.yaml stays cheap.
+
+    Example (brand.yaml)::
+
+        gate:
+          max_palette_delta_e: 15      # product colours within 15 CIEDE2000 of the palette, on average
+          min_palette_improvement: 1   # the first champion is surely at least 1 closer than the base model
+    """
+
+    max_palette_delta_e: float | None = Field(
+        default=None,
+        ge=0,
+        description="Highest accepted mean colour distance (CIEDE2000) from the brand colours to the colours "
+        "in the images; 0 is an exact match, about 2 is a just-noticeable difference. Empty: no bar.",
+    )
+    min_palette_share: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Lowest accepted mean share (0-1) of coloured pixels that are near a brand colour. "
+        "Empty: no bar.",
+    )
+    max_color_hist_distance: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Highest accepted mean difference (0-1) between the images' colour mix and the brand "
+        "photos'. Empty: no bar.",
+    )
+    min_ref_ssim: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description="Lowest accepted mean structural similarity (-1 to 1) to the closest brand photo. "
+        "Empty: no bar.",
+    )
+    min_technical_ok: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Lowest accepted share (0-1) of images that pass the technical checks (not black, blank, "
+        "blown out or flat), e.g. 0.9. Empty: only 'no worse than the base model / the champion'.",
+    )
+    min_palette_improvement: float = Field(
+        default=0.0,
+        ge=0,
+        description="How much closer to the palette (CIEDE2000, mean over the images) the first champion must "
+        "be than the base model, with 95% confidence: the low end of the interval of the improvement must be "
+        "above it. 0: any improvement beyond chance.",
+    )
+
+    def thresholds(self) -> dict[str, tuple[str, float]]:
+        """The absolute bars set: ``{metric: ("min" | "max", value)}``, in field order."""
+        out: dict[str, tuple[str, float]] = {}
+        for key, value in self.model_dump(exclude={"min_palette_improvement"}).items():
+            if value is not None:
+                kind, metric = key.split("_", 1)
+                out[metric] = (kind, float(value))
+        return out
 
 
 class BrandSpec(StrictModel):
@@ -84,6 +155,11 @@ class BrandSpec(StrictModel):
     settings: dict[str, str] = Field(
         default_factory=dict,
         description="Named generation settings, key -> phrase appended to a prompt (e.g. beach: 'on a beach').",
+    )
+    gate: BrandGate = Field(
+        default_factory=BrandGate,
+        description="This brand's own promotion bars on top of the default gate (e.g. max_palette_delta_e: 15). "
+        "Empty: the default gate only (beat the base model first, then do not fall behind the champion).",
     )
 
     @field_validator("name")
@@ -245,32 +321,56 @@ def load_yaml_model(model: type[M], path: Path, overrides: dict[str, Any] | None
         raise ConfigError(format_validation_error(exc, str(path))) from exc
 
 
+def brands_root(brands_dir: Path | None = None) -> Path:
+    """The folder that holds the brands: ``brands_dir``, else ``$BRANDTUNE_BRANDS_DIR``, else ``data/brands``."""
+    return Path(brands_dir or os.environ.get("BRANDTUNE_BRANDS_DIR") or DEFAULT_BRANDS_DIR)
+
+
 def brand_dir(brand: str, brands_dir: Path | None = None) -> Path:
     """The folder of a brand: ``<brands_dir>/<brand>`` (``data/brands`` or ``$BRANDTUNE_BRANDS_DIR``)."""
-    root = Path(brands_dir or os.environ.get("BRANDTUNE_BRANDS_DIR") or DEFAULT_BRANDS_DIR)
-    return root / brand
+    return brands_root(brands_dir) / brand
+
+
+def _missing_brand(brand: str | Path, spec_path: Path, by_slug: bool, brands_dir: Path | None) -> ConfigError:
+    """The error for a brand that is not there: the absolute paths searched, the brands that are, the fix."""
+    if not by_slug:
+        return ConfigError(
+            f"brand {str(brand)!r}: {spec_path.absolute()} does not exist; give a brand slug or the path of "
+            "an existing brand.yaml or its folder"
+        )
+    root = spec_path.parent.parent.absolute()
+    known = sorted(p.name for p in root.glob("*") if (p / "brand.yaml").is_file()) if root.is_dir() else []
+    found = f"known brands in {root}: {', '.join(known)}" if known else f"no brands found in {root}"
+    env = os.environ.get("BRANDTUNE_BRANDS_DIR")
+    now = f"it is {env!r}" if env else "unset, so data/brands under the current folder is searched"
+    if brands_dir is not None:
+        now = "here the caller's brands_dir was searched instead"
+    return ConfigError(
+        f"brand {str(brand)!r}: {spec_path.absolute()} does not exist ({found}); set BRANDTUNE_BRANDS_DIR to "
+        f"the folder that holds <brand>/brand.yaml ({now})"
+    )
 
 
 def load_brand(brand: str | Path, brands_dir: Path | None = None) -> BrandSpec:
     """Load and validate a brand spec by slug (``acme``) or by path to its ``brand.yaml`` or folder.
 
+    A slug is looked up in ``brands_dir``, else ``$BRANDTUNE_BRANDS_DIR``, else ``data/brands`` (relative to the
+    current folder).
+
     Raises:
-        ConfigError: the brand does not exist (the message lists the brands that do) or its spec is invalid.
+        ConfigError: the brand does not exist (the message names the absolute folder searched, lists the brands
+            that are there and says how to point elsewhere) or its spec is invalid.
     """
     path = Path(brand)
+    by_slug = False
     if path.suffix in {".yaml", ".yml"}:
         spec_path = path
-    elif path.is_dir() and (path / "brand.yaml").is_file():
+    elif path.is_dir() or len(path.parts) > 1:
         spec_path = path / "brand.yaml"
     else:
-        spec_path = brand_dir(str(brand), brands_dir) / "brand.yaml"
+        spec_path, by_slug = brand_dir(str(brand), brands_dir) / "brand.yaml", True
     if not spec_path.is_file():
-        root = spec_path.parent.parent
-        known = (
-            sorted(p.name for p in root.glob("*") if (p / "brand.yaml").is_file()) if root.is_dir() else []
-        )
-        hint = f"known brands in {root}: {', '.join(known)}" if known else f"no brands found in {root}"
-        raise ConfigError(f"brand {str(brand)!r}: {spec_path} does not exist ({hint})")
+        raise _missing_brand(brand, spec_path, by_slug, brands_dir)
     spec = load_yaml_model(BrandSpec, spec_path)
     if spec_path.parent.name != spec.name and spec_path.parent.name != "":
         raise ConfigError(

@@ -21,7 +21,9 @@ def evaluation_facts(
     name = model_name(brand)
     decision = "PASSED" if outcome.gate.passed else "FAILED"
     champion = (
-        version_link(settings, name, outcome.champion_version) if outcome.champion_version else "none yet"
+        version_link(settings, name, outcome.champion_version)
+        if outcome.champion_version
+        else "none yet (judged against the base model)"
     )
     return [
         ("candidate", version_link(settings, name, outcome.candidate_version)),
@@ -34,9 +36,14 @@ def evaluation_facts(
 
 
 def gate_markdown(outcome: Any) -> str:
-    """The gate's rules as a markdown list."""
+    """The gate's rules as a markdown list: each rule's plain-language explanation, then its numbers."""
     rules = outcome.gate.to_dict().get("rules", [])
-    lines = [f"- **{r.get('status', '?')}** {r.get('rule', '')}: {r.get('reason', '')}" for r in rules]
+    lines = []
+    for r in rules:
+        words = r.get("explanation") or r.get("reason", "")
+        lines.append(f"- **{r.get('status', '?')}** {r.get('rule', '')}: {words}")
+        if r.get("explanation") and r.get("reason"):
+            lines.append(f"  <br>`{r['reason']}`")
     return "## Gate\n\n" + ("\n".join(lines) or "_no rules_")
 
 

@@ -40,6 +40,9 @@ def test_sample_brand_loads() -> None:
         ({"evaluation_prompts": ["a {product}"]}, "unknown placeholders"),
         ({"colour": "#ffffff"}, "unknown key"),
         ({"neutral_palette": ["#1fa6a0"]}, "both palette and neutral_palette"),
+        ({"gate": {"max_palete_delta_e": 15}}, "gate.max_palete_delta_e: unknown key"),
+        ({"gate": {"max_palette_delta_e": -3}}, "gate.max_palette_delta_e"),
+        ({"gate": [{"metric": "palette_delta_e"}]}, "gate: Input should be"),
     ],
 )
 def test_brand_spec_rejects_bad_values(tmp_path: Path, overrides: dict, needle: str) -> None:
@@ -59,6 +62,66 @@ def test_unknown_brand_lists_known_ones(tmp_path: Path) -> None:
     (tmp_path / "other" / "brand.yaml").write_text("name: other\n")
     with pytest.raises(ConfigError, match=r"known brands in .*: other"):
         load_brand("nope", brands_dir=tmp_path)
+
+
+def test_unknown_brand_names_the_absolute_folder_and_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from another folder, the error says where it looked (absolute) and how to point elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BRANDTUNE_BRANDS_DIR", raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_brand("acme")
+    message = str(err.value)
+    assert f"no brands found in {tmp_path / 'data' / 'brands'}" in message
+    assert str(tmp_path / "data" / "brands" / "acme" / "brand.yaml") in message
+    assert "set BRANDTUNE_BRANDS_DIR" in message and "unset" in message
+    assert "\n" not in message
+    # the variable is honoured, and the message then says what it is
+    monkeypatch.setenv("BRANDTUNE_BRANDS_DIR", str(REPO / "data" / "brands"))
+    assert load_brand("acme").name == "acme"
+    monkeypatch.setenv("BRANDTUNE_BRANDS_DIR", "elsewhere")
+    with pytest.raises(ConfigError, match=r"no brands found in /.*elsewhere.*it is 'elsewhere'"):
+        load_brand("acme")
+    # a path that is not there is named as such, absolute
+    with pytest.raises(ConfigError, match=rf"{tmp_path}/sub/nowhere/brand.yaml does not exist"):
+        load_brand("sub/nowhere")
+
+
+def test_brand_gate_opt_in_loads_from_brand_yaml(tmp_path: Path) -> None:
+    import yaml
+
+    from brandtune.config import BrandGate
+
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    gate = {"max_palette_delta_e": 15, "min_technical_ok": 0.9, "min_palette_improvement": 1}
+    (folder / "brand.yaml").write_text(yaml.safe_dump(_spec(gate=gate)))
+    spec = load_brand(folder)
+    assert spec.gate.max_palette_delta_e == 15.0 and spec.gate.min_palette_improvement == 1.0
+    assert spec.gate.thresholds() == {"palette_delta_e": ("max", 15.0), "technical_ok": ("min", 0.9)}
+    assert BrandSpec(**_spec()).gate == BrandGate()  # no section: no opt-ins
+    assert BrandGate().thresholds() == {}
+    for name, field in BrandGate.model_fields.items():
+        assert field.description, f"BrandGate.{name} has no description"
+
+
+def test_sample_brand_documents_the_gate_section() -> None:
+    """data/brands/acme/brand.yaml shows a commented-out gate: example whose keys are real BrandGate fields."""
+    import re
+
+    import yaml
+
+    from brandtune.config import BrandGate
+
+    text = (REPO / "data/brands/acme/brand.yaml").read_text()
+    block = re.search(r"^# gate:\n((?:#   .*\n)+)", text, re.MULTILINE)
+    assert block, "brand.yaml has no commented-out gate: example"
+    example = yaml.safe_load(
+        "gate:\n" + re.sub(r"^# ", "", block.group(0).split("\n", 1)[1], flags=re.MULTILINE)
+    )
+    BrandGate.model_validate(example["gate"])
+    assert load_brand(REPO / "data/brands/acme").gate == BrandGate()  # commented out: the default gate
 
 
 def test_yaml_overrides_apply_after_file(tmp_path: Path) -> None:

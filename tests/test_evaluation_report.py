@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -162,3 +163,52 @@ def test_results_are_validated(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(EvaluationError, match="is a file"):
         write_report(results, tmp_path / "file")
+
+
+def _first_champion_results(tmp_path: Path) -> EvalResults:
+    """build_results without a champion: the gate judges the candidate against the base model."""
+    results = build_results(tmp_path)
+    rows = [r for r in results.per_image if r.model != "champion"]
+    means = {k: {m: v["mean"] for m, v in stats.items()} for k, stats in aggregate(rows).items()}
+    gate = evaluate_gate(means["candidate"], None, base=means["base"], per_image=rows, brand="ACME Drinks")
+    return results.model_copy(
+        update={
+            "models": [m for m in results.models if m.key != "champion"],
+            "per_image": rows,
+            "set_metrics": {k: v for k, v in results.set_metrics.items() if k != "champion"},
+            "gate": gate.to_dict(),
+        }
+    )
+
+
+def test_report_explains_the_gate_in_plain_language(tmp_path: Path) -> None:
+    results = _first_champion_results(tmp_path)
+    assert results.gate is not None and results.gate["passed"], results.gate
+    palette = next(r for r in results.gate["rules"] if r["rule"] == "palette_delta_e improve_by vs base")
+    assert palette["explanation"].startswith(
+        "The new adapter's product colours are closer to the ACME Drinks palette than the base model's on 9 "
+        "images"
+    )
+    json_path, html_path = write_report(results, tmp_path)
+    saved = json.loads(json_path.read_text())["gate"]["rules"]
+    assert [r["explanation"] for r in saved] == [r["explanation"] for r in results.gate["rules"]]
+    page = html_path.read_text()
+    assert "Promote candidate" in page and "Compared with" in page
+    assert html.escape(palette["explanation"]) in page  # in the decision box and in the rule table
+    assert page.count("closer to the ACME Drinks palette") == 2
+    assert f"{palette['pairs']} pairs" in page and "base model" in page
+    assert "Not checked: there is no champion yet" in page  # skipped rules say why, in the table only
+    assert "\n" not in results.gate["summary"]
+
+
+def test_prefect_artifact_lists_explanations() -> None:
+    from types import SimpleNamespace
+
+    from brandtune.evaluation.gate import GateResult
+    from flows.evaluate import gate_markdown
+
+    gate = evaluate_gate({"palette_delta_e": 12.0, "technical_ok": 1.0}, None)  # no base: fails, says why
+    markdown = gate_markdown(SimpleNamespace(gate=gate))
+    assert markdown.startswith("## Gate\n\n- **fail** palette_delta_e improve_by vs base: Cannot judge:")
+    assert "base model was not part of this evaluation" in markdown and "`no base model" in markdown
+    assert isinstance(gate, GateResult) and markdown.count("- **") == len(gate.rules)

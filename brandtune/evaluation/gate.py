@@ -1,34 +1,62 @@
 """The promotion gate: does a candidate adapter's evaluation justify making it the champion?
 
-Pure logic on metric dictionaries (``{metric: value}``, typically per-model means from
-:func:`brandtune.evaluation.report.aggregate`). Each :class:`GateRule` is one of
+Pure logic on metric dictionaries (``{metric: value}``, per-model means from
+:func:`brandtune.evaluation.report.aggregate`) and, for paired rules, the per-image rows the means came from. Each
+:class:`GateRule` is one of
 
-- ``min`` / ``max``: an absolute threshold on the candidate's value (applies with or without a champion);
-- ``no_regression``: the candidate may be worse than the champion by at most ``tolerance``;
-- ``improve_by``: the candidate must beat the champion by at least ``margin``.
+- ``min`` / ``max``: an absolute bar on the candidate's mean (with or without a champion). Off by default: a brand
+  opts in through ``gate:`` in its brand.yaml (:class:`brandtune.config.BrandGate`);
+- ``no_regression``: the candidate may be worse than the reference by at most ``tolerance``;
+- ``improve_by``: the candidate must beat the reference by at least ``margin``; with ``test: paired_bootstrap``,
+  by a margin a paired bootstrap interval supports (below).
 
-"Worse" and "better" follow the metric's direction (:data:`brandtune.evaluation.metrics.METRIC_DIRECTIONS`, or the
-rule's own ``direction``). With no champion, comparison rules are skipped: the first candidate that passes the
-absolute thresholds becomes champion. A metric missing from the candidate, or NaN, fails its rule.
+The reference (``against``) is the current champion, or the base model without adapter. Champion rules are skipped
+while there is no champion; base rules judge the *first* champion only (with a champion, the champion rules
+decide). A first-champion rule whose evaluation has no base model fails: without it nothing shows the adapter
+helps. "Worse" and "better" follow the metric's direction (:data:`~brandtune.evaluation.metrics.METRIC_DIRECTIONS`,
+or the rule's own ``direction``). A metric missing from the candidate, or NaN, fails its rule.
+
+Why a paired bootstrap for the first champion. The candidate and the base model draw the same prompts with the
+same seeds, so image *i* of one and image *i* of the other share everything but the adapter. Comparing the two
+means, each with its own interval, leaves the prompt-to-prompt and seed-to-seed spread in both intervals. Pairing
+the images by ``(prompt_index, seed)`` and resampling the per-image improvements (reference minus candidate when
+lower is better) cancels whatever spread the two share; where an adapter redraws the images so much that they
+share little (the demo's LoRA on builtin:tiny), the paired interval is about as wide as an unpaired one, so
+nothing is lost. The rule passes when the whole interval (95% by default) of the mean improvement lies above zero,
+and above ``margin`` when one is set: the evaluation then supports "better by at least ``margin``", not only
+"better on average". The resampling is :func:`~brandtune.evaluation.report.bootstrap_ci`'s percentile bootstrap
+with a fixed seed, so the same images always give the same decision.
+
+Every :class:`RuleOutcome` carries a one-line technical ``reason`` and a plain-language ``explanation`` for the
+people who decide on a release.
 
 Example:
-    >>> result = evaluate_gate({"palette_delta_e": 9.0, "technical_ok": 1.0}, None, GateConfig())
+    >>> result = evaluate_gate({"palette_delta_e": 9.0, "technical_ok": 1.0}, {"palette_delta_e": 9.5,
+    ...                        "technical_ok": 1.0})
     >>> result.passed, result.summary()
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from brandtune.config import StrictModel
 from brandtune.evaluation.metrics import METRIC_DIRECTIONS
 
+if TYPE_CHECKING:
+    from brandtune.config import BrandSpec
+    from brandtune.evaluation.report import ImageRow
+
 __all__ = ["GateConfig", "GateResult", "GateRule", "RuleOutcome", "default_rules", "evaluate_gate"]
 
 Comparison = Literal["min", "max", "no_regression", "improve_by"]
+Reference = Literal["champion", "base"]
+#: Bootstrap resamples of a paired rule (seeded: the same images give the same interval).
+PAIRED_RESAMPLES = 2000
 
 
 class GateRule(StrictModel):
@@ -37,76 +65,129 @@ class GateRule(StrictModel):
     metric: str = Field(description="Metric name, e.g. 'palette_delta_e' (see METRIC_DIRECTIONS).")
     comparison: Comparison = Field(
         description="'min': value >= threshold; 'max': value <= threshold; 'no_regression': not worse than the "
-        "champion by more than tolerance; 'improve_by': better than the champion by at least margin."
+        "reference by more than tolerance; 'improve_by': better than the reference by at least margin."
+    )
+    against: Reference = Field(
+        default="champion",
+        description="Reference of 'no_regression' / 'improve_by': 'champion' (skipped while there is none) or "
+        "'base', the base model without adapter on the same prompts and seeds (judges the first champion "
+        "only; fails when the evaluation has no base model).",
+    )
+    test: Literal["mean", "paired_bootstrap"] = Field(
+        default="mean",
+        description="'mean': compare the two means. 'paired_bootstrap' ('improve_by' only): pair the images by "
+        "prompt and seed and pass when the whole confidence interval of the mean improvement is above margin.",
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1.0, description="'paired_bootstrap': confidence level of the interval."
     )
     threshold: float | None = Field(default=None, description="Absolute threshold, for 'min' and 'max' only.")
     tolerance: float = Field(
-        default=0.0, ge=0, description="'no_regression': how much worse than the champion is still accepted."
+        default=0.0, ge=0, description="'no_regression': how much worse than the reference is still accepted."
     )
     margin: float = Field(
-        default=0.0, ge=0, description="'improve_by': how much better than the champion it must be."
+        default=0.0, ge=0, description="'improve_by': how much better than the reference it must be."
     )
     relative: bool = Field(
         default=False,
-        description="Read tolerance/margin as a fraction of the champion's absolute value (0.05 = 5%).",
+        description="Read tolerance/margin as a fraction of the reference's absolute value (0.05 = 5%).",
     )
     direction: Literal["higher", "lower"] | None = Field(
         default=None, description="Which way is better; default: the metric's entry in METRIC_DIRECTIONS."
     )
-    name: str | None = Field(default=None, description="Label in reports; default: '<metric> <comparison>'.")
+    name: str | None = Field(
+        default=None,
+        description="Label in reports; default: '<metric> <comparison>', plus ' vs base' for base rules.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> GateRule:
         absolute = self.comparison in ("min", "max")
+        where = f"rule on {self.metric!r}"
         if absolute and self.threshold is None:
-            raise ValueError(f"rule on {self.metric!r}: '{self.comparison}' needs a threshold")
+            raise ValueError(f"{where}: '{self.comparison}' needs a threshold")
         if not absolute and self.threshold is not None:
             raise ValueError(
-                f"rule on {self.metric!r}: '{self.comparison}' compares with the champion and takes no "
-                "threshold; use tolerance (no_regression) or margin (improve_by)"
+                f"{where}: '{self.comparison}' compares with the {self.against} and takes no threshold; use "
+                "tolerance (no_regression) or margin (improve_by)"
             )
+        # not keyed on fields_set: a dumped rule (Prefect parameters, YAML) must validate again as it was
+        if absolute and self.against == "base":
+            raise ValueError(f"{where}: '{self.comparison}' is an absolute bar and takes no 'against'")
         if self.comparison == "no_regression" and self.margin:
-            raise ValueError(f"rule on {self.metric!r}: 'no_regression' takes tolerance, not margin")
+            raise ValueError(f"{where}: 'no_regression' takes tolerance, not margin")
         if self.comparison == "improve_by" and self.tolerance:
-            raise ValueError(f"rule on {self.metric!r}: 'improve_by' takes margin, not tolerance")
+            raise ValueError(f"{where}: 'improve_by' takes margin, not tolerance")
+        if self.test == "paired_bootstrap" and self.comparison != "improve_by":
+            raise ValueError(f"{where}: test 'paired_bootstrap' is for 'improve_by' rules only")
         if not absolute and self.direction is None and self.metric not in METRIC_DIRECTIONS:
-            raise ValueError(
-                f"rule on {self.metric!r}: unknown metric direction; set direction: higher or lower"
-            )
+            raise ValueError(f"{where}: unknown metric direction; set direction: higher or lower")
         return self
 
     @property
     def label(self) -> str:
-        return self.name or f"{self.metric} {self.comparison}"
+        suffix = " vs base" if self.compares and self.against == "base" else ""
+        return self.name or f"{self.metric} {self.comparison}{suffix}"
+
+    @property
+    def compares(self) -> bool:
+        """True for rules judged against a reference model (champion or base)."""
+        return self.comparison in ("no_regression", "improve_by")
 
     @property
     def better(self) -> Literal["higher", "lower"]:
         return self.direction or METRIC_DIRECTIONS.get(self.metric, "higher")
 
 
-def default_rules() -> list[GateRule]:
-    """Defaults for brand imagery (metric means over the prompt x seed suite).
+def default_rules(palette_margin: float = 0.0) -> list[GateRule]:
+    """The default gate for brand imagery: relative to the base model first, to the champion after that.
 
-    - ``palette_delta_e`` at most 15 (CIEDE2000): the product shows the brand's colours at all. This is the bar
-      for the first champion; on the sample brand, the acme bottle scores ~5-11 and other products ~19-33.
-    - ``technical_ok`` at least 0.9: at most one image in ten may be black, NaN, clipped or flat.
-    - ``palette_delta_e`` no worse than the champion's by more than 2.0 (about a just-noticeable difference).
-    - ``technical_ok`` no worse than the champion's.
+    First champion (no champion yet):
+
+    - ``palette_delta_e improve_by vs base`` (paired bootstrap): the product colours are closer to the brand palette
+      (CIEDE2000) than the base model's on the same prompts and seeds, by more than chance, and by more than
+      ``palette_margin`` (0 by default; a brand sets it with ``gate: {min_palette_improvement: ...}``).
+    - ``technical_ok no_regression vs base``: no more images fail the technical checks than the base model's.
+
+    Later candidates (a champion exists):
+
+    - ``palette_delta_e no_regression``: no worse than the champion's by more than 2.0 (about a just-noticeable
+      difference).
+    - ``technical_ok no_regression``: no worse than the champion's.
+
+    No absolute bar: a palette distance of 15 is good on one base and out of reach on another; a brand that needs
+    one sets it in its brand.yaml (:meth:`GateConfig.for_brand`).
     """
     return [
-        GateRule(metric="palette_delta_e", comparison="max", threshold=15.0),
-        GateRule(metric="technical_ok", comparison="min", threshold=0.9),
+        GateRule(
+            metric="palette_delta_e",
+            comparison="improve_by",
+            against="base",
+            test="paired_bootstrap",
+            margin=palette_margin,
+        ),
+        GateRule(metric="technical_ok", comparison="no_regression", against="base", tolerance=0.0),
         GateRule(metric="palette_delta_e", comparison="no_regression", tolerance=2.0),
         GateRule(metric="technical_ok", comparison="no_regression", tolerance=0.0),
     ]
 
 
 class GateConfig(StrictModel):
-    """The promotion gate: every rule must pass (rules that need a champion are skipped without one)."""
+    """The promotion gate: every rule must pass (rules that do not apply to this evaluation are skipped)."""
 
     rules: list[GateRule] = Field(
         default_factory=default_rules, min_length=1, description="Rules; all must pass to promote."
     )
+
+    @classmethod
+    def for_brand(cls, brand: BrandSpec) -> GateConfig:
+        """The default rules with the brand's ``gate:`` opt-ins: its palette margin and its absolute bars."""
+        opt_in = brand.gate
+        extra = [
+            GateRule(metric=metric, comparison=kind, threshold=value)  # type: ignore[arg-type]  # min | max
+            for metric, (kind, value) in opt_in.thresholds().items()
+        ]
+        return cls(rules=[*default_rules(opt_in.min_palette_improvement), *extra])
 
 
 class RuleOutcome(BaseModel):
@@ -117,11 +198,22 @@ class RuleOutcome(BaseModel):
     rule: str = Field(description="The rule's label.")
     metric: str
     comparison: Comparison
+    against: Reference | None = Field(default=None, description="Reference model of a comparison rule.")
     status: Literal["pass", "fail", "skipped"]
-    candidate: float | None = Field(description="The candidate's value (None when missing).")
-    champion: float | None = Field(default=None, description="The champion's value, for comparison rules.")
+    candidate: float | None = Field(description="The candidate's mean (None when missing).")
+    champion: float | None = Field(default=None, description="The champion's mean, for champion rules.")
+    base: float | None = Field(default=None, description="The base model's mean, for base rules.")
     threshold: float | None = Field(default=None, description="The bound the candidate was held to.")
-    reason: str = Field(description="One line: why it passed, failed or was skipped.")
+    improvement: float | None = Field(
+        default=None, description="Paired rules: mean per-image improvement over the reference (> 0: better)."
+    )
+    ci_low: float | None = Field(
+        default=None, description="Paired rules: low end of the improvement's interval."
+    )
+    ci_high: float | None = Field(default=None, description="Paired rules: high end of the interval.")
+    pairs: int | None = Field(default=None, description="Paired rules: images matched by prompt and seed.")
+    reason: str = Field(description="One technical line: why it passed, failed or was skipped.")
+    explanation: str = Field(default="", description="The same in plain language, for a brand manager.")
 
     @property
     def passed(self) -> bool:
@@ -144,8 +236,9 @@ class GateResult(BaseModel):
     def summary(self) -> str:
         """One line, e.g. ``PASS: 2/2 rules passed (2 skipped: no champion)`` or ``FAIL: ...; ...``."""
         checked = [r for r in self.rules if r.status != "skipped"]
+        whys = sorted({_skip_tag(r, self.has_champion) for r in self.rules if r.status == "skipped"})
         skipped = len(self.rules) - len(checked)
-        note = f" ({skipped} skipped: no champion)" if skipped else ""
+        note = f" ({skipped} skipped: {', '.join(whys)})" if skipped else ""
         if self.passed:
             return f"PASS: {len(checked)}/{len(checked)} rules passed{note}"
         reasons = "; ".join(f"{r.rule}: {r.reason}" for r in self.failed)
@@ -156,32 +249,113 @@ class GateResult(BaseModel):
         return {**self.model_dump(mode="json"), "summary": self.summary()}
 
 
+def _skip_tag(outcome: RuleOutcome, has_champion: bool) -> str:
+    if outcome.against == "champion" and not has_champion:
+        return "no champion"
+    if outcome.against == "base" and has_champion:
+        return "judged against the champion"
+    return "metric not measured for the reference"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Wording
+
+
+#: Metric -> (what it is called, a claim that the new adapter beats ``{other}``). ``{brand}`` is the brand's name.
+_WORDS: dict[str, tuple[str, str]] = {
+    "palette_delta_e": (
+        "palette distance",
+        "The new adapter's product colours are closer to the {brand} palette than {other}'s",
+    ),
+    "palette_share": (
+        "palette share",
+        "More of the new adapter's coloured pixels are {brand} colours than {other}'s",
+    ),
+    "color_hist_distance": (
+        "colour-mix difference",
+        "The new adapter's colour mix is closer to the {brand} photos than {other}'s",
+    ),
+    "ref_ssim": (
+        "similarity to the brand photos",
+        "The new adapter's images look more like the {brand} photos than {other}'s",
+    ),
+    "technical_ok": (
+        "share of technically sound images",
+        "More of the new adapter's images are technically sound than {other}'s",
+    ),
+}
+
+
+def _num(value: float) -> str:
+    """A number for people: one decimal from 1 up, two significant digits below."""
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.2g}"
+
+
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _bound(rule: GateRule, champion: float) -> float:
+def _noun(metric: str) -> str:
+    return _WORDS.get(metric, (metric, ""))[0]
+
+
+def _claim(rule: GateRule, other: str, brand: str) -> str:
+    template = (
+        _WORDS.get(rule.metric, ("", ""))[1] or f"The new adapter does better on {rule.metric} than {{other}}"
+    )
+    return template.format(brand=brand, other=other)
+
+
+def _other(against: Reference) -> str:
+    return "the champion" if against == "champion" else "the base model"
+
+
+def _absolute_words(rule: GateRule, value: float, ok: bool) -> str:
+    bound = f"{'at least' if rule.comparison == 'min' else 'at most'} {float(rule.threshold or 0.0):g}"
+    verdict = "meets" if ok else "misses"
+    return f"The new adapter's {_noun(rule.metric)} is {_num(value)} on average: it {verdict} the bar of {bound}."
+
+
+def _mean_words(rule: GateRule, value: float, ref: float, bound: float, ok: bool, brand: str) -> str:
+    other = _other(rule.against)
+    noun = _noun(rule.metric)
+    numbers = f"{noun} {_num(ref)} for {other}, {_num(value)} for the new adapter"
+    if rule.comparison == "no_regression":
+        allowed = f" (up to {_num(abs(bound - ref))} worse is accepted)" if bound != ref else ""
+        if ok:
+            return f"The new adapter is no worse than {other}: {numbers}{allowed}."
+        return f"The new adapter is worse than {other}: {numbers}{allowed}."
+    if ok:
+        return f"{_claim(rule, other, brand)} by the required margin: {numbers} (needed {_num(bound)})."
+    return f"The new adapter does not beat {other} by the required margin: {numbers} (needed {_num(bound)})."
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks
+
+
+def _bound(rule: GateRule, reference: float) -> float:
     """The value the candidate must reach (improve_by) or not fall behind (no_regression)."""
     amount = rule.tolerance if rule.comparison == "no_regression" else rule.margin
     if rule.relative:
-        amount *= abs(champion)
+        amount *= abs(reference)
     worse_sign = 1.0 if rule.better == "lower" else -1.0
     return (
-        champion + worse_sign * amount
+        reference + worse_sign * amount
         if rule.comparison == "no_regression"
-        else champion - worse_sign * amount
+        else reference - worse_sign * amount
     )
 
 
-def _check(rule: GateRule, value: float, champion: float | None) -> tuple[bool, float, str]:
-    """Returns (passed, bound, reason) for a present, finite candidate value."""
-    if rule.comparison in ("min", "max"):
-        bound = float(rule.threshold)  # type: ignore[arg-type]  # validated: set for min/max
-        ok = value >= bound if rule.comparison == "min" else value <= bound
-        op = (">=" if ok else "<") if rule.comparison == "min" else ("<=" if ok else ">")
-        return ok, bound, f"{_fmt(value)} {op} threshold {_fmt(bound)}"
-    assert champion is not None
-    bound = _bound(rule, champion)
+def _check_absolute(rule: GateRule, value: float) -> tuple[bool, float, str]:
+    bound = float(rule.threshold)  # type: ignore[arg-type]  # validated: set for min/max
+    ok = value >= bound if rule.comparison == "min" else value <= bound
+    op = (">=" if ok else "<") if rule.comparison == "min" else ("<=" if ok else ">")
+    return ok, bound, f"{_fmt(value)} {op} threshold {_fmt(bound)}"
+
+
+def _check_means(rule: GateRule, value: float, reference: float) -> tuple[bool, float, str]:
+    bound = _bound(rule, reference)
     ok = value <= bound if rule.better == "lower" else value >= bound
     op = ("<=" if ok else ">") if rule.better == "lower" else (">=" if ok else "<")
     amount = rule.tolerance if rule.comparison == "no_regression" else rule.margin
@@ -190,53 +364,199 @@ def _check(rule: GateRule, value: float, champion: float | None) -> tuple[bool, 
     return (
         ok,
         bound,
-        f"{_fmt(value)} {op} {_fmt(bound)} (champion {_fmt(champion)}, {what} {rel}, {rule.better} is better)",
+        f"{_fmt(value)} {op} {_fmt(bound)} ({rule.against} {_fmt(reference)}, {what} {rel}, "
+        f"{rule.better} is better)",
     )
 
 
-def _outcome(rule: GateRule, candidate: dict[str, float], champion: dict[str, float] | None) -> RuleOutcome:
-    base = {"rule": rule.label, "metric": rule.metric, "comparison": rule.comparison}
-    comparative = rule.comparison in ("no_regression", "improve_by")
-    champ_value = champion.get(rule.metric) if (champion is not None and comparative) else None
-    value = candidate.get(rule.metric)
-    if comparative and champion is None:
-        return RuleOutcome(**base, status="skipped", candidate=value, reason="no champion to compare with")
-    if value is None or not math.isfinite(value):
-        why = "missing from the candidate's metrics" if value is None else "not a finite number"
-        return RuleOutcome(**base, status="fail", candidate=None, reason=f"{rule.metric} is {why}")
-    if comparative and (champ_value is None or not math.isfinite(champ_value)):
-        return RuleOutcome(
-            **base,
-            status="skipped",
-            candidate=value,
-            reason=f"the champion has no finite {rule.metric} (evaluated before this metric existed?)",
+def _pairs(
+    rows: Iterable[ImageRow | Mapping[str, Any]], reference: str, metric: str
+) -> list[tuple[float, float]]:
+    """(candidate, reference) values of ``metric`` for images of both models with the same (prompt, seed)."""
+    by_key: dict[str, dict[tuple[int, int], float]] = {"candidate": {}, reference: {}}
+    for row in rows:
+        model, pi, seed, metrics = (
+            (row["model"], row["prompt_index"], row["seed"], row["metrics"])
+            if isinstance(row, Mapping)
+            else (row.model, row.prompt_index, row.seed, row.metrics)
         )
-    ok, bound, reason = _check(rule, float(value), champ_value)
-    return RuleOutcome(
-        **base,
-        status="pass" if ok else "fail",
-        candidate=float(value),
-        champion=champ_value,
-        threshold=bound,
-        reason=reason,
-    )
+        value = metrics.get(metric)
+        if model in by_key and value is not None and math.isfinite(value):
+            by_key[model][(int(pi), int(seed))] = float(value)
+    cand, ref = by_key["candidate"], by_key[reference]
+    return [(cand[k], ref[k]) for k in sorted(cand.keys() & ref.keys())]
+
+
+def _paired(rule: GateRule, pairs: list[tuple[float, float]], brand: str) -> dict[str, Any]:
+    """The paired-bootstrap verdict as RuleOutcome fields (status, interval, reason, explanation)."""
+    import numpy as np
+
+    from brandtune.evaluation.report import bootstrap_ci
+
+    other, noun = _other(rule.against), _noun(rule.metric)
+    cand = np.array([c for c, _ in pairs])
+    ref = np.array([r for _, r in pairs])
+    gain = ref - cand if rule.better == "lower" else cand - ref  # per image; > 0: the candidate is better
+    mean, low, high = bootstrap_ci(gain, n=PAIRED_RESAMPLES, seed=0, alpha=1.0 - rule.confidence)
+    need = rule.margin * abs(float(ref.mean())) if rule.relative else rule.margin
+    ok = low > need
+    level = f"{rule.confidence:.0%}"
+    numbers = f"{noun} {_num(float(ref.mean()))} -> {_num(float(cand.mean()))}"
+    digits = 1 if max(abs(low), abs(high)) >= 1 else 2
+    interval = f"{level} interval of the improvement {low:.{digits}f} to {high:.{digits}f}"
+    if ok:
+        words = f"{_claim(rule, other, brand)} on {len(pairs)} images: {numbers}, {interval}."
+    elif high < 0:
+        words = f"The new adapter is worse than {other} on {len(pairs)} images: {numbers}, {interval}."
+    elif low <= 0:
+        words = (
+            f"The new adapter is not reliably better than {other}: on {len(pairs)} images {numbers}, but the "
+            f"{interval} reaches zero, so the difference may be chance. Train longer, or with more or better "
+            "photos."
+        )
+    else:
+        words = (
+            f"The new adapter is better than {other}, but not by the required {_num(need)}: on {len(pairs)} "
+            f"images {numbers}, {interval}."
+        )
+    return {
+        "status": "pass" if ok else "fail",
+        "threshold": need,
+        "improvement": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "pairs": len(pairs),
+        "reason": f"paired improvement {_fmt(mean)} ({level} CI {_fmt(low)} to {_fmt(high)}, {len(pairs)} pairs) "
+        f"{'>' if ok else '<='} margin {_fmt(need)} at its low end ({rule.against} {_fmt(float(ref.mean()))}, "
+        f"candidate {_fmt(float(cand.mean()))}, {rule.better} is better)",
+        "explanation": words,
+    }
+
+
+def _not_applicable(
+    rule: GateRule, champion: Mapping[str, float] | None, has_base: bool
+) -> dict[str, Any] | None:
+    """Outcome fields when a comparison rule cannot be judged in this evaluation (skipped, or failed for lack of
+    a base model); None when it can."""
+    if not rule.compares:
+        return None
+    if rule.against == "champion" and champion is None:
+        return {
+            "status": "skipped",
+            "reason": "no champion to compare with",
+            "explanation": "Not checked: there is no champion yet, so the new adapter is judged against the base "
+            "model instead.",
+        }
+    if rule.against == "base" and champion is not None:
+        return {
+            "status": "skipped",
+            "reason": "a champion exists; this rule judges the first champion only",
+            "explanation": "Not checked: there is a champion, so the new adapter is judged against it instead "
+            "of the base model.",
+        }
+    if rule.against == "base" and not has_base:
+        return {
+            "status": "fail",
+            "reason": "no base model in this evaluation: the first champion must beat it; evaluate with "
+            "include_base: true",
+            "explanation": "Cannot judge: there is no champion yet, and the first one must beat the base model, "
+            "but the base model was not part of this evaluation. Run it again with the base model included.",
+        }
+    return None
+
+
+def _judge(
+    rule: GateRule, value: float, ref: float, rows: list[ImageRow | Mapping[str, Any]] | None, brand: str
+) -> dict[str, Any]:
+    """Outcome fields of a comparison rule whose candidate and reference means are both finite."""
+    if rule.test == "paired_bootstrap":
+        pairs = _pairs(rows or [], rule.against, rule.metric)
+        if len(pairs) >= 2:
+            return _paired(rule, pairs, brand)
+        return {
+            "status": "fail",
+            "reason": f"the paired test needs per-image {rule.metric} of both models matched by prompt and "
+            f"seed; got {len(pairs)} pairs",
+            "explanation": f"Cannot judge: the images of the new adapter and {_other(rule.against)} could not "
+            "be matched by prompt and seed.",
+        }
+    ok, bound, reason = _check_means(rule, value, ref)
+    words = _mean_words(rule, value, ref, bound, ok, brand)
+    return {"status": "pass" if ok else "fail", "threshold": bound, "reason": reason, "explanation": words}
+
+
+def _outcome(
+    rule: GateRule,
+    candidate: Mapping[str, float],
+    references: dict[str, Mapping[str, float] | None],
+    rows: list[ImageRow | Mapping[str, Any]] | None,
+    brand: str,
+) -> RuleOutcome:
+    head: dict[str, Any] = {"rule": rule.label, "metric": rule.metric, "comparison": rule.comparison}
+    head["against"] = rule.against if rule.compares else None
+    value = candidate.get(rule.metric)
+    finite = float(value) if value is not None and math.isfinite(value) else None
+    early = _not_applicable(rule, references["champion"], references["base"] is not None)
+    if early is not None:
+        return RuleOutcome(**head, candidate=finite, **early)
+    noun = _noun(rule.metric)
+    if finite is None:
+        why = "missing from the candidate's metrics" if value is None else "not a finite number"
+        words = f"Cannot judge: the evaluation has no usable {noun} for the new adapter."
+        return RuleOutcome(
+            **head, status="fail", candidate=None, reason=f"{rule.metric} is {why}", explanation=words
+        )
+    if not rule.compares:
+        ok, bound, reason = _check_absolute(rule, finite)
+        words = _absolute_words(rule, finite, ok)
+        fields = {
+            "status": "pass" if ok else "fail",
+            "threshold": bound,
+            "reason": reason,
+            "explanation": words,
+        }
+        return RuleOutcome(**head, candidate=finite, **fields)
+    ref = (references[rule.against] or {}).get(rule.metric)
+    if ref is None or not math.isfinite(ref):
+        fields = {
+            "status": "skipped" if rule.against == "champion" else "fail",
+            "reason": f"the {rule.against} has no finite {rule.metric} (evaluated before this metric existed?)",
+            "explanation": f"{'Not checked' if rule.against == 'champion' else 'Cannot judge'}: "
+            f"{_other(rule.against)} has no {noun} to compare with.",
+        }
+        return RuleOutcome(**head, candidate=finite, **fields)
+    fields = _judge(rule, finite, float(ref), rows, brand)
+    return RuleOutcome(**head, **{rule.against: float(ref)}, **{"candidate": finite, **fields})
 
 
 def evaluate_gate(
-    candidate: dict[str, float], champion: dict[str, float] | None, config: GateConfig | None = None
+    candidate: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    config: GateConfig | None = None,
+    *,
+    base: Mapping[str, float] | None = None,
+    per_image: Iterable[ImageRow | Mapping[str, Any]] | None = None,
+    brand: str | None = None,
 ) -> GateResult:
     """Apply the gate's rules to a candidate's metrics.
 
     Args:
-        candidate: The candidate's metrics (e.g. means over the evaluation suite).
+        candidate: The candidate's metrics (means over the evaluation suite).
         champion: The current champion's metrics from the same suite, or None when there is no champion yet.
         config: The rules (default: :func:`default_rules`).
+        base: The base model's metrics from the same suite, or None when it was not evaluated.
+        per_image: Per-image rows (:class:`~brandtune.evaluation.report.ImageRow` or dicts with ``model``
+            ('candidate', 'champion', 'base'), ``prompt_index``, ``seed`` and ``metrics``); paired rules need them.
+        brand: The brand's name for explanations (default: "the brand").
 
     Returns:
         A :class:`GateResult`; ``passed`` is True when no rule failed.
     """
     config = config or GateConfig()
-    outcomes = [_outcome(rule, candidate, champion) for rule in config.rules]
+    rows = list(per_image) if per_image is not None else None
+    references = {"champion": champion, "base": base}
+    name = brand or "the brand"
+    outcomes = [_outcome(rule, candidate, references, rows, name) for rule in config.rules]
     return GateResult(
         passed=all(o.passed for o in outcomes), has_champion=champion is not None, rules=outcomes
     )

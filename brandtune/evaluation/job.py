@@ -1,10 +1,11 @@
-"""The evaluation job: candidate vs champion (and the base model as a floor), the gate, and the release.
+"""The evaluation job: candidate vs champion and the base model, the gate, and the release.
 
 Every model compared samples the brand's fixed prompts x fixed seeds with identical sampler settings. Images are
 scored with the weight-free metrics, aggregated with bootstrap confidence intervals, written as report.json and
 report.html, logged to an MLflow evaluation run, and recorded as ``brandtune.metric.*`` tags on the candidate
-version. When the gate passes, ``@champion`` moves to the candidate; when it fails, nothing moves and the reason is
-recorded on the version.
+version. The gate sees the per-model means and the per-image rows (its first-champion rule pairs the candidate's
+images with the base model's by prompt and seed). When it passes, ``@champion`` moves to the candidate; when it
+fails, nothing moves and the reason is recorded on the version.
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ class EvalConfig(StrictModel):
     brand: str = Field(description="Brand slug; its evaluation_prompts are the suite.")
     candidate: str = Field(default="candidate", description="Version to judge: an alias or a version number.")
     against: str | None = Field(
-        default="champion", description="Alias or version to compare with (none: absolute gate rules only)."
+        default="champion",
+        description="Alias or version to compare with. None, or no such alias yet: the candidate is judged as a "
+        "first champion, against the base model.",
     )
     include_base: bool = Field(
-        default=True, description="Also sample the base model without adapter (a floor)."
+        default=True,
+        description="Also sample the base model without adapter. The first champion must beat it: without a "
+        "champion and without the base model the default gate fails.",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1, description="Fixed seeds.")
     scheduler: SchedulerName = Field(default="ddim", description="Sampler, the same for every model.")
@@ -51,7 +56,16 @@ class EvalConfig(StrictModel):
         default=None, description="Report folder (default: <home>/evaluations/...)."
     )
     promote: bool = Field(default=True, description="Move @champion to the candidate when the gate passes.")
-    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion rules.")
+    gate: GateConfig | None = Field(
+        default=None,
+        description="Promotion rules. None: the default gate (beat the base model first, then do not fall behind "
+        "the champion) plus the brand's own bars from the gate: section of brand.yaml. Set here, these rules "
+        "replace both.",
+    )
+
+    def gate_for(self, brand: BrandSpec) -> GateConfig:
+        """The rules this evaluation applies: :attr:`gate` when set, else the brand's default gate."""
+        return self.gate if self.gate is not None else GateConfig.for_brand(brand)
 
     @property
     def sampler(self) -> SamplerConfig:
@@ -106,7 +120,7 @@ def _models(cfg: EvalConfig, settings: Settings) -> list[_Model]:
         if champ.version.version != cand.version.version:
             models.append(_Model("champion", f"{against.title()} v{champ.version.version}", champ))
     elif against:
-        logger.info("%s has no @%s yet: only absolute gate rules apply", cfg.brand, against)
+        logger.info("%s has no @%s yet: the candidate is judged as a first champion", cfg.brand, against)
     if cfg.include_base:
         models.append(_Model("base", "Base model", None))
     return models
@@ -140,6 +154,7 @@ def _generate_all(
 
     from brandtune.generation import _save_png
     from brandtune.models import load_base_pipeline
+    from brandtune.models.loading import load_adapter
     from brandtune.registry import WEIGHTS_NAME, adapter_name, resolve_adapter_base
     from brandtune.sampling import apply_scheduler, sample_batch
 
@@ -158,7 +173,7 @@ def _generate_all(
         pipe = pipes[base]
         if model.adapter is not None:
             name = adapter_name(model.adapter.version)
-            pipe.load_lora_weights(str(model.adapter.path), weight_name=WEIGHTS_NAME, adapter_name=name)
+            load_adapter(pipe, model.adapter.path, weight_name=WEIGHTS_NAME, adapter_name=name)
             pipe.set_adapters([name])
         rows = []
         for start in range(0, len(jobs), cfg.batch_size):
@@ -267,8 +282,14 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
         update={"aggregates": {k: {m: MetricStats(**v) for m, v in ms.items()} for k, ms in stats.items()}}
     )
     champion = next((m for m in models if m.key == "champion"), None)
+    keys = {m.key for m in models}
     gate = evaluate_gate(
-        _means(results, "candidate"), _means(results, "champion") if champion else None, config.gate
+        _means(results, "candidate"),
+        _means(results, "champion") if champion else None,
+        config.gate_for(brand),
+        base=_means(results, "base") if "base" in keys else None,
+        per_image=results.per_image,
+        brand=brand.display_name or brand.name,
     )
     results = results.model_copy(update={"gate": gate.to_dict()})
     report_json, report_html = write_report(results, out)
@@ -322,6 +343,9 @@ def _tag_candidate(
         {
             "brandtune.gate": "pass" if gate.passed else "fail",
             "brandtune.gate_reason": gate.summary()[:4900],
+            "brandtune.gate_explanation": " ".join(
+                r.explanation for r in gate.rules if r.status != "skipped" and r.explanation
+            )[:4900],
             "brandtune.eval_run_id": run_id,
         }
     )

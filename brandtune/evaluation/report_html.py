@@ -27,6 +27,7 @@ h1 { font-size:26px; margin:0 0 4px; } h2 { font-size:19px; margin:34px 0 12px; 
 .decision { display:flex; gap:16px; align-items:center; border-radius:10px; padding:16px 20px; margin:18px 0; }
 .decision.pass { background:var(--okbg); border:1px solid #b7e3c6; }
 .decision.fail { background:var(--badbg); border:1px solid #f5c2bd; }
+.decision ul.why { margin:0 0 4px; padding-left:18px; }
 .decision .big { font-size:22px; font-weight:700; white-space:nowrap; }
 .decision.pass .big { color:var(--ok); } .decision.fail .big { color:var(--bad); }
 table { border-collapse:collapse; width:100%; }
@@ -72,24 +73,49 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
+def _reference(rule: Mapping[str, Any]) -> str:
+    """The value the candidate was compared with, and whose it is."""
+    against = rule.get("against")
+    if against not in ("champion", "base"):
+        return "–"
+    value = rule.get(against)
+    return f"{fmt(value)}<span class='ci'>{'champion' if against == 'champion' else 'base model'}</span>"
+
+
+def _bound(rule: Mapping[str, Any]) -> str:
+    """The bound; for a paired rule also the interval of the improvement it was checked against."""
+    bound = fmt(rule.get("threshold"))
+    if rule.get("ci_low") is None:
+        return bound
+    return (
+        f"margin {bound}<span class='ci'>improvement {fmt(rule.get('improvement'))}, interval "
+        f"{fmt(rule.get('ci_low'))} – {fmt(rule.get('ci_high'))} · {rule.get('pairs')} pairs</span>"
+    )
+
+
 def _decision(gate: Mapping[str, Any] | None) -> str:
     if not gate:
         return ""
     passed = bool(gate.get("passed"))
     verdict = "Promote candidate" if passed else "Do not promote"
-    rows = []
+    rows, said = [], []
     for rule in gate.get("rules", []):
         status = esc(rule.get("status", ""))
+        words = rule.get("explanation") or ""
+        if words and rule.get("status") != "skipped":
+            said.append(f"<li>{esc(words)}</li>")
         rows.append(
             f"<tr><td>{esc(rule.get('rule', ''))}</td><td class='num'>{fmt(rule.get('candidate'))}</td>"
-            f"<td class='num'>{fmt(rule.get('champion'))}</td><td class='num'>{fmt(rule.get('threshold'))}</td>"
-            f"<td><span class='badge {status}'>{status}</span></td><td>{esc(rule.get('reason', ''))}</td></tr>"
+            f"<td class='num'>{_reference(rule)}</td><td class='num'>{_bound(rule)}</td>"
+            f"<td><span class='badge {status}'>{status}</span></td>"
+            f"<td>{esc(words)}<span class='ci'>{esc(rule.get('reason', ''))}</span></td></tr>"
         )
+    why = f"<ul class='why'>{''.join(said)}</ul>" if said else ""
     return (
         f"<div class='decision {'pass' if passed else 'fail'}'><div class='big'>{verdict}</div>"
-        f"<div>{esc(gate.get('summary', ''))}</div></div>"
-        "<div class='card'><table><thead><tr><th>Rule</th><th>Candidate</th><th>Champion</th><th>Bound</th>"
-        f"<th>Result</th><th>Why</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        f"<div>{why}<div class='ci'>{esc(gate.get('summary', ''))}</div></div></div>"
+        "<div class='card'><table><thead><tr><th>Rule</th><th>Candidate</th><th>Compared with</th>"
+        f"<th>Bound</th><th>Result</th><th>Why</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
