@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
+
+from brandtune.sampling import SchedulerName
 
 console = Console()
 
@@ -15,7 +19,73 @@ console = Console()
 def add_commands(app: typer.Typer) -> None:
     """Register the job commands on the main app."""
     app.command("evaluate")(evaluate_cmd)
-    app.command("generate")(generate_cmd)
+    app.command("generate", cls=GenerateCommand)(generate_cmd)
+
+
+def spread_values(args: Iterable[str], options: frozenset[str]) -> list[str]:
+    """Give every value after a multi-value option its own flag: ``--settings a b`` -> ``--settings a --settings b``.
+
+    click has no ``nargs='+'`` for options; this rewrite lets one flag take several values (up to the next token
+    that starts with ``-``, or ``--``) while the option stays an ordinary repeatable one. Only for commands whose
+    positional arguments, if any, come before such an option.
+    """
+    out: list[str] = []
+    flag: str | None = None  # the multi-value option whose values are being read
+    own_value = False  # the next token is the flag's own value (``--settings a``, not ``--settings=a``)
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            out.append(token)
+            out.extend(tokens)
+            break
+        if token.startswith("-") and token != "-":
+            name = token.split("=", 1)[0]
+            flag = name if name in options else None
+            own_value = flag is not None and "=" not in token
+        elif flag is not None and not own_value:
+            out.append(flag)
+        else:
+            own_value = False
+        out.append(token)
+    return out
+
+
+class GenerateCommand(TyperCommand):
+    """``brandtune generate``: ``--settings`` takes several values, and the --reproduce rules are checked while
+    parsing (so a usage error never starts a model load, and parsing alone tells a good command line from a bad
+    one)."""
+
+    multi_value_options = frozenset({"--settings"})
+    #: Job flags that --reproduce ignores (the manifest fixes them), so giving one with it is an error.
+    job_options = (
+        "prompt", "settings", "variations", "model", "steps", "guidance", "scheduler", "seed", "negative_prompt",
+        "init_image",
+    )  # fmt: skip
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, spread_values(args, self.multi_value_options))
+        if not ctx.resilient_parsing:
+            _check_generate_flags(ctx, self.job_options)
+        return rest
+
+
+def _check_generate_flags(ctx: typer.Context, job_options: tuple[str, ...]) -> None:
+    """--brand and --prompt are needed for a new job; --reproduce needs --output and none of the job flags."""
+    params: dict[str, Any] = ctx.params
+    if params.get("reproduce") is None:
+        for name, flag in (("brand", "'--brand' / '-b'"), ("prompt", "'--prompt'")):
+            if params.get(name) is None:
+                ctx.fail(f"Missing option {flag} (needed unless --reproduce names a manifest.json).")
+        return
+    if params.get("output") is None:
+        ctx.fail("Missing option '--output': --reproduce writes the images it makes again into that folder.")
+    sources = {name: getattr(ctx.get_parameter_source(name), "name", None) for name in job_options}
+    given = [f"--{name.replace('_', '-')}" for name, source in sources.items() if source == "COMMANDLINE"]
+    if given:
+        ctx.fail(
+            f"{', '.join(given)} cannot be combined with --reproduce: the manifest records the whole job "
+            "(drop them, or start a new job without --reproduce)."
+        )
 
 
 def evaluate_cmd(
@@ -68,39 +138,53 @@ def evaluate_cmd(
     console.print(f"[bold {colour}]gate[/] {outcome.gate.summary()}")
     for rule in outcome.gate.rules:
         console.print(f"  {rule.status:7} {rule.rule}: {rule.reason}", highlight=False)
+        if rule.explanation:
+            console.print(f"          {rule.explanation}", highlight=False, style="dim")
     moved = "promoted to @champion" if outcome.promoted else "@champion unchanged"
     console.print(f"candidate v{outcome.candidate_version}: {moved}")
     console.print(f"report: {outcome.report_html}")
 
 
 def generate_cmd(
-    brand: Annotated[str, typer.Option("--brand", "-b", help="Brand slug.")],
+    brand: Annotated[
+        str | None,
+        typer.Option("--brand", "-b", help="Brand slug; optional with --reproduce (the manifest names it)."),
+    ] = None,
     prompt: Annotated[str | None, typer.Option(help="Prompt; {trigger}/{subject} are filled in.")] = None,
     settings: Annotated[
-        list[str] | None, typer.Option("--settings", help="Setting keys or phrases (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--settings",
+            metavar="<setting>...",
+            help='Setting keys of brand.yaml or phrases: several after one flag (--settings beach "in a snowy '
+            'cabin"), or the flag repeated.',
+        ),
     ] = None,
     variations: Annotated[int, typer.Option(help="Images per setting.")] = 10,
     model: Annotated[str, typer.Option(help="Alias, version number, or 'base'.")] = "champion",
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
     guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 4.0,
+    scheduler: Annotated[
+        SchedulerName, typer.Option(help="Sampler ('default': the model's own); recorded in the manifest.")
+    ] = "ddim",
     seed: Annotated[int, typer.Option(help="Seed of the first variation.")] = 0,
     negative_prompt: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     init_image: Annotated[Path | None, typer.Option(help="Product photo for img2img variations.")] = None,
     output: Annotated[Path | None, typer.Option(help="Output folder (re-use it to resume a job).")] = None,
-    reproduce: Annotated[Path | None, typer.Option(help="A manifest.json to make again bit for bit.")] = None,
+    reproduce: Annotated[
+        Path | None,
+        typer.Option(help="A manifest.json to make again bit for bit, into --output (needs nothing else)."),
+    ] = None,
 ) -> None:
     """Generate campaign images: prompt x settings x variations from the brand's champion adapter."""
     from brandtune.generation import GenerateConfig, generate
     from brandtune.generation import reproduce as reproduce_manifest
 
-    if reproduce is not None:
-        if output is None:
-            raise typer.BadParameter("--reproduce needs --output DIR for the regenerated images")
-        paths = reproduce_manifest(reproduce, output)
+    if reproduce is not None:  # GenerateCommand checked that --output is given and no job flag is
+        assert output is not None
+        paths = reproduce_manifest(reproduce, output, brand=brand)
         console.print(f"[bold green]reproduced[/] {len(paths)} images into {output}")
         return
-    if prompt is None:
-        raise typer.BadParameter("--prompt is required (or --reproduce manifest.json)")
     from brandtune.cli import _validated
 
     cfg = _validated(
@@ -117,6 +201,7 @@ def generate_cmd(
             "sampler": {
                 "num_inference_steps": steps,
                 "guidance_scale": guidance,
+                "scheduler": scheduler,
                 "negative_prompt": negative_prompt,
             },
         },

@@ -12,10 +12,10 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from brandtune.config import BrandSpec, StrictModel, load_brand
 from brandtune.errors import GenerationError, RegistryError
@@ -202,6 +202,7 @@ def generate(
 
     settings = settings or Settings.from_env()
     brand = load_brand(config.brand)
+    config = config.model_copy(update={"brand": brand.name})  # the manifest names the brand by its slug
     rows = plan_images(brand, config)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = config.output_dir or settings.home / "campaigns" / brand.name / f"{stamp}-{_slug(config.prompt)}"
@@ -219,18 +220,25 @@ def generate(
     bar = tqdm(
         total=len(rows), initial=len(rows) - len(todo), desc="generate", unit="img", disable=not progress
     )
-    for batch in _batches(todo, config.batch_size):
+    missing = {r["file"] for r in todo}
+    # The job's batches are fixed by its rows and batch_size; a batch with a missing image is run whole, so a
+    # resumed image is made in the same batch as the first time and comes out bit for bit the same (CPU and GPU
+    # kernels may round differently for another batch size). Images already on disk are not rewritten.
+    for batch in _batches(rows, config.batch_size):
+        if not missing.intersection(r["file"] for r in batch):
+            continue
         images = sample_batch(
             pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch], sampler, init, config.strength
         )
         batch_record = {"prompts": [r["prompt"] for r in batch], "seeds": [r["seed"] for r in batch]}
         for i, (row, image) in enumerate(zip(batch, images, strict=True)):
-            _save_png(image, out / row["file"])
-            entries[row["file"]] = {**row, "batch": {**batch_record, "index": i}}
+            if row["file"] in missing:
+                _save_png(image, out / row["file"])
+                entries[row["file"]] = {**row, "batch": {**batch_record, "index": i}}
+                bar.update(1)
         _write_manifest(
             out, config, sampler, info, [entries[r["file"]] for r in rows if r["file"] in entries]
         )
-        bar.update(len(batch))
     bar.close()
     manifest = _write_manifest(
         out, config, sampler, info, [entries[r["file"]] for r in rows if r["file"] in entries]
@@ -272,34 +280,151 @@ def _write_manifest(
     return out / MANIFEST
 
 
+class _ManifestBatch(BaseModel):
+    """The pipeline call an image came from: every prompt and seed of it, and the image's place in it."""
+
+    prompts: list[str] = Field(min_length=1, max_length=64, description="Prompts of the batch, in order.")
+    seeds: list[int] = Field(min_length=1, max_length=64, description="Seeds of the batch, in order.")
+    index: int = Field(ge=0, description="The image's position in the batch.")
+
+
+class _ManifestImage(BaseModel):
+    """One image of a manifest, as far as ``reproduce`` reads it (other keys are informative)."""
+
+    file: str = Field(description="PNG path relative to the campaign folder.")
+    prompt: str | None = Field(default=None, description="The image's prompt (must match its batch entry).")
+    seed: int | None = Field(default=None, description="The image's seed (must match its batch entry).")
+    batch: _ManifestBatch = Field(description="The batch the image was generated in.")
+
+
+class _ManifestModel(BaseModel):
+    version: str = Field(
+        pattern=r"^\d*$", description="Registered adapter version; empty for the base model."
+    )
+
+
+class _Manifest(BaseModel):
+    """What ``reproduce`` needs of a manifest.json: the job, the sampler, the adapter version, the images."""
+
+    job: GenerateConfig = Field(description="The job as it was run.")
+    sampler: SamplerConfig = Field(description="The sampler with the size it used.")
+    model: _ManifestModel = Field(description="The adapter the images came from.")
+    images: list[_ManifestImage] = Field(description="Every image of the job.")
+
+
+def _read_untrusted_manifest(manifest: Path, output_dir: Path) -> _Manifest:
+    """Parse and check a manifest.json for ``reproduce``: well-formed, a brand slug, and every image file a PNG
+    path that stays inside ``output_dir`` (a manifest may come from anywhere).
+
+    Raises:
+        GenerationError: the file is missing or malformed, or an entry points outside the output folder.
+    """
+    import json
+
+    from pydantic import ValidationError
+
+    from brandtune.config import SLUG_RE, format_validation_error
+
+    try:
+        data = _Manifest.model_validate(json.loads(Path(manifest).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise GenerationError(
+            f"--reproduce {manifest}: no such file; give a campaign's manifest.json"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GenerationError(f"--reproduce {manifest}: not a readable JSON manifest ({exc})") from exc
+    except ValidationError as exc:
+        raise GenerationError(format_validation_error(exc, str(manifest))) from exc
+    if not SLUG_RE.match(data.job.brand):
+        raise GenerationError(f"{manifest}: brand {data.job.brand!r} is not a brand slug such as 'acme'")
+    if len(data.images) > data.job.max_images:
+        raise GenerationError(
+            f"{manifest}: {len(data.images)} images, over its max_images ({data.job.max_images})"
+        )
+    root = Path(output_dir).resolve()
+    for entry in data.images:
+        rel = PurePosixPath(entry.file)
+        target = (root / rel).resolve()
+        if rel.is_absolute() or ".." in rel.parts or rel.suffix != ".png" or not target.is_relative_to(root):
+            raise GenerationError(
+                f"{manifest}: image file {entry.file!r} is not a .png path inside the output folder; "
+                "the manifest was edited or is not a brandtune manifest"
+            )
+        batch = entry.batch
+        if len(batch.prompts) != len(batch.seeds) or batch.index >= len(batch.prompts):
+            raise GenerationError(
+                f"{manifest}: {entry.file}: its batch record is inconsistent (prompts/seeds/index)"
+            )
+        prompt, seed = batch.prompts[batch.index], batch.seeds[batch.index]
+        if entry.prompt not in (None, prompt) or entry.seed not in (None, seed):
+            raise GenerationError(
+                f"{manifest}: {entry.file}: its prompt and seed differ from its batch record"
+            )
+    return data
+
+
+def _manifest_brand(recorded: str, given: str | Path | None, manifest: Path) -> BrandSpec:
+    """The brand a manifest was made for; ``given`` (a slug or a brand.yaml/folder path) must be that brand.
+
+    Raises:
+        GenerationError: ``given`` names another brand.
+    """
+    from brandtune.config import SLUG_RE
+
+    if given is None or str(given) == recorded:
+        return load_brand(recorded)
+    is_path = not SLUG_RE.match(str(given)) or Path(given).is_dir()
+    spec = load_brand(given) if is_path else None
+    if spec is None or spec.name != recorded:
+        named = f"{given!s} (brand {spec.name!r})" if spec is not None else repr(str(given))
+        raise GenerationError(
+            f"--brand {named} does not match brand {recorded!r} recorded in {manifest}; drop --brand (the "
+            f"manifest names its brand) or give {recorded!r}"
+        )
+    return spec
+
+
 def reproduce(
-    manifest: Path, output_dir: Path, settings: Settings | None = None, only: list[str] | None = None
+    manifest: Path,
+    output_dir: Path,
+    settings: Settings | None = None,
+    only: list[str] | None = None,
+    brand: str | Path | None = None,
 ) -> list[Path]:
     """Make the images of a manifest again into ``output_dir`` (``only``: a subset of their file names).
 
     Each image's whole batch is re-run with the recorded prompts, seeds and sampler, so the pixels are identical
-    on the same hardware and software.
+    on the same hardware and software. The manifest names the brand, adapter version and sampler, so it is all
+    that is needed; the manifest is untrusted input (see :func:`_read_untrusted_manifest`).
+
+    Args:
+        manifest: A campaign's ``manifest.json``.
+        output_dir: Folder to write the images into, at their recorded relative paths.
+        settings: Tracking URI and home; read from the environment when omitted.
+        only: File names (as in the manifest) to make again; all when omitted.
+        brand: Optional: the brand (slug or brand.yaml path) the caller expects; it must be the manifest's.
+
+    Raises:
+        GenerationError: a malformed or tampered manifest, or ``brand`` is not the manifest's brand.
     """
     import json
 
-    data = json.loads(Path(manifest).read_text())
-    cfg = GenerateConfig.model_validate(data["job"])
-    sampler = SamplerConfig.model_validate(data["sampler"])
+    data = _read_untrusted_manifest(manifest, output_dir)
+    spec = _manifest_brand(data.job.brand, brand, manifest)
+    cfg, sampler = data.job, data.sampler
     settings = settings or Settings.from_env()
-    brand = load_brand(cfg.brand)
-    model = data["model"]["version"] or "base"
-    pipe, _ = _load(brand, cfg.model_copy(update={"model": model}), settings)
+    pipe, _ = _load(spec, cfg.model_copy(update={"model": data.model.version or "base"}), settings)
     apply_scheduler(pipe, sampler.scheduler)
     init = _init_image(cfg)
-    wanted = [e for e in data["images"] if only is None or e["file"] in only]
+    wanted = [e for e in data.images if only is None or e.file in only]
     written, done = [], {}
     for entry in wanted:
-        key = json.dumps([entry["batch"]["prompts"], entry["batch"]["seeds"]])
+        key = json.dumps([entry.batch.prompts, entry.batch.seeds])
         if key not in done:
             done[key] = sample_batch(
-                pipe, entry["batch"]["prompts"], entry["batch"]["seeds"], sampler, init, cfg.strength
+                pipe, entry.batch.prompts, entry.batch.seeds, sampler, init, cfg.strength
             )
-        path = Path(output_dir) / entry["file"]
-        _save_png(done[key][entry["batch"]["index"]], path)
+        path = Path(output_dir) / entry.file
+        _save_png(done[key][entry.batch.index], path)
         written.append(path)
     return written

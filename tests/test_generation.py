@@ -185,3 +185,60 @@ def test_evaluation_gate_refuses_then_promotes(versions: list[str], tmp_path: Pa
         "champion",
     ]
     assert "champion" in {v.version: v for v in list_versions("acme")}[versions[0]].aliases
+
+
+def _manifest(tmp_path: Path, **image: object) -> Path:
+    """A hand-written manifest.json with one image (``image`` overrides its fields)."""
+    entry = {
+        "file": "beach/000_seed0.png",
+        "prompt": "a photo of acme bottle on a beach",
+        "seed": 0,
+        "batch": {"prompts": ["a photo of acme bottle on a beach"], "seeds": [0], "index": 0},
+        **image,
+    }
+    data = {
+        "job": {"brand": "acme", "prompt": "a photo of {trigger} {subject}", "model": "base"},
+        "sampler": {"num_inference_steps": 2, "width": 64, "height": 64},
+        "model": {"version": ""},
+        "images": [entry],
+    }
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ({"file": "../escaped.png"}, "not a .png path inside the output folder"),
+        ({"file": "/tmp/escaped.png"}, "not a .png path inside the output folder"),
+        ({"file": "beach/notes.txt"}, "not a .png path inside the output folder"),
+        ({"batch": {"prompts": ["p"], "seeds": [0], "index": 3}}, "batch record is inconsistent"),
+        ({"seed": 7}, "differ from its batch record"),
+        ({"batch": {"prompts": ["p"], "seeds": ["zero"], "index": 0}}, r"images\.0\.batch\.seeds"),
+    ],
+    ids=["parent-dir", "absolute", "not-png", "index", "seed-mismatch", "bad-type"],
+)
+def test_reproduce_refuses_a_tampered_manifest(tmp_path: Path, image: dict, message: str) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(GenerationError, match=message):
+        reproduce(_manifest(tmp_path, **image), out)
+    assert not out.exists() and not (tmp_path / "escaped.png").exists()
+
+
+def test_reproduce_refuses_a_bad_brand_or_version_or_file(tmp_path: Path) -> None:
+    path = _manifest(tmp_path)
+    data = json.loads(path.read_text())
+    data["job"]["brand"] = "../../etc"
+    path.write_text(json.dumps(data))
+    with pytest.raises(GenerationError, match="not a brand slug"):
+        reproduce(path, tmp_path / "out")
+    data["job"]["brand"], data["model"]["version"] = "acme", "../3"
+    path.write_text(json.dumps(data))
+    with pytest.raises(GenerationError, match=r"model\.version"):
+        reproduce(path, tmp_path / "out")
+    path.write_text("{not json")
+    with pytest.raises(GenerationError, match="not a readable JSON manifest"):
+        reproduce(path, tmp_path / "out")
+    with pytest.raises(GenerationError, match="'nike' does not match brand 'acme'"):
+        reproduce(_manifest(tmp_path), tmp_path / "out", brand="nike")
