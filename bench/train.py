@@ -48,6 +48,9 @@ from typing import Any  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 VARIANTS = ("reference", "brandtune")
+BENCH_LR = (
+    1e-3  # both loops, constant: the diffusers script's kind of run (attention LoRA), not a base's recipe
+)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 # ------------------------------------------------------------------------------- architectures built from config
@@ -272,7 +275,7 @@ def run_reference(args: argparse.Namespace, base: Path, dataset_dir: Path) -> di
 
     from brandtune.training.config import DEFAULT_UNET_TARGETS, TrainConfig
 
-    defaults = TrainConfig(brand="acme")  # the same optimiser settings as brandtune's defaults
+    defaults = TrainConfig(brand="acme")  # the same AdamW settings as brandtune's defaults
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
@@ -292,7 +295,7 @@ def run_reference(args: argparse.Namespace, base: Path, dataset_dir: Path) -> di
     unet.add_adapter(lora)
     cast_training_params(unet, dtype=torch.float32)
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=defaults.learning_rate, betas=(defaults.adam_beta1, defaults.adam_beta2),
+    optimizer = torch.optim.AdamW(params, lr=BENCH_LR, betas=(defaults.adam_beta1, defaults.adam_beta2),
                                   weight_decay=defaults.weight_decay, eps=defaults.adam_epsilon)  # fmt: skip
     loader = torch.utils.data.DataLoader(CaptionedImages(dataset_dir, tokenizer, args.resolution),
                                          batch_size=args.batch_size, shuffle=True, collate_fn=_collate,
@@ -396,7 +399,7 @@ def _mlflow_step_times(run_id: str | None) -> list[float]:
 def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dict[str, Any]:
     """``brandtune.training.run.train`` with timers around its phases; returns the timings."""
     from brandtune.training import run
-    from brandtune.training.config import TrainConfig
+    from brandtune.training.config import DEFAULT_UNET_TARGETS, TrainConfig
 
     out: dict[str, Any] = {"_device": args.device}
     samplers: dict[str, RssSampler] = {}
@@ -417,6 +420,11 @@ def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dic
         num_threads=args.threads,
         mixed_precision=args.mixed_precision,
         seed=args.seed,
+        # the reference's LoRA and schedule, not the base's recommendation: the two loops must do the same work
+        learning_rate=BENCH_LR,
+        target_modules=list(DEFAULT_UNET_TARGETS),
+        lr_scheduler="constant",
+        lr_warmup_steps=0,
     )
     if args.arch:  # only the UNet loop matters here: one short validation image instead of 4 x 20 steps
         config = config.model_copy(update={"validation_prompts": ["a photo of acme bottle"],

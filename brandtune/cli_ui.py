@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from brandtune.demo import DEMO_TRAINING
 from brandtune.errors import ConfigError
 
 console = Console()
@@ -70,7 +69,7 @@ def run_demo(env: dict[str, str]) -> None:
     console.print("[bold]demo[/]: retrain (weekly-retrain deployment) ...")
     run = run_deployment(
         "retrain/weekly-retrain",
-        parameters={"brand": "acme", "training": DEMO_TRAINING},
+        parameters={"brand": "acme"},  # the deployment's training settings: the base's recommendation
         timeout=3600,
     )
     if not run.state or not run.state.is_completed():

@@ -10,27 +10,26 @@ from typing import Any
 
 from brandtune.config import brand_dir, load_brand
 from brandtune.settings import Settings
-from brandtune.training.config import NON_ATTENTION_UNET_TARGETS
 
 logger = logging.getLogger(__name__)
-
-#: The demo's fine-tune as ``TrainingParams`` fields; ``make demo``, ``brandtune ui --demo`` and the acceptance test
-#: all train with it. Chosen from measurements on builtin:tiny (docs/builtin-tiny.md, "A brand fine-tune on it");
-#: cosine decay because at a constant rate the final palette distance swung more with the training seed.
-DEMO_TRAINING: dict[str, Any] = {
-    "max_train_steps": 300,
-    "train_batch_size": 8,
-    "learning_rate": 5e-3,
-    "lr_scheduler": "cosine",
-    "lr_warmup_steps": 20,
-    "target_modules": NON_ATTENTION_UNET_TARGETS,
-    "checkpointing_steps": 100,
-}
-DEMO_STEPS: int = DEMO_TRAINING["max_train_steps"]
 
 
 @dataclass(frozen=True)
 class DemoResult:
+    """Where the demo's results are.
+
+    Attributes:
+        dataset: The dataset fingerprint.
+        mlflow_run_id: The training run of ``version``.
+        version: The version retrained (or, when nothing changed, the version that already had this training).
+        gate: The gate's reason recorded on that version.
+        promoted: Whether this run made it @champion.
+        gallery: The campaign's gallery page.
+        before_after: The base-vs-adapter sheet.
+        trained: Whether this run trained (False: nothing changed since ``version``).
+        message: When nothing was trained, the one line that says so.
+    """
+
     dataset: str
     mlflow_run_id: str
     version: str
@@ -38,16 +37,24 @@ class DemoResult:
     promoted: bool
     gallery: Path
     before_after: Path
+    trained: bool = True
+    message: str = ""
 
 
 def run_demo(
-    brand_name: str = "acme", steps: int = DEMO_STEPS, say: Callable[[str], None] = logger.info
+    brand_name: str = "acme",
+    steps: int | None = None,
+    say: Callable[[str], None] = logger.info,
+    force: bool = False,
 ) -> DemoResult:
     """Run ``retrain`` then ``generate`` through Prefect on ``brand_name`` and return where each result is.
 
     ``retrain`` is the whole chain: ingest, train, register as @candidate, evaluate against @champion and the base
-    model, promote when the gate passes. ``generate`` then makes a campaign from the champion (or from the new
-    version when the gate held it back), and once more from the base model for a before/after sheet.
+    model, promote when the gate passes. The training takes the base model's recommended settings (for
+    builtin:tiny: its shipped ``brandtune_training.json``); ``steps`` overrides the step count. When nothing
+    changed since a registered version (same photos, settings and base), nothing is trained and that version is
+    left as it is, unless ``force``. ``generate`` then makes a campaign from the champion (or from the new version
+    when the gate held it back), and once more from the base model for a before/after sheet.
     """
     from flows._params import GenerationParams, TrainingParams
     from flows.generate import generate_flow
@@ -56,12 +63,20 @@ def run_demo(
     settings = Settings.from_env()
     brand = load_brand(brand_name)
     say(
-        f"retrain {brand.name}: ingest {brand_dir(brand.name) / 'photos'}, train {steps} steps on "
-        f"{brand.base_model}, register, evaluate, promote if the gate passes"
+        f"retrain {brand.name}: ingest {brand_dir(brand.name) / 'photos'}, train "
+        f"{f'{steps} steps' if steps else 'with the settings it recommends'} on {brand.base_model}, register, "
+        "evaluate, promote if the gate passes"
     )
-    training = TrainingParams(**{**DEMO_TRAINING, "max_train_steps": steps})
-    retrained = retrain_flow(brand=brand.name, training=training)
-    model = "champion" if retrained["promoted"] or retrained["champion_before"] else retrained["version"]
+    retrained = retrain_flow(
+        brand=brand.name, training=TrainingParams(max_train_steps=steps, checkpointing_steps=100), force=force
+    )
+    if not retrained["trained"]:
+        v = retrained["version"]
+        say(
+            f"nothing changed: {brand.name}-lora v{v} was trained on exactly these photos and settings, so nothing "
+            f"was trained and v{v} is untouched (`brandtune demo --force` trains a new version)"
+        )
+    model, shown = _campaign_model(retrained)
     if model != "champion":
         say(
             f"the gate held version {model} back and there is no champion yet: generating from version {model}"
@@ -73,8 +88,9 @@ def run_demo(
         "settings": list(brand.settings),
         "variations": 4,
     }
+    # one folder per version: a re-run keeps the images already there, which must be this version's
     campaign = generate_flow(
-        model=model, generation=GenerationParams(output_dir=str(out / "adapter")), **common
+        model=model, generation=GenerationParams(output_dir=str(out / f"adapter-v{shown}")), **common
     )
     before = generate_flow(model="base", generation=GenerationParams(output_dir=str(out / "base")), **common)
     sheet = before_after(Path(before["output_dir"]), Path(campaign["output_dir"]), out / "before_after.png")
@@ -96,7 +112,18 @@ def run_demo(
         retrained["promoted"],
         Path(campaign["gallery"]),
         sheet,
+        trained=retrained["trained"],
+        message=retrained.get("message") or "",
     )
+
+
+def _campaign_model(retrained: dict[str, Any]) -> tuple[str, str]:
+    """The model to generate from (``champion``, or the version when there is no champion) and its version."""
+    if retrained["promoted"]:
+        return "champion", str(retrained["version"])
+    if retrained["champion_before"]:
+        return "champion", str(retrained["champion_before"])
+    return str(retrained["version"]), str(retrained["version"])
 
 
 LABEL_FONT_SIZE = 12  # px; the before/after sheet's labels

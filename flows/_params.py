@@ -37,26 +37,47 @@ class FlowParams(BaseModel):
 
 
 class TrainingParams(FlowParams):
-    """How to fine-tune the LoRA adapter. Defaults suit the built-in tiny model on a CPU."""
+    """How to fine-tune the LoRA adapter. Empty fields take the base model's recommendation."""
 
     base_model: str | None = Field(
         default=None,
         description="Base model: builtin:tiny, a local diffusers folder or a hub id. Empty: brand.yaml's.",
     )
-    max_train_steps: int = Field(default=200, ge=1, le=100_000, description="Optimizer steps to train for.")
-    train_batch_size: int = Field(default=4, ge=1, le=256, description="Images per process per step.")
+    max_train_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Optimizer steps to train for. Empty: the base's recommendation (builtin:tiny: 300).",
+    )
+    train_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Images per process per step. Empty: the base's recommendation (builtin:tiny: 8).",
+    )
     rank: int = Field(default=8, ge=1, le=256, description="LoRA rank: size of the low-rank update.")
-    learning_rate: float = Field(default=1e-3, gt=0, le=1.0, description="Peak learning rate.")
+    learning_rate: float | None = Field(
+        default=None,
+        gt=0,
+        le=1.0,
+        description="Peak learning rate. Empty: the base's recommendation (builtin:tiny: 5e-3; others 1e-3).",
+    )
     target_modules: list[str] | None = Field(
         default=None,
         min_length=1,
-        description="UNet layers that get LoRA (names or suffixes, e.g. to_q, ff.net.2, conv1). Empty: attention "
-        "only (to_q, to_k, to_v, to_out.0).",
+        description="UNet layers that get LoRA (names or suffixes, e.g. to_q, ff.net.2, conv1). Empty: the "
+        "base's recommendation (builtin:tiny: its non-attention layers; others: to_q, to_k, to_v, to_out.0).",
     )
-    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
-        default="constant", description="Learning-rate schedule."
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] | None = Field(
+        default=None,
+        description="Learning-rate schedule. Empty: the base's recommendation (builtin:tiny: cosine).",
     )
-    lr_warmup_steps: int = Field(default=0, ge=0, le=100_000, description="Linear warm-up steps.")
+    lr_warmup_steps: int | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description="Linear warm-up steps. Empty: the base's recommendation, scaled to max_train_steps.",
+    )
     resolution: int | None = Field(
         default=None, ge=32, le=4096, description="Training size in px. Empty: the dataset's resolution."
     )
@@ -85,21 +106,35 @@ class TrainingParams(FlowParams):
         default=0,
         ge=0,
         le=5,
-        description="Retry a failed training this many times; a retry resumes from the "
+        description="Retry a failed training this many times; a retry (same flow run) resumes from its own "
         "last checkpoint instead of starting over.",
+    )
+    retry_delay_seconds: float = Field(
+        default=10, ge=0, le=3600, description="Seconds to wait before a retry of the training."
     )
     timeout_minutes: float | None = Field(
         default=None, gt=0, description="Stop training (and its whole process tree) after this many minutes."
     )
 
     def train_config(self, brand: str, dataset: str | None) -> Any:
-        """The full :class:`~brandtune.training.TrainConfig` (``resume='latest'`` so a retry resumes)."""
+        """The full :class:`~brandtune.training.TrainConfig`; empty fields stay empty (the base's recommendation).
+
+        It resumes nothing by itself: the training task sets the invocation (this flow run), so that only a
+        retry of this flow run continues its checkpoints.
+        """
         from brandtune.training import TrainConfig
 
         fields = self.model_dump(
-            exclude={"num_processes", "accelerate_config", "retries", "timeout_minutes"}, exclude_none=True
+            exclude={
+                "num_processes",
+                "accelerate_config",
+                "retries",
+                "retry_delay_seconds",
+                "timeout_minutes",
+            },
+            exclude_none=True,
         )
-        return TrainConfig(brand=brand, dataset=dataset, resume="latest", **fields)
+        return TrainConfig(brand=brand, dataset=dataset, **fields)
 
 
 class EvaluationParams(FlowParams):
@@ -120,10 +155,13 @@ class EvaluationParams(FlowParams):
     include_base: bool = Field(
         default=True, description="Also score the base model without an adapter (a floor)."
     )
-    gate: GateConfig = Field(
-        default_factory=GateConfig,
-        description="Promotion rules; all must pass for the candidate to become @champion. Default: palette "
-        "distance at most 15 and no worse than the champion's by 2; technical checks pass on 90% of images.",
+    gate: GateConfig | None = Field(
+        default=None,
+        description="Promotion rules; all must pass for the candidate to become @champion. Empty: the default "
+        "gate plus the brand's own bars (gate: in brand.yaml). Default gate: the first champion must be closer "
+        "to the palette than the base model on the same prompts and seeds (paired bootstrap, 95%) with no more "
+        "technical failures; later ones no worse than the champion (palette distance by at most 2, technical "
+        "checks not at all). Rules set here replace the default and the brand's bars.",
     )
 
     def eval_config(self, brand: str, candidate: str, against: str | None, promote: bool) -> Any:
@@ -131,7 +169,12 @@ class EvaluationParams(FlowParams):
         from brandtune.evaluation.job import EvalConfig
 
         return EvalConfig(
-            brand=brand, candidate=candidate, against=against, promote=promote, **self.model_dump()
+            brand=brand,
+            candidate=candidate,
+            against=against,
+            promote=promote,
+            gate=self.gate,
+            **self.model_dump(exclude={"gate"}),
         )
 
 

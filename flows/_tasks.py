@@ -4,9 +4,12 @@
   :func:`brandtune.registry._client.is_transient` says the error looks like a server that is down or overloaded.
 - ``cache_policy=NO_CACHE`` everywhere: every task has side effects (datasets, runs, aliases, images).
 - Training runs as a child process in its own process group (:func:`brandtune.training.launch.launch`); its log is
-  streamed into the Prefect run log; a cancel, timeout or crash kills the whole tree. ``resume='latest'`` makes a
-  retried training continue from its last checkpoint. A global concurrency limit (``brandtune-gpu``) keeps two
-  trainings from sharing one GPU, whichever deployment started them.
+  streamed into the Prefect run log; a cancel, timeout or crash kills the whole tree. The flow run's id is the
+  training's invocation: a retry of the task or of the flow run continues its own last checkpoint (and MLflow
+  run); another flow run never does. A global concurrency limit (``brandtune-gpu``) keeps two trainings from
+  sharing one GPU, whichever deployment started them.
+- Before training, :func:`check_unchanged_task` asks the registry whether a version was trained with this exact
+  identity (dataset + resolved config + base); then the flow trains nothing unless forced.
 """
 
 from __future__ import annotations
@@ -135,22 +138,76 @@ class _LineSink:
         self.logger.info(text)
 
 
+def invocation_id() -> str | None:
+    """This flow run as a training invocation (``None`` outside a flow run): the same on every retry."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    return f"prefect-flow-run-{run_id}" if run_id else None
+
+
+@task(name="check-unchanged", **MLFLOW_IO)
+def check_unchanged_task(config: Any) -> dict[str, Any]:
+    """Resolve the training's identity (no weights) and find a registered version that already has it.
+
+    Returns:
+        ``config_hash``, and ``unchanged``: None, or the version's ``name``, ``version``, ``run_id``,
+        ``aliases``, the current ``champion`` (a version number or None) and the one-line ``message``.
+    """
+    from prefect.runtime import flow_run
+
+    from brandtune.registry import CHAMPION, list_versions
+    from brandtune.training.plan import resolve_job
+    from brandtune.training.unchanged import find_unchanged
+
+    settings = Settings.from_env()
+    job = resolve_job(config, settings)
+    found = find_unchanged(job, settings, flow_run_id=flow_run.get_id())
+    if found is None:
+        return {"config_hash": job.run_hash, "unchanged": None}
+    v = found.version
+    champion = next(
+        (r.version for r in list_versions(job.brand.name, settings=settings) if CHAMPION in r.aliases), None
+    )
+    return {
+        "config_hash": job.run_hash,
+        "unchanged": {
+            "name": v.name,
+            "version": v.version,
+            "run_id": v.run_id,
+            "aliases": list(v.aliases),
+            "champion": champion,
+            "message": found.message("force=true"),
+        },
+    }
+
+
 @task(name="train-lora", cache_policy=NO_CACHE, log_prints=False)
 def train_task(config: Any, num_processes: int = 1, accelerate_config: str = "none") -> dict[str, Any]:
     """Train the LoRA adapter in a child process (own process group) and stream its log here.
 
+    The flow run is the training's invocation: a retry (of this task or of the flow run) continues from its own
+    last checkpoint in the same MLflow run, and one whose training had finished gets that result back.
+
     Args:
-        config: A :class:`~brandtune.training.TrainConfig` (``resume='latest'`` makes a retry resume).
+        config: A :class:`~brandtune.training.TrainConfig`.
         num_processes: Processes for ``accelerate launch``.
         accelerate_config: Name of a file in ``configs/accelerate/`` or ``'none'``.
     """
     from prefect.concurrency.sync import concurrency
-    from prefect.runtime import flow_run
+    from prefect.runtime import flow_run, task_run
 
     from brandtune.training.launch import launch
 
     logger = get_run_logger()
     acc = accelerate_config_path(accelerate_config)
+    if (invocation := invocation_id()) is not None:
+        config = config.model_copy(update={"invocation_id": invocation})
+    attempt = max(int(task_run.run_count or 1), int(flow_run.run_count or 1))
+    if attempt > 1:
+        logger.info(
+            "attempt %d of this training (invocation %s): continuing its own checkpoint", attempt, invocation
+        )
     env = {"PREFECT__FLOW_RUN_ID": str(flow_run.get_id() or "")}
     slots = _ensure_gpu_limit()
     if slots:

@@ -1,6 +1,7 @@
 """Behavioural tests of the shipped, pretrained builtin:tiny: it is what builtin:tiny resolves to, it follows the
-colour named in a caption, and a brand LoRA trained on it with the demo's settings learns the brand's palette while
-the settings stay what the prompts ask for.
+colour named in a caption, a brand LoRA trained on it with the demo's settings learns the brand's palette while
+the settings stay what the prompts ask for, and the evaluation job's default gate releases that LoRA as the first
+champion (it beats the base model) while it refuses an adapter trained for one step.
 
 These run the real model on fixed prompts and seeds. The thresholds were set from measurements of the shipped
 weights (docs/builtin-tiny.md) with a margin; they check behaviour, not exact pixels.
@@ -121,15 +122,29 @@ def _ciede2000(a: np.ndarray, b: np.ndarray) -> float:
     return float(deltaE_ciede2000(a, b))
 
 
-def test_brand_lora_learns_the_palette_and_keeps_the_settings(
-    base_pipe: Any, acme_dataset: Any, tmp_path: Any
-) -> None:
-    """The demo's fine-tune (same steps, batch and learning rate) on the acme photos, scored on the brand's
-    evaluation prompts with fixed seeds, base vs adapter."""
-    from brandtune.config import load_brand
-    from brandtune.demo import DEMO_TRAINING
+def _demo_train_config(out: Any, **overrides: Any) -> Any:
+    """The demo's fine-tune (same steps, batch and learning rate) on the acme photos, writing to ``out``."""
     from brandtune.training import TrainConfig
+
+    # steps, batch, LoRA targets, learning rate and schedule: builtin:tiny's recommendation, as in the demo
+    fields = {"checkpointing_steps": 0, **overrides}  # checkpoints do not change the weights
+    return TrainConfig(
+        brand="acme", **fields, validation_inference_steps=2, num_threads=1, output_dir=out / "acme-lora"
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_adapter(one_torch_thread: None, acme_dataset: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The demo's fine-tune, trained once for this module (a TrainResult: adapter_dir, mlflow_run_id)."""
     from brandtune.training.run import train
+
+    return train(_demo_train_config(tmp_path_factory.mktemp("demo-lora"), dataset=acme_dataset.name))
+
+
+def test_brand_lora_learns_the_palette_and_keeps_the_settings(base_pipe: Any, demo_adapter: Any) -> None:
+    """The demo's fine-tune on the acme photos, scored on the brand's evaluation prompts with fixed seeds, base vs
+    adapter."""
+    from brandtune.config import load_brand
 
     brand = load_brand("acme")
     prompts = [brand.fill(p) for p in brand.evaluation_prompts]  # beach, snow, kitchen counter, studio
@@ -150,17 +165,7 @@ def test_brand_lora_learns_the_palette_and_keeps_the_settings(
         return float(np.mean(scores))
 
     before = draw()
-    result = train(
-        TrainConfig(
-            brand="acme",
-            dataset=acme_dataset.name,
-            **{**DEMO_TRAINING, "checkpointing_steps": 0},  # checkpoints do not change the weights
-            validation_inference_steps=2,
-            num_threads=1,
-            output_dir=tmp_path / "acme-lora",
-        )
-    )
-    base_pipe.load_lora_weights(str(result.adapter_dir))
+    base_pipe.load_lora_weights(str(demo_adapter.adapter_dir))
     try:
         after = draw()
     finally:
@@ -193,3 +198,47 @@ def test_brand_lora_learns_the_palette_and_keeps_the_settings(
         f"only {sum(right)}/{len(right)} beach/snow images keep their setting"
     )
     assert contrast_after >= MIN_SETTING_CONTRAST * contrast_before, "beach and snow backgrounds converged"
+
+
+def _paired_palette(outcome: Any) -> str:
+    gate = {r.rule: r for r in outcome.gate.rules}["palette_delta_e improve_by vs base"]
+    return (
+        f"v{outcome.candidate_version}: palette dE base {gate.base:.2f} -> adapter {gate.candidate:.2f}, improvement "
+        f"{gate.improvement:.2f} (95% CI {gate.ci_low:.2f} to {gate.ci_high:.2f}, {gate.pairs} pairs), "
+        f"technical_ok {outcome.metrics['candidate']['technical_ok']:.2f} vs {outcome.metrics['base']['technical_ok']:.2f}"
+        f": {outcome.gate.summary()}"
+    )
+
+
+def test_default_gate_releases_the_demo_adapter_and_refuses_a_one_step_one(
+    demo_adapter: Any, acme_dataset: Any, tmp_path: Any
+) -> None:
+    """The real evaluation job with the default gate and no champion yet, as in ``make demo``: the demo's
+    fine-tune becomes the first champion because it beats the base model on the same prompts and seeds; an adapter
+    trained for one step (barely changed from the base) is refused, and the report says which rule and why."""
+    from brandtune.evaluation.job import EvalConfig, evaluate
+    from brandtune.registry import list_versions, register
+    from brandtune.training.run import train
+
+    weak_run = train(
+        _demo_train_config(tmp_path / "weak", dataset=acme_dataset.name, max_train_steps=1, lr_warmup_steps=0)
+    )
+    weak = register("acme", weak_run.mlflow_run_id).version
+    refused = evaluate(EvalConfig(brand="acme", candidate=weak, output_dir=tmp_path / "weak-eval"))
+    print(f"one-step adapter {_paired_palette(refused)}")
+    assert not refused.gate.passed and not refused.promoted and refused.champion_version is None
+    assert [r.rule for r in refused.gate.failed] == ["palette_delta_e improve_by vs base"]
+    assert "palette_delta_e improve_by vs base" in refused.gate.summary()
+    assert "not reliably better than the base model" in refused.gate.failed[0].explanation
+
+    good = register("acme", demo_adapter.mlflow_run_id).version
+    released = evaluate(EvalConfig(brand="acme", candidate=good, output_dir=tmp_path / "demo-eval"))
+    print(f"demo adapter {_paired_palette(released)}")
+    assert released.gate.passed, released.gate.summary()
+    assert released.promoted and released.champion_version is None  # the first champion
+    versions = {v.version: v for v in list_versions("acme")}
+    assert "champion" in versions[good].aliases and "champion" not in versions[weak].aliases
+    assert "closer to the ACME Drinks palette" in versions[good].tags["brandtune.gate_explanation"]
+    assert "not reliably better" in versions[weak].tags["brandtune.gate_explanation"]
+    page = released.report_html.read_text()
+    assert "closer to the ACME Drinks palette than the base model" in page

@@ -1,8 +1,9 @@
 """The Prefect flows on the sample brand, against Prefect's test harness (temporary API) and MLflow on sqlite.
 
 Real Prefect, real MLflow, the built-in tiny model; training runs 2 steps, evaluation 1 seed and 2 sampler steps.
-The tests share one registry (session store) and run in order: retrain (first champion), train + a failing gate
-(champion untouched), generate from the champion, and the failure / timeout paths.
+The tests share one registry (session store) and run in order: retrain (first champion), retrain again on the
+same photos (nothing trained, v1 untouched) and with force (a new version), a killed training that its retry
+resumes, train + a failing gate (champion untouched), generate from the champion, and the failure / timeout paths.
 """
 
 from __future__ import annotations
@@ -102,6 +103,133 @@ def test_retrain_registers_evaluates_and_promotes(
     summary = _artifact("retrain-acme-summary")
     assert f"acme-lora v{version}" in summary.data and "PASS" in summary.data
     assert "technical_ok" in _artifact("retrain-acme-metrics").data
+
+
+def _version_state(mlflow_client: Any, version: str) -> tuple[dict, dict, int, str]:
+    """A version's tags, its training run's tags, the run's number of loss points and its status."""
+    mv = mlflow_client.get_model_version("acme-lora", version)
+    run = mlflow_client.get_run(mv.run_id)
+    return (
+        dict(mv.tags),
+        dict(run.data.tags),
+        len(mlflow_client.get_metric_history(mv.run_id, "loss")),
+        run.info.status,
+    )
+
+
+def test_retrain_on_unchanged_photos_trains_nothing(
+    prefect_harness: None, mlflow_client: Any, torch_threads: None
+) -> None:
+    """What the weekly schedule does most weeks: same photos, same settings. v1 is left exactly as it was."""
+    from flows.retrain import retrain_flow
+
+    v1 = _aliases(mlflow_client)["champion"]
+    before = _version_state(mlflow_client, v1)
+    count = len(mlflow_client.search_model_versions("name = 'acme-lora'"))
+    state = retrain_flow(
+        brand="acme",
+        training=TINY_TRAINING,
+        evaluation={**TINY_EVAL, "gate": LENIENT_GATE},
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["trained"] is False and result["unchanged_version"] == v1 == result["version"]
+    assert f"acme-lora v{v1} was trained on exactly this dataset and config" in result["message"]
+    assert result["evaluation_run_id"] is None and not result["promoted"], "not re-evaluated unless asked"
+    assert _version_state(mlflow_client, v1) == before, (
+        "v1's tags and its run's tags and loss curve untouched"
+    )
+    assert len(mlflow_client.search_model_versions("name = 'acme-lora'")) == count
+    summary = _artifact("retrain-acme-summary").data
+    assert f"nothing changed, v{v1} untouched" in summary and "nothing to train" in summary
+    # asked to, it evaluates the unchanged version again (still training and registering nothing)
+    again = retrain_flow(
+        brand="acme",
+        training=TINY_TRAINING,
+        evaluation={**TINY_EVAL, "gate": LENIENT_GATE},
+        promote=False,
+        evaluate_unchanged=True,
+    )
+    assert again["trained"] is False and again["evaluation_run_id"] and again["version"] == v1
+    assert len(mlflow_client.search_model_versions("name = 'acme-lora'")) == count
+    assert _version_state(mlflow_client, v1)[1:] == before[1:], "its training run is still untouched"
+
+
+def test_retrain_with_force_trains_a_new_version(
+    prefect_harness: None, mlflow_client: Any, torch_threads: None
+) -> None:
+    from flows.retrain import retrain_flow
+
+    v1 = _aliases(mlflow_client)["champion"]
+    before = _version_state(mlflow_client, v1)
+    old_run = mlflow_client.get_model_version("acme-lora", v1).run_id
+    result = retrain_flow(
+        brand="acme",
+        training=TINY_TRAINING,
+        evaluation={**TINY_EVAL, "gate": LENIENT_GATE},
+        promote=False,
+        force=True,
+    )
+    assert result["trained"] is True and result["version"] != v1 and result["mlflow_run_id"] != old_run
+    new = mlflow_client.get_model_version("acme-lora", result["version"])
+    assert new.tags["brandtune.config_hash"] == before[0]["brandtune.config_hash"], "the same training, anew"
+    assert _version_state(mlflow_client, v1) == before, "the earlier version and run are untouched"
+    old_dir = Path(before[1]["brandtune.run_dir"])
+    assert mlflow_client.get_run(result["mlflow_run_id"]).data.tags["brandtune.run_dir"] != str(old_dir)
+    assert (old_dir / "result.json").is_file()
+
+
+def test_a_retried_training_resumes_its_own_checkpoint(
+    prefect_harness: None, mlflow_client: Any, brandtune_home: Path, acme_dataset: Path, torch_threads: None
+) -> None:
+    """The training process dies after a checkpoint (killed, as a preempted worker would be); the task's retry,
+    in the same flow run, continues from that checkpoint in the same run folder and MLflow run."""
+    import json
+    import signal
+    import threading
+
+    from flows.train import train_flow
+
+    t0 = time.time()
+    killed: list[tuple[Path, dict[str, Any]]] = []  # the checkpoint, and its state (pruned later on)
+
+    def kill_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            for marker in brandtune_home.glob("runs/acme/*/checkpoints/checkpoint-*/COMPLETE"):
+                run_dir = marker.parents[2]
+                if marker.stat().st_mtime > t0 and "prefect-flow-run" in (run_dir / "run.json").read_text():
+                    for proc in _training_procs(brandtune_home):
+                        proc.send_signal(signal.SIGKILL)
+                    killed.append((marker.parent, json.loads((marker.parent / "state.json").read_text())))
+                    return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    watcher.start()
+    training = {**TINY_TRAINING, "max_train_steps": 12, "checkpointing_steps": 2, "seed": 3}
+    state = train_flow(
+        brand="acme",
+        training={**training, "retries": 1, "retry_delay_seconds": 0},
+        register_version=False,
+        return_state=True,
+    )
+    watcher.join(timeout=10)
+    assert killed, "the training was never killed"
+    assert state.is_completed(), state.message
+    result = state.result()
+    checkpoint, checkpoint_state = killed[0]
+    first_attempt_run = checkpoint_state["mlflow_run_id"]
+    assert checkpoint_state["invocation_id"] == f"prefect-flow-run-{state.state_details.flow_run_id}"
+    assert result["trained"] and int(result["resumed_from"]) >= 2
+    assert Path(result["run_dir"]) == checkpoint.parents[1], "the retry went back into its own folder"
+    assert result["mlflow_run_id"] == first_attempt_run, "and continued its own MLflow run"
+    run = mlflow_client.get_run(first_attempt_run)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in mlflow_client.get_metric_history(first_attempt_run, "loss")][-1] == 12
+    same_config = list(checkpoint.parents[2].glob(f"{result['config_hash']}-*"))
+    assert same_config == [checkpoint.parents[1]], "one run folder for the one invocation"
 
 
 def test_train_then_failing_gate_leaves_champion(

@@ -52,8 +52,58 @@ def test_deployments_are_unique_scheduled_and_limited() -> None:
     assert not flows["generate_flow"].get("schedules")
     for name in ("retrain_flow", "train_flow"):
         assert flows[name]["concurrency_limit"]["limit"] == 1
-    pull = SPEC["pull"][0]["prefect.deployments.steps.set_working_directory"]
-    assert "BRANDTUNE_REPO" in pull["directory"]
+    assert SPEC["pull"] == [{"brandtune.deploy_steps.enter_checkout": {"directory": "{{ $BRANDTUNE_REPO }}"}}]
+
+
+def _run_pull_steps() -> dict[str, Any]:
+    """prefect.yaml's pull steps as Prefect's step runner calls them: the name imported, ``{{ $VAR }}`` filled from
+    os.environ (the runner's block and variable lookups need an API; the e2e test runs the whole runner)."""
+    import os
+
+    from prefect.utilities.importtools import import_object
+    from prefect.utilities.templating import apply_values
+
+    outputs: dict[str, Any] = {}
+    for step in SPEC["pull"]:
+        ((name, inputs),) = step.items()
+        outputs.update(import_object(name)(**apply_values(inputs, dict(os.environ))))
+    return outputs
+
+
+@pytest.mark.parametrize(
+    ("repo", "message"),
+    [
+        (None, "BRANDTUNE_REPO is not set on this worker: set it to the brandtune checkout"),
+        ("", "BRANDTUNE_REPO is not set on this worker"),
+        ("{tmp}/elsewhere", "on this worker is not a folder"),
+        ("{tmp}", "on this worker has no flows/ or prefect.yaml: set it to the brandtune checkout"),
+    ],
+)
+def test_pull_step_names_the_fix(
+    repo: str | None, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from brandtune.deploy_steps import WorkerSetupError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFECT__FLOW_RUN_ID", raising=False)
+    if repo is None:
+        monkeypatch.delenv("BRANDTUNE_REPO", raising=False)
+    else:
+        monkeypatch.setenv("BRANDTUNE_REPO", repo.format(tmp=tmp_path))
+    with pytest.raises(WorkerSetupError) as info:
+        _run_pull_steps()
+    assert isinstance(info.value, ValueError)
+    text = str(info.value)
+    assert message in text and "\n" not in text and text.endswith("restart the worker")
+    assert Path.cwd() == tmp_path
+
+
+def test_pull_step_enters_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BRANDTUNE_REPO", str(REPO_ROOT))
+    outputs = _run_pull_steps()
+    assert outputs == {"directory": str(REPO_ROOT)}
+    assert Path.cwd() == REPO_ROOT
 
 
 def test_no_secrets_in_prefect_yaml() -> None:
@@ -68,15 +118,18 @@ def test_training_parameters_show_dropdowns(tmp_path: Path) -> None:
     training = schema["definitions"]["TrainingParams"]["properties"]
     assert training["mixed_precision"]["enum"] == ["no", "fp16", "bf16"]
     assert "multi_gpu_ddp" in training["accelerate_config"]["enum"]
-    assert training["max_train_steps"]["minimum"] == 1
+    # empty means the base model's recommendation; a value is bounded as in TrainConfig
+    assert {"type": "null"} in training["max_train_steps"]["anyOf"]
+    assert training["max_train_steps"]["anyOf"][0]["minimum"] == 1
 
 
 def test_training_parameters_reach_the_train_config() -> None:
-    from brandtune.training.config import DEFAULT_UNET_TARGETS, NON_ATTENTION_UNET_TARGETS
+    from brandtune.training.config import NON_ATTENTION_UNET_TARGETS
     from flows._params import TrainingParams
 
     default = TrainingParams().train_config("acme", None)
-    assert default.target_modules == DEFAULT_UNET_TARGETS and default.lr_warmup_steps == 0
+    # left empty: filled from the base model's recommendation when the training resolves
+    assert default.target_modules is None and default.lr_warmup_steps is None
     chosen = TrainingParams(
         target_modules=NON_ATTENTION_UNET_TARGETS, lr_scheduler="cosine", lr_warmup_steps=20
     ).train_config("acme", "abc")

@@ -20,7 +20,13 @@ from brandtune.training.run import train
 
 pytestmark = pytest.mark.usefixtures("torch_threads", "acme_dataset")
 
-QUICK = {"brand": "acme", "checkpointing_steps": 0, "validation_inference_steps": 2, "num_threads": 2}
+QUICK = {
+    "brand": "acme",
+    "checkpointing_steps": 0,
+    "validation_inference_steps": 2,
+    "num_threads": 2,
+    "train_batch_size": 4,
+}
 
 
 def quick(tmp_path: Path, **overrides: object) -> TrainConfig:
@@ -274,7 +280,7 @@ def _tensors(adapter: Path) -> dict:
     return load_file(adapter / "pytorch_lora_weights.safetensors")
 
 
-def test_kill_and_resume_gives_identical_adapter(tmp_path: Path) -> None:
+def test_kill_and_resume_gives_identical_adapter(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     common = {
         "max_train_steps": 16,
         "checkpointing_steps": 4,
@@ -302,7 +308,12 @@ def test_kill_and_resume_gives_identical_adapter(tmp_path: Path) -> None:
     broken = ckpts / "checkpoint-00000099"
     broken.mkdir(exist_ok=True)
     (broken / "COMPLETE").write_text("{not json")
-    resumed = train(interrupted.model_copy(update={"resume": "latest"}))
+    # the killed process held the folder's lock (no launcher here): the resume takes the stale lock over
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="brandtune.training"):
+        resumed = train(interrupted.model_copy(update={"resume": "latest"}))
+    assert any("stale lock" in r.message for r in caplog.records if r.levelno == logging.WARNING)
     assert resumed.resumed_from >= 8
     ref, got = _tensors(reference.adapter_dir), _tensors(resumed.adapter_dir)
     assert ref.keys() == got.keys()
@@ -325,6 +336,106 @@ def test_two_process_accelerate_launch(tmp_path: Path) -> None:
     assert any("adapter written" in line for line in lines)
     assert sum("adapter written" in line for line in lines) == 1  # main process only
     assert sum("brandtune.training: adapter:" in line for line in lines) == 2  # but both ranks trained
+
+
+def test_the_base_recommends_what_a_config_leaves_empty(trained) -> None:
+    """builtin:tiny's shipped recommendation fills the empty fields (warm-up scaled to the steps); explicit values
+    win; the identity is the resolved config's, and MLflow records the resolved values."""
+    import mlflow
+
+    from brandtune.models import resolve_base
+    from brandtune.settings import Settings
+    from brandtune.training.config import DEFAULT_UNET_TARGETS, NON_ATTENTION_UNET_TARGETS
+    from brandtune.training.plan import resolve_job
+
+    settings = Settings.from_env()
+    rec = resolve_base("builtin:tiny").training_defaults
+    assert (rec.learning_rate, rec.lr_scheduler, rec.lr_warmup_steps) == (5e-3, "cosine", 20)
+    assert (rec.max_train_steps, rec.train_batch_size) == (300, 8)
+    plain = resolve_job(TrainConfig(brand="acme"), settings)
+    assert plain.config.target_modules == NON_ATTENTION_UNET_TARGETS
+    assert (plain.config.learning_rate, plain.config.lr_scheduler) == (5e-3, "cosine")
+    assert (plain.config.max_train_steps, plain.config.train_batch_size, plain.config.lr_warmup_steps) == (
+        300,
+        8,
+        20,
+    )
+    same = resolve_job(TrainConfig(brand="acme", learning_rate=5e-3, max_train_steps=300), settings)
+    assert same.run_hash == plain.run_hash, (
+        "an explicit value equal to the recommendation is the same training"
+    )
+    short = resolve_job(TrainConfig(brand="acme", max_train_steps=30), settings)
+    assert short.config.lr_warmup_steps == 2, "the recommended warm-up keeps its share of the steps"
+    mine = resolve_job(
+        TrainConfig(brand="acme", learning_rate=1e-4, lr_scheduler="constant", target_modules=["to_q"]),
+        settings,
+    )
+    assert (mine.config.learning_rate, mine.config.lr_scheduler, mine.config.target_modules) == (
+        1e-4,
+        "constant",
+        ["to_q"],
+    )
+    assert mine.run_hash != plain.run_hash
+    sdxl = resolve_job(TrainConfig(brand="acme", base_model="builtin:tiny-sdxl"), settings)
+    assert sdxl.config.target_modules == DEFAULT_UNET_TARGETS and sdxl.config.learning_rate == 1e-3
+    with pytest.raises(ConfigError, match="lr_warmup_steps"):
+        resolve_job(TrainConfig(brand="acme", lr_warmup_steps=300), settings)
+    # the trained fixture set lr 1e-2 and 12 steps, and left targets and schedule to the base
+    params = mlflow.MlflowClient().get_run(trained.mlflow_run_id).data.params
+    assert (params["learning_rate"], params["lr_scheduler"], params["max_train_steps"]) == (
+        "0.01",
+        "cosine",
+        "12",
+    )
+    assert params["target_modules"] == str(NON_ATTENTION_UNET_TARGETS) and params["lr_warmup_steps"] == "0"
+    assert params["config_hash"] == trained.config_hash
+
+
+def test_a_new_training_never_continues_an_earlier_one(tmp_path: Path) -> None:
+    """The same config twice: two run folders, two MLflow runs; the first run's folder, checkpoints, metrics and
+    tags stay as they were."""
+    import mlflow
+
+    cfg = TrainConfig(**{**QUICK, "max_train_steps": 3, "checkpointing_steps": 1, "seed": 11})
+    first = train(cfg)
+    client = mlflow.MlflowClient()
+    before = client.get_run(first.mlflow_run_id)
+    losses = client.get_metric_history(first.mlflow_run_id, "loss")
+    checkpoints = sorted(p.name for p in (first.run_dir / "checkpoints").iterdir())
+    second = train(cfg)
+    assert second.run_dir != first.run_dir and second.mlflow_run_id != first.mlflow_run_id
+    assert second.run_dir.parent == first.run_dir.parent and second.config_hash == first.config_hash
+    assert second.resumed_from == 0
+    after = client.get_run(first.mlflow_run_id)
+    assert after.data.tags == before.data.tags and after.info.end_time == before.info.end_time
+    assert len(client.get_metric_history(first.mlflow_run_id, "loss")) == len(losses) == 3
+    assert sorted(p.name for p in (first.run_dir / "checkpoints").iterdir()) == checkpoints
+
+
+def test_a_training_into_a_folder_in_use_is_refused_at_once(tmp_path: Path) -> None:
+    from brandtune.training.launch import launch
+    from brandtune.training.lock import LOCK_FILE, RunDirLockedError, acquire
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from brandtune.training.lock import "
+         "acquire; acquire(Path(sys.argv[1]), 'the-holder'); print('held', flush=True); time.sleep(120)",
+         str(tmp_path / "run")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirLockedError, match=rf"pid {holder.pid} .*invocation the-holder"):
+            train(quick(tmp_path, max_train_steps=1))
+        lines: list[str] = []
+        with pytest.raises(RunDirLockedError, match=f"pid {holder.pid}"):
+            launch(quick(tmp_path, max_train_steps=1), on_line=lines.append)
+        assert not lines, "refused before a child process started"
+        assert not (tmp_path / "run" / "adapter").exists() and not (tmp_path / "run" / "run.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / "run" / LOCK_FILE).exists()  # killed: its lock is stale now, and the next one takes it
+    acquire(tmp_path / "run").release()
 
 
 @pytest.mark.parametrize(

@@ -251,7 +251,9 @@ def shipped_dir(spec: BuiltinSpec) -> Path | None:
     """The prebuilt copy shipped inside the package, if there is one.
 
     This is the hook for shipping pretrained weights: put a diffusers folder (``model_index.json`` and the
-    component folders) at ``brandtune/assets/<spec.asset>/`` and it is used instead of a random build.
+    component folders) at ``brandtune/assets/<spec.asset>/`` and it is used instead of a random build. The
+    settings a LoRA fine-tune should use on those weights ship beside them in ``brandtune_training.json``
+    (:func:`brandtune.models.resolve.read_training_defaults`); a random build has none and gets the generic ones.
     """
     candidate = Path(__file__).resolve().parent.parent / "assets" / spec.asset
     return candidate if (candidate / "model_index.json").is_file() else None

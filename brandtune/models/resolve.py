@@ -17,7 +17,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from brandtune.errors import ModelResolutionError
 from brandtune.models.builtin import BUILTIN_PREFIX, builtin_refs, builtin_revision, ensure_builtin
@@ -45,10 +47,77 @@ HUB_IGNORE_PATTERNS: tuple[str, ...] = (
     "*.onnx",
 )
 _WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+#: A base's recommendation for LoRA fine-tunes on it, shipped in its folder (see :class:`TrainingDefaults`).
+TRAINING_DEFAULTS_FILE = "brandtune_training.json"
+LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
+ATTENTION_UNET_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 _VALID_FOLDER = (
     "a diffusers folder holds model_index.json plus unet/, vae/, text_encoder/ (and text_encoder_2/ for SDXL) "
     "with config.json and *.safetensors weights, tokenizer/ and scheduler/"
 )
+
+
+class TrainingDefaults(BaseModel):
+    """What a base model recommends for a LoRA fine-tune on it: the settings that depend on the base.
+
+    A training config leaves these fields empty to take the base's recommendation (explicit values win). A base
+    folder may ship one as ``brandtune_training.json`` (any subset of the fields; the rest come from
+    :data:`GENERIC_TRAINING_DEFAULTS`), which travels with the folder when it is copied or exported. Without one
+    a base gets the generic values: LoRA on the attention projections, as the diffusers training scripts do.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_modules: tuple[str, ...] = Field(
+        default=ATTENTION_UNET_TARGETS,
+        min_length=1,
+        description="UNet module names (or suffixes) that get LoRA.",
+    )
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0, description="Peak learning rate.")
+    lr_scheduler: LrScheduler = Field(default="constant", description="Learning-rate schedule.")
+    lr_warmup_steps: int = Field(
+        default=0,
+        ge=0,
+        description="Linear warm-up steps, for max_train_steps steps (scaled with the steps).",
+    )
+    max_train_steps: int = Field(default=200, ge=1, description="Optimizer steps the schedule is made for.")
+    train_batch_size: int = Field(default=4, ge=1, description="Images per process per micro-batch.")
+    source: str = Field(
+        default="brandtune's generic defaults", description="Where this recommendation comes from (for logs)."
+    )
+
+    @model_validator(mode="after")
+    def _warmup_below_steps(self) -> TrainingDefaults:
+        if self.lr_warmup_steps >= self.max_train_steps:
+            raise ValueError(
+                f"lr_warmup_steps ({self.lr_warmup_steps}) must be below max_train_steps ({self.max_train_steps})"
+            )
+        return self
+
+
+GENERIC_TRAINING_DEFAULTS = TrainingDefaults()
+
+
+def read_training_defaults(folder: Path) -> TrainingDefaults:
+    """The recommendation a base folder ships in ``brandtune_training.json``, else the generic one.
+
+    Raises:
+        ModelResolutionError: the file exists but is not valid JSON or holds an unknown key or a bad value.
+    """
+    path = folder / TRAINING_DEFAULTS_FILE
+    if not path.is_file():
+        return GENERIC_TRAINING_DEFAULTS
+    data = read_json(path)  # names the file when it is not a JSON object
+    shipped = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys are notes
+    try:
+        return TrainingDefaults.model_validate({"source": str(path), **shipped})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "file"
+        raise ModelResolutionError(
+            f"{path}: not a valid training recommendation ({where}: {first['msg']}); fix the file (keys: "
+            f"{', '.join(k for k in TrainingDefaults.model_fields if k != 'source')}) or delete it"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -63,6 +132,8 @@ class ResolvedBase:
         revision: ``"sha256:<hex>"`` content hash for builtin and local folders, the commit sha for hub ids.
         resolution: Native image size in pixels (UNet sample size x VAE scale factor).
         pipeline_class: The diffusers text-to-image pipeline class name for this family.
+        training_defaults: What the base recommends for a LoRA fine-tune (targets, learning rate, schedule,
+            steps, batch); TrainConfig fields left empty take these.
     """
 
     ref: str
@@ -72,6 +143,7 @@ class ResolvedBase:
     revision: str
     resolution: int
     pipeline_class: str
+    training_defaults: TrainingDefaults = GENERIC_TRAINING_DEFAULTS
 
     def provenance(self) -> dict[str, str]:
         """The fields an artifact records about its base model (tags, ``brandtune.json``)."""
@@ -124,6 +196,7 @@ def resolve_base(ref: str, *, settings: Settings | None = None) -> ResolvedBase:
         revision=revision,
         resolution=native_resolution(folder),
         pipeline_class=PIPELINE_CLASS[family],
+        training_defaults=read_training_defaults(folder),
     )
     logger.debug("resolved %r to %s", ref, resolved)
     return resolved

@@ -27,6 +27,7 @@ from brandtune.registry._loading import (
     pull,
     resolve_adapter_base,
 )
+from brandtune.registry._lookup import versions_with_config_hash
 from brandtune.registry._register import register
 from brandtune.registry._versions import (
     CANDIDATE,
@@ -59,4 +60,5 @@ __all__ = [
     "resolve_adapter_base",
     "rollback",
     "set_version_tags",
+    "versions_with_config_hash",
 ]

@@ -17,7 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m brandtune.training", description=__doc__)
     parser.add_argument("--config", type=Path, required=True, help="TrainConfig as YAML or JSON.")
     parser.add_argument(
-        "--resume", choices=["latest"], default=None, help="Continue from the newest checkpoint."
+        "--resume",
+        default=None,
+        metavar="latest|PATH",
+        help="Continue a training: 'latest' (the newest unfinished run of this config) or a checkpoint/run folder.",
     )
     parser.add_argument("--result-file", type=Path, default=None, help="Write the result as JSON here.")
     args = parser.parse_args(argv)

@@ -3,22 +3,43 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from brandtune.config import StrictModel
+from brandtune.models.resolve import ATTENTION_UNET_TARGETS, LrScheduler
 
-DEFAULT_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+if TYPE_CHECKING:
+    from brandtune.models.resolve import TrainingDefaults
+
+#: LoRA on the attention projections: what a base without its own recommendation gets (the diffusers scripts' choice).
+DEFAULT_UNET_TARGETS = list(ATTENTION_UNET_TARGETS)
 #: The UNet's feed-forward layers, the projections into and out of its transformer blocks and its resnets' 3x3
 #: convolutions: everything but attention. On builtin:tiny a brand LoRA on these moves a small product's colours,
-#: and attention LoRA, alone or added to these, does not (docs/builtin-tiny.md, "A brand fine-tune on it").
+#: and attention LoRA, alone or added to these, does not (docs/builtin-tiny.md, "A brand fine-tune on it"), so
+#: builtin:tiny recommends them (brandtune/assets/builtin_tiny/brandtune_training.json).
 NON_ATTENTION_UNET_TARGETS = ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
 DEFAULT_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+#: The fields whose empty value means "what the base recommends" (``ResolvedBase.training_defaults``).
+BASE_RECOMMENDED = (
+    "target_modules",
+    "learning_rate",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "max_train_steps",
+    "train_batch_size",
+)
 
 
 class TrainConfig(StrictModel):
-    """A LoRA training job. Defaults suit the built-in tiny model on a laptop CPU."""
+    """A LoRA training job.
+
+    The settings that depend on the base model (LoRA targets, learning rate and schedule, warm-up, steps, batch) are
+    empty by default, meaning "what the base recommends" (:class:`~brandtune.models.resolve.TrainingDefaults`);
+    :meth:`with_base_defaults` fills them once, in the training plan, and the filled config is what is hashed,
+    logged and trained. Explicit values always win.
+    """
 
     # What to train on.
     brand: str = Field(description="Brand slug; its brand.yaml gives the trigger, base model and prompts.")
@@ -32,8 +53,8 @@ class TrainConfig(StrictModel):
     )
     output_dir: Path | None = Field(
         default=None,
-        description="Run folder (checkpoints/, adapter/). Default: <home>/runs/<brand>/<config hash>, so the "
-        "same job resumes into the same folder.",
+        description="Run folder (checkpoints/, adapter/). Default: a new folder per training, "
+        "<home>/runs/<brand>/<config hash>-<n>; a retry of the same invocation goes back into its own.",
     )
     # LoRA.
     rank: int = Field(default=8, ge=1, le=1024, description="LoRA rank r: size of the low-rank update.")
@@ -41,10 +62,11 @@ class TrainConfig(StrictModel):
         default=None, gt=0, description="LoRA alpha (scale = alpha / r). Default: rank."
     )
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_UNET_TARGETS),
+    target_modules: list[str] | None = Field(
+        default=None,
         min_length=1,
-        description="UNet module names (or suffixes) that get LoRA layers.",
+        description="UNet module names (or suffixes) that get LoRA layers. Default: the base's recommendation "
+        "(attention to_q/to_k/to_v/to_out.0 unless the base ships its own).",
     )
     train_text_encoder: bool = Field(
         default=False, description="Also train LoRA layers in the text encoder(s)."
@@ -55,13 +77,25 @@ class TrainConfig(StrictModel):
         description="Text-encoder module names that get LoRA layers when train_text_encoder is on.",
     )
     # Optimisation.
-    learning_rate: float = Field(default=1e-3, gt=0, le=1.0, description="Peak learning rate.")
-    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
-        default="constant", description="Learning-rate schedule (warm-up applies to all but constant)."
+    learning_rate: float | None = Field(
+        default=None, gt=0, le=1.0, description="Peak learning rate. Default: the base's recommendation."
     )
-    lr_warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps.")
-    max_train_steps: int = Field(default=200, ge=1, description="Optimizer steps to train for.")
-    train_batch_size: int = Field(default=4, ge=1, description="Images per process per micro-batch.")
+    lr_scheduler: LrScheduler | None = Field(
+        default=None,
+        description="Learning-rate schedule (warm-up applies to all but constant). Default: the base's.",
+    )
+    lr_warmup_steps: int | None = Field(
+        default=None,
+        ge=0,
+        description="Linear warm-up steps. Default: the base's, scaled when max_train_steps differs from the "
+        "steps it recommends.",
+    )
+    max_train_steps: int | None = Field(
+        default=None, ge=1, description="Optimizer steps to train for. Default: the base's recommendation."
+    )
+    train_batch_size: int | None = Field(
+        default=None, ge=1, description="Images per process per micro-batch. Default: the base's."
+    )
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
     optimizer: Literal["adamw", "adamw8bit", "prodigy"] = Field(
         default="adamw",
@@ -123,27 +157,97 @@ class TrainConfig(StrictModel):
         default=50, ge=0, description="Write a resumable checkpoint every N steps."
     )
     checkpoints_total_limit: int = Field(default=2, ge=1, description="Keep at most this many checkpoints.")
-    resume: Literal["latest"] | None = Field(
-        default=None, description="'latest': continue from the newest complete checkpoint in output_dir."
+    resume: str | None = Field(
+        default=None,
+        description="Continue a training the user names: 'latest' (the newest unfinished run of this config, or "
+        "output_dir's), or the path of a checkpoint folder or run folder. Empty: a new training; only a retry "
+        "of the same invocation resumes by itself.",
+    )
+    invocation_id: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Who started this training (set by the launcher: a Prefect flow run, else a fresh id). A "
+        "checkpoint records it; a training resumes on its own only checkpoints of its own invocation (a retry).",
     )
     export_kohya: bool = Field(default=False, description="Also write a kohya-format LoRA for A1111/ComfyUI.")
     log_every: int = Field(default=10, ge=1, description="Send metrics to MLflow every N steps (batched).")
     nan_check: bool = Field(default=True, description="Stop on a NaN/inf loss, naming the step.")
 
+    @field_validator("resume")
+    @classmethod
+    def _resume(cls, value: str | None) -> str | None:
+        if value is None or value == "latest":
+            return value
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise ValueError(
+                f"resume {value!r} is neither 'latest' nor an existing folder; give 'latest', a checkpoint "
+                "folder (<run>/checkpoints/checkpoint-<step>) or a run folder"
+            )
+        return str(path.absolute())
+
     @model_validator(mode="after")
     def _combinations(self) -> TrainConfig:
-        if self.lr_warmup_steps and self.lr_warmup_steps >= self.max_train_steps:
-            raise ValueError(
-                f"lr_warmup_steps ({self.lr_warmup_steps}) must be below max_train_steps ({self.max_train_steps})"
-            )
+        steps, warmup = self.max_train_steps, self.lr_warmup_steps
+        if steps is not None and warmup and warmup >= steps:
+            raise ValueError(f"lr_warmup_steps ({warmup}) must be below max_train_steps ({steps})")
         return self
 
     @property
     def lora_alpha(self) -> float:
         return self.alpha if self.alpha is not None else float(self.rank)
 
+    def with_base_defaults(self, defaults: TrainingDefaults) -> TrainConfig:
+        """This config with every empty base-dependent field filled from the base's recommendation.
+
+        The warm-up is the base's share of its recommended steps: when max_train_steps is set and differs, the
+        recommended warm-up is scaled to it (20 of 300 becomes 2 of 30), and always stays below the steps.
+
+        Raises:
+            ConfigError: an explicit lr_warmup_steps is not below the (recommended) max_train_steps.
+        """
+        from brandtune.errors import ConfigError
+
+        filled = {
+            name: getattr(defaults, name) if getattr(self, name) is None else getattr(self, name)
+            for name in BASE_RECOMMENDED
+            if name != "lr_warmup_steps"
+        }
+        filled["target_modules"] = list(filled["target_modules"])
+        steps = filled["max_train_steps"]
+        warmup = self.lr_warmup_steps
+        if warmup is None:
+            warmup = defaults.lr_warmup_steps * steps // defaults.max_train_steps
+            warmup = min(warmup, steps - 1)
+        elif warmup >= steps:
+            raise ConfigError(
+                f"lr_warmup_steps ({warmup}) must be below max_train_steps ({steps}, {defaults.source}); "
+                "lower the warm-up or set max_train_steps"
+            )
+        return self.model_copy(update={**filled, "lr_warmup_steps": warmup})
+
+    @property
+    def is_resolved(self) -> bool:
+        """Whether every base-dependent field has a value (true after :meth:`with_base_defaults`)."""
+        return all(getattr(self, name) is not None for name in BASE_RECOMMENDED)
+
     def identity(self) -> dict:
-        """The fields that define what is trained (not where, nor whether it resumes): the run's hash input."""
+        """The fields that define what is trained (not where, who, nor whether it resumes): the hash input.
+
+        Call it on a resolved config (:meth:`with_base_defaults`): an empty field would hash as "whatever the
+        base says", and the same config on another base recommendation must hash differently.
+        """
+        if not self.is_resolved:
+            raise ValueError("identity() of a config whose base-dependent fields are empty; resolve it first")
         return self.model_dump(
-            mode="json", exclude={"output_dir", "resume", "log_every", "num_threads", "validation_steps"}
+            mode="json",
+            exclude={
+                "output_dir",
+                "resume",
+                "invocation_id",
+                "log_every",
+                "num_threads",
+                "validation_steps",
+            },
         )

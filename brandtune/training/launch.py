@@ -2,6 +2,10 @@
 
 The child runs in its own process group, so a caller (the CLI, a Prefect task) can stop the whole tree - accelerate's
 launcher and every worker - on cancel, timeout or Ctrl-C. Its output is streamed line by line to a callback.
+
+The launching process decides the run folder and what it continues (:mod:`brandtune.training.rundir`) and holds
+the folder's lock (:mod:`brandtune.training.lock`) for the child's whole life, so a second training into the same
+folder is refused before anything starts, and exactly one process holds the lock however many workers train.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from brandtune.errors import TrainingError
 from brandtune.settings import Settings
 from brandtune.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from brandtune.training.plan import TrainJob
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +109,57 @@ def launch(
     on_line: Callable[[str], None] | None = None,
     env: dict[str, str] | None = None,
     settings: Settings | None = None,
+    job: TrainJob | None = None,
 ) -> dict[str, str]:
     """Train in a child process and return its result (``run_dir``, ``adapter_dir``, ``mlflow_run_id``, ...).
 
+    Args:
+        config: The training. ``invocation_id`` names who asks (a Prefect flow run: its retries continue its
+            checkpoints); empty, a fresh id is made and nothing earlier is continued unless ``resume`` asks.
+        num_processes: Training processes (DDP when more than one).
+        accelerate_config: An accelerate config file (multi-GPU, FSDP).
+        on_line: Gets each line the child prints (default: this module's logger).
+        env: Extra environment for the child.
+        settings: Where brandtune keeps its state.
+        job: ``config`` already resolved by :func:`~brandtune.training.plan.resolve_job` (saves resolving twice).
+
     Raises:
+        RunDirLockedError: another training holds the run folder (named, with its holder).
         TrainingError: the child failed; the message carries its last error line.
     """
+    import dataclasses
+
+    from brandtune.training.lock import TOKEN_ENV, run_lock
+    from brandtune.training.plan import resolve_job
+    from brandtune.training.rundir import CHOICE_ENV, choose_run_dir, claim, new_invocation_id, read_result
+
     settings = settings or Settings.from_env()
+    job = job or resolve_job(config, settings)
+    if config.invocation_id is None:
+        config = config.model_copy(update={"invocation_id": new_invocation_id()})
+        job = dataclasses.replace(
+            job, config=job.config.model_copy(update={"invocation_id": config.invocation_id})
+        )
+    choice = choose_run_dir(job, settings)
+    if choice.finished:
+        (on_line or logger.info)(choice.describe())
+        return read_result(choice.run_dir)
+    with run_lock(choice.run_dir, config.invocation_id) as lock:
+        claim(choice, job)
+        # the child trains exactly what was resolved here: this dataset, this folder
+        child = config.model_copy(update={"output_dir": choice.run_dir, "dataset": job.fingerprint})
+        child_env = {**(env or {}), TOKEN_ENV: lock.token, CHOICE_ENV: choice.to_json()}
+        return _run_child(child, num_processes, accelerate_config, on_line, child_env, settings)
+
+
+def _run_child(
+    config: TrainConfig,
+    num_processes: int,
+    accelerate_config: Path | None,
+    on_line: Callable[[str], None] | None,
+    env: dict[str, str],
+    settings: Settings,
+) -> dict[str, str]:
     work = settings.home / "launch"
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -115,7 +167,7 @@ def launch(
         config_file.write_text(json.dumps(config.model_dump(mode="json"), indent=2))
         cmd = build_command(config_file, result_file, num_processes, accelerate_config)
         logger.info("launching: %s", " ".join(cmd))
-        child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         if cpu_world_size(num_processes, accelerate_config) > 1:
             child_env["ACCELERATE_USE_CPU"] = "true"  # the workers' Accelerator then uses gloo on the CPU
         proc = subprocess.Popen(

@@ -28,6 +28,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What a training produced.
+
+    Attributes:
+        run_dir: The run folder (checkpoints/, adapter/, result.json).
+        adapter_dir: The adapter folder.
+        mlflow_run_id: The MLflow run (None on processes other than the main one).
+        steps: Optimizer steps trained in all (including those before a resume).
+        final_loss: The last step's loss.
+        cache_hit: Whether the encoded dataset came from the latent cache.
+        resumed_from: The step this process continued from (0: it started at the beginning).
+        config_hash: The training's identity (dataset + resolved config + base and revision).
+        invocation_id: Who ran it (a Prefect flow run, or a fresh local id).
+    """
+
     run_dir: Path
     adapter_dir: Path
     mlflow_run_id: str | None
@@ -35,6 +49,24 @@ class TrainResult:
     final_loss: float
     cache_hit: bool
     resumed_from: int
+    config_hash: str = ""
+    invocation_id: str = ""
+
+    @classmethod
+    def from_strings(cls, data: dict[str, str]) -> TrainResult:
+        """Back from ``result.json`` (every value written as a string)."""
+        run_id = data.get("mlflow_run_id")
+        return cls(
+            run_dir=Path(data["run_dir"]),
+            adapter_dir=Path(data["adapter_dir"]),
+            mlflow_run_id=None if run_id in (None, "", "None") else run_id,
+            steps=int(data["steps"]),
+            final_loss=float(data["final_loss"]),
+            cache_hit=data.get("cache_hit") == "True",
+            resumed_from=int(data.get("resumed_from", "0")),
+            config_hash=data.get("config_hash", ""),
+            invocation_id=data.get("invocation_id", ""),
+        )
 
 
 class Batches:
@@ -238,7 +270,11 @@ def save_checkpoint(
             trainable,
             optimizer.state_dict(),
             lr_scheduler.state_dict(),
-            {"config_hash": plan.run_hash, "mlflow_run_id": plan.mlflow_run_id},
+            {
+                "config_hash": plan.run_hash,
+                "mlflow_run_id": plan.mlflow_run_id,
+                "invocation_id": plan.config.invocation_id,
+            },
             dict(rngs),
             plan.config.checkpoints_total_limit,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,16 +12,74 @@ from typing import TYPE_CHECKING, Any
 from brandtune.config import BrandSpec
 from brandtune.errors import TrainingError
 from brandtune.provenance import config_hash
-from brandtune.training.config import TrainConfig
+from brandtune.training.config import BASE_RECOMMENDED, TrainConfig
 from brandtune.training.data import Encoded, Example
 
 if TYPE_CHECKING:
     from brandtune.models import BaseComponents, ResolvedBase
+    from brandtune.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What a training is, resolved without loading any weights: the identity both the launching process (to
+    decide whether to train at all, and where) and the training process (to train) compute the same way.
+
+    Attributes:
+        config: The config with the base's recommendation filled in (:meth:`TrainConfig.with_base_defaults`).
+        brand: The brand spec.
+        resolved: The base model (with its revision).
+        dataset_dir: The dataset folder; its name is the fingerprint.
+        resolution: Training size in px.
+        run_hash: Hash of dataset fingerprint + resolved config + base and revision + resolution.
+    """
+
+    config: TrainConfig
+    brand: BrandSpec
+    resolved: ResolvedBase
+    dataset_dir: Path
+    resolution: int
+    run_hash: str
+
+    @property
+    def fingerprint(self) -> str:
+        return self.dataset_dir.name
+
+
+def resolve_job(config: TrainConfig, settings: Settings) -> TrainJob:
+    """Resolve brand, dataset, base (revision and recommendation) and the run's identity; check the resolution.
+
+    Cheap: reads brand.yaml, the dataset manifest and the base's config files, no model weights (a hub id not yet
+    in the local cache is downloaded by :func:`~brandtune.models.resolve_base`).
+
+    Raises:
+        ConfigError, IngestError, ModelResolutionError, TrainingError: bad input, named before any compute.
+    """
+    from brandtune.config import load_brand
+    from brandtune.ingest import find_dataset
+    from brandtune.models import resolve_base
+
+    brand = load_brand(config.brand)
+    dataset_dir = find_dataset(brand.name, config.dataset, settings)
+    resolved = resolve_base(config.base_model or brand.base_model, settings=settings)
+    resolution = config.resolution or dataset_resolution(dataset_dir)
+    check_resolution(resolved, resolution)
+    filled = config.with_base_defaults(resolved.training_defaults)
+    taken = [f"{name}={getattr(filled, name)}" for name in BASE_RECOMMENDED if getattr(config, name) is None]
+    if taken:
+        logger.info("from %s's recommendation (%s): %s", resolved.name, resolved.training_defaults.source,
+                    ", ".join(taken))  # fmt: skip
+    run_hash = run_identity(filled, dataset_dir.name, resolved, resolution)
+    return TrainJob(filled, brand, resolved, dataset_dir, resolution, run_hash)
 
 
 @dataclass
 class TrainPlan:
-    config: TrainConfig
+    """A training being run: its resolved job, where it writes, and the state the loop builds up."""
+
+    config: TrainConfig  # resolved: every base-dependent field is set
     brand: BrandSpec
     resolved: ResolvedBase
     dataset_dir: Path
@@ -36,6 +95,20 @@ class TrainPlan:
     class_encoded: Encoded | None = None
     weight_dtype: Any = None
     mlflow_run_id: str | None = None
+
+    @classmethod
+    def from_job(cls, job: TrainJob, examples: list[Example], run_dir: Path) -> TrainPlan:
+        return cls(
+            job.config,
+            job.brand,
+            job.resolved,
+            job.dataset_dir,
+            job.fingerprint,
+            examples,
+            job.resolution,
+            run_dir,
+            job.run_hash,
+        )
 
     @property
     def family(self) -> str:
@@ -81,6 +154,7 @@ def dataset_resolution(dataset_dir: Path) -> int:
 
 
 def run_identity(config: TrainConfig, fingerprint: str, resolved: ResolvedBase, resolution: int) -> str:
+    """The hash that names a training: dataset fingerprint + resolved config + base and revision + resolution."""
     ident = config.identity()
     ident.update(
         dataset=fingerprint, base_model=resolved.name, base_revision=resolved.revision, resolution=resolution

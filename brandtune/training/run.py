@@ -9,45 +9,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from brandtune.config import load_brand
 from brandtune.errors import TrainingError
-from brandtune.fsutil import atomic_write_json
-from brandtune.ingest import find_dataset
 from brandtune.settings import Settings
-from brandtune.training import checkpoint as ckpt
 from brandtune.training.config import TrainConfig
 from brandtune.training.data import cache_key, load_or_encode, read_dataset
 from brandtune.training.loop import TrainResult, restore_checkpoint, run_loop
-from brandtune.training.plan import (
-    TrainPlan,
-    check_disk,
-    check_precision,
-    check_resolution,
-    dataset_resolution,
-    run_identity,
-)
+from brandtune.training.plan import TrainJob, TrainPlan, check_disk, check_precision, resolve_job
+from brandtune.training.rundir import CHOICE_ENV, RunChoice, new_invocation_id
 
 logger = logging.getLogger(__name__)
-
-RESULT_FILE = "result.json"
-
-
-def make_plan(config: TrainConfig, settings: Settings) -> TrainPlan:
-    """Resolve brand, dataset and base model and run the checks that need no model weights."""
-    from brandtune.models import resolve_base
-
-    brand = load_brand(config.brand)
-    dataset_dir = find_dataset(brand.name, config.dataset, settings)
-    examples = read_dataset(dataset_dir)
-    resolved = resolve_base(config.base_model or brand.base_model, settings=settings)
-    resolution = config.resolution or dataset_resolution(dataset_dir)
-    check_resolution(resolved, resolution)
-    check_precision(config.mixed_precision)
-    run_hash = run_identity(config, dataset_dir.name, resolved, resolution)
-    run_dir = config.output_dir or settings.home / "runs" / brand.name / run_hash
-    return TrainPlan(
-        config, brand, resolved, dataset_dir, dataset_dir.name, examples, resolution, run_dir, run_hash
-    )
 
 
 def _optimizer(config: TrainConfig, params: list[Any]) -> Any:
@@ -172,20 +142,28 @@ def _setup_models(plan: TrainPlan, accelerator: Any) -> dict[str, Any]:
 
 def _start_tracking(plan: TrainPlan, settings: Settings, resume_from: Path | None) -> Any:
     from brandtune.provenance import brandtune_version, git_sha
+    from brandtune.training.rundir import read_run_file, write_run_file
     from brandtune.training.tracking import RunTracker, flat_params
 
     run_id = None
     if resume_from is not None:
         run_id = json.loads((resume_from / "state.json").read_text()).get("mlflow_run_id")
+    abandoned = read_run_file(plan.run_dir).get("mlflow_run_id")
     tracker = RunTracker.start(
         plan.brand.name, settings.tracking_uri, run_id, f"train-{plan.run_hash[:8]}", plan.config.log_every
     )
+    if abandoned and abandoned != tracker.run_id:
+        tracker.end_abandoned(abandoned)  # an earlier attempt in this folder that left no checkpoint
     plan.mlflow_run_id = tracker.run_id
+    write_run_file(plan.run_dir, mlflow_run_id=tracker.run_id)
     resolved_config = {
         **plan.config.model_dump(mode="json"),
         "dataset": plan.fingerprint,
         "base_model": plan.resolved.name,
+        "base_revision": plan.resolved.revision,
         "resolution": plan.resolution,
+        "config_hash": plan.run_hash,
+        "training_defaults_source": plan.resolved.training_defaults.source,
     }
     tracker.log_params(flat_params(resolved_config))
     tracker.log_dict(resolved_config, "config/train_config.json")
@@ -199,33 +177,87 @@ def _start_tracking(plan: TrainPlan, settings: Settings, resume_from: Path | Non
         "brandtune.git_sha": git_sha(),
         "brandtune.version": brandtune_version(),
         "brandtune.run_dir": str(plan.run_dir),
+        "brandtune.invocation_id": plan.config.invocation_id or "",
     }
     if flow_run := os.environ.get("PREFECT__FLOW_RUN_ID"):
         tags["prefect.flow_run_id"] = flow_run
     tracker.set_tags(tags)
-    tracker.log_dataset(plan.dataset_dir, f"{plan.brand.name}-{plan.fingerprint}", plan.fingerprint)
+    if resume_from is None:
+        tracker.log_dataset(plan.dataset_dir, f"{plan.brand.name}-{plan.fingerprint}", plan.fingerprint)
     return tracker
+
+
+def _choose(job: TrainJob, settings: Settings, accelerator: Any) -> RunChoice:
+    """The run folder and checkpoint: the launcher's choice when it holds the lock for this process, else the
+    main process's (shared with the other processes)."""
+    from brandtune.training.lock import held_for_me
+    from brandtune.training.rundir import choose_run_dir
+
+    if (given := os.environ.get(CHOICE_ENV)) and held_for_me(RunChoice.from_json(given).run_dir):
+        return RunChoice.from_json(given)
+    if accelerator.num_processes == 1:
+        return choose_run_dir(job, settings)
+    from accelerate.utils import broadcast_object_list
+
+    box = [choose_run_dir(job, settings) if accelerator.is_main_process else None]
+    broadcast_object_list(box)
+    return box[0]
 
 
 def train(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     """Train a LoRA adapter as ``config`` says; run once per process under ``accelerate launch``.
 
+    Base-dependent fields left empty take the base's recommendation. The run folder is a new one per invocation
+    unless this is a retry of the same invocation or ``resume`` asks to continue (:mod:`brandtune.training.rundir`);
+    it is locked for the training's duration (:mod:`brandtune.training.lock`).
+
     Returns:
         Where the adapter is, the MLflow run, steps and final loss.
 
     Raises:
-        TrainingError: bad input (named before any compute) or a failure during training.
+        TrainingError: bad input (named before any compute), a run folder in use, or a failure during training.
     """
-    import torch
     from accelerate import Accelerator
+
+    from brandtune.training.lock import acquire, held_for_me
+    from brandtune.training.rundir import claim, read_result
+
+    settings = settings or Settings.from_env()
+    if config.invocation_id is None:  # a direct call: an invocation of its own, which nothing else continues
+        config = config.model_copy(update={"invocation_id": new_invocation_id()})
+    job = resolve_job(config, settings)
+    check_precision(job.config.mixed_precision)
+    examples = read_dataset(job.dataset_dir)
+    accelerator = Accelerator(
+        mixed_precision=job.config.mixed_precision,
+        gradient_accumulation_steps=job.config.gradient_accumulation_steps,
+    )
+    choice = _choose(job, settings, accelerator)
+    if choice.finished:
+        logger.info("%s", choice.describe())
+        return TrainResult.from_strings(read_result(choice.run_dir))
+    lock = None
+    if accelerator.is_main_process and not held_for_me(choice.run_dir):
+        lock = acquire(choice.run_dir, job.config.invocation_id)
+        claim(choice, job)
+    try:
+        if accelerator.is_main_process:
+            logger.info("%s", choice.describe())
+        plan = TrainPlan.from_job(job, examples, choice.run_dir)
+        return _train(plan, settings, accelerator, choice.resume_from)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(plan: TrainPlan, settings: Settings, accelerator: Any, resume_from: Path | None) -> TrainResult:
+    import torch
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
-    settings = settings or Settings.from_env()
-    plan = make_plan(config, settings)
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps
-    )
+    from brandtune.training.rundir import write_result
+
+    config = plan.config
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
     torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // plan.world))
     if accelerator.device.type == "cpu":
@@ -249,9 +281,6 @@ def train(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     prepared = accelerator.prepare(*models["trained"], optimizer)
     models["trained"], optimizer = list(prepared[:-1]), prepared[-1]
     models["unet"] = models["trained"][0]
-    resume_from = ckpt.latest_valid(plan.run_dir / "checkpoints") if config.resume == "latest" else None
-    if config.resume == "latest" and resume_from is None:
-        logger.warning("resume=latest: no complete checkpoint in %s; starting from step 0", plan.run_dir)
     tracker = _start_tracking(plan, settings, resume_from) if accelerator.is_main_process else None
     start = 0
     if resume_from is not None:
@@ -269,12 +298,18 @@ def train(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
         if tracker is not None:
             tracker.finish(status)
     result = TrainResult(
-        plan.run_dir, adapter_dir, plan.mlflow_run_id, config.max_train_steps, loss, cache_hit, start
+        plan.run_dir,
+        adapter_dir,
+        plan.mlflow_run_id,
+        config.max_train_steps,
+        loss,
+        cache_hit,
+        start,
+        plan.run_hash,
+        config.invocation_id or "",
     )
     if accelerator.is_main_process:
-        atomic_write_json(
-            plan.run_dir / RESULT_FILE, {k: str(v) for k, v in dataclasses.asdict(result).items()}
-        )
+        write_result(plan.run_dir, result)
     accelerator.end_training()
     return result
 

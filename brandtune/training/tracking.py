@@ -162,6 +162,17 @@ class RunTracker:
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
         self.client.log_inputs(self.run_id, datasets=[entity])
 
+    def end_abandoned(self, run_id: str) -> None:
+        """Mark an earlier attempt's run KILLED if it still says RUNNING (its process died before a checkpoint)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_terminated(run_id, status="KILLED")
+                logger.info("MLflow run %s of an attempt that left no checkpoint: marked KILLED", run_id)
+        except MlflowException as exc:  # a run deleted meanwhile, say: nothing to end, the training goes on
+            logger.info("could not end the abandoned MLflow run %s: %s", run_id, exc)
+
     def finish(self, status: str = "FINISHED") -> None:
         self.flush()
         if getattr(self, "_monitor", None) is not None:
