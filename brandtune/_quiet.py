@@ -47,6 +47,21 @@ QUIETED: tuple[Quieted, ...] = (
         "its frozen parts) loses nothing; the message with a non-empty list still shows",
     ),
     Quieted(
+        "mlflow.store.db.utils",
+        re.compile(r"^(Creating initial MLflow database tables|Updating database tables)"),
+        "the one-time set-up of a new sqlite tracking store (BRANDTUNE_HOME's default); a failed migration is an "
+        "error, which still shows",
+    ),
+    Quieted(
+        "mlflow.system_metrics.system_metrics_monitor",
+        re.compile(
+            r"^(Skip logging GPU metrics|Started monitoring system metrics|Stopping system metrics monitoring"
+            r"|Successfully terminated system metrics monitoring)"
+        ),
+        "start and stop notices of the CPU/GPU monitor brandtune turns on for every training run; its metrics "
+        "are in the MLflow run",
+    ),
+    Quieted(
         "mlflow.utils.requirements_utils",
         re.compile(r"^Found torch version \([^)]*\) contains a local version label \(\+\w+\)"),
         "the +cpu/+cuXXX build label of torch is this machine's wheel; MLflow records the plain version, which is "

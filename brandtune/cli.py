@@ -138,7 +138,7 @@ def train_cmd(
     from brandtune.config import ConfigError, load_yaml_model
     from brandtune.settings import Settings
     from brandtune.training import TrainConfig
-    from brandtune.training.launch import launch
+    from brandtune.training.launch import ProgressLines, launch
     from brandtune.training.plan import resolve_job
     from brandtune.training.unchanged import find_unchanged
 
@@ -173,7 +173,9 @@ def train_cmd(
         cfg,
         num_processes=num_processes,
         accelerate_config=accelerate_config,
-        on_line=lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True),
+        on_line=ProgressLines(
+            lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True), every=2.0
+        ),
         settings=settings,
         job=job,
     )

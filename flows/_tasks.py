@@ -119,25 +119,6 @@ def _ensure_gpu_limit() -> int:
     return slots
 
 
-class _LineSink:
-    """Send the child's output to the run log: one record per line, the last state of a ``\\r`` progress bar."""
-
-    def __init__(self) -> None:
-        self.logger = get_run_logger()
-        self.last_bar = 0.0
-
-    def __call__(self, line: str) -> None:
-        text = line.rsplit("\r", 1)[-1].strip()
-        if not text:
-            return
-        if "step/s" in text or "it/s" in text:  # progress bars: at most one every 5 s
-            now = time.monotonic()
-            if now - self.last_bar < 5 and "100%" not in text:
-                return
-            self.last_bar = now
-        self.logger.info(text)
-
-
 def invocation_id() -> str | None:
     """This flow run as a training invocation (``None`` outside a flow run): the same on every retry."""
     from prefect.runtime import flow_run
@@ -197,7 +178,7 @@ def train_task(config: Any, num_processes: int = 1, accelerate_config: str = "no
     from prefect.concurrency.sync import concurrency
     from prefect.runtime import flow_run, task_run
 
-    from brandtune.training.launch import launch
+    from brandtune.training.launch import ProgressLines, launch
 
     logger = get_run_logger()
     acc = accelerate_config_path(accelerate_config)
@@ -215,7 +196,11 @@ def train_task(config: Any, num_processes: int = 1, accelerate_config: str = "no
     with concurrency(GPU_LIMIT, occupy=1, strict=True) if slots else contextlib.nullcontext():
         start = time.perf_counter()
         result = launch(
-            config, num_processes=num_processes, accelerate_config=acc, on_line=_LineSink(), env=env
+            config,
+            num_processes=num_processes,
+            accelerate_config=acc,
+            on_line=ProgressLines(get_run_logger().info),
+            env=env,
         )
     result = {**result, "seconds": time.perf_counter() - start}
     logger.info("adapter %s, MLflow run %s", result["adapter_dir"], result["mlflow_run_id"])

@@ -223,3 +223,31 @@ def test_empty_keep_in_float32_list_is_quiet_when_casting(watch: Any) -> None:
     )
     logging.getLogger("diffusers.models.modeling_utils").warning(listed)
     assert shown.saw(listed)
+
+
+def test_new_sqlite_store_set_up_is_quiet(watch: Any, tmp_path: Path) -> None:
+    """brandtune's first use of a fresh tracking store (connect + a query) no longer announces its migrations."""
+    from mlflow import MlflowClient
+
+    from brandtune.training.tracking import connect
+
+    emitted, shown = watch("mlflow.store.db.utils")
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    connect(uri)
+    MlflowClient(uri).search_experiments()
+    assert emitted.saw("Creating initial MLflow database tables"), emitted.messages
+    assert not shown.saw("Creating initial MLflow database tables")
+    assert not shown.saw("Updating database tables")
+    other = "Could not upgrade the database: disk full"
+    logging.getLogger("mlflow.store.db.utils").warning(other)
+    assert shown.saw(other)
+
+
+def test_system_metrics_notices_are_quiet(watch: Any) -> None:
+    _quiet.install()
+    emitted, shown = watch("mlflow.system_metrics.system_metrics_monitor")
+    log = logging.getLogger("mlflow.system_metrics.system_metrics_monitor")
+    log.info("Started monitoring system metrics.")
+    log.warning("Failed to log system metrics: connection refused")
+    assert emitted.saw("Started monitoring") and not shown.saw("Started monitoring")
+    assert shown.saw("Failed to log system metrics")

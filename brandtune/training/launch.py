@@ -14,10 +14,12 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,6 +87,32 @@ def _cuda_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+#: A tqdm bar's counter and timer, e.g. ``57/300 [02:56<07:24``: whatever its unit (``step/s`` or ``s/step``).
+_PROGRESS_BAR = re.compile(r"\d+/\d+ \[[\d:]+<")
+
+
+class ProgressLines:
+    """Pass a child's output on line by line, progress-bar refreshes at most one every ``every`` seconds.
+
+    The child's tqdm bars redraw with ``\r``, which a text pipe splits into one line per refresh; only the last
+    state of each is kept, throttled, and a finished bar (100%) always goes through.
+    """
+
+    def __init__(self, sink: Callable[[str], None], every: float = 5.0) -> None:
+        self.sink, self.every, self.last_bar = sink, every, -float("inf")
+
+    def __call__(self, line: str) -> None:
+        text = line.rsplit("\r", 1)[-1].strip()
+        if not text:
+            return
+        if _PROGRESS_BAR.search(text) and "100%" not in text:
+            now = time.monotonic()
+            if now - self.last_bar < self.every:
+                return
+            self.last_bar = now
+        self.sink(text)
 
 
 def kill_tree(proc: subprocess.Popen[str], grace: float = 10.0) -> None:

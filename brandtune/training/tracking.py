@@ -25,6 +25,9 @@ def connect(tracking_uri: str) -> None:
     """Point MLflow at ``tracking_uri`` (creating the folder of a local sqlite store)."""
     import mlflow
 
+    from brandtune import _quiet
+
+    _quiet.install()  # before the first store access: a new sqlite store announces its migrations
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
