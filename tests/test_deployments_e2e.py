@@ -31,12 +31,6 @@ TINY_TRAINING = {
     "num_threads": 2,
     "validation_inference_steps": 2,
 }
-TINY_EVAL = {
-    "seeds": [0],
-    "num_inference_steps": 2,
-    "include_base": False,
-    "gate": {"rules": [{"metric": "technical_ok", "comparison": "min", "threshold": 0.0}]},
-}
 
 
 def training_processes(home: Path) -> list[psutil.Process]:
@@ -176,26 +170,30 @@ def test_readme_worker_runs_a_deployment(deployed: dict[str, Any]) -> None:
     )
 
 
-def test_retrain_deployment_from_the_api(deployed: dict[str, Any], brandtune_home: Path) -> None:
+def test_weekly_retrain_deployment_releases_an_adapter_that_passes_its_gate(
+    deployed: dict[str, Any], brandtune_home: Path
+) -> None:
+    """The scheduled deployment as prefect.yaml deploys it (no parameter overridden): it trains with builtin:tiny's
+    own recommendation, and the default gate (the first champion must beat the base model) releases it."""
     from mlflow import MlflowClient
     from prefect.deployments import run_deployment
 
-    run = run_deployment(
-        "retrain/weekly-retrain",
-        parameters={"brand": "acme", "training": TINY_TRAINING, "evaluation": TINY_EVAL},
-        timeout=900,
-    )
+    run = run_deployment("retrain/weekly-retrain", timeout=1800)
     assert run.state is not None and run.state.is_completed(), (
         f"{run.state and run.state.name}: {run.state and run.state.message}\n{_worker_log(deployed)}"
     )
     mlc = MlflowClient(str(deployed["mlflow"].url))
     model = mlc.get_registered_model("acme-lora")
     candidate = model.aliases["candidate"]
-    assert model.aliases["champion"] == candidate  # the lenient gate passed
     version = mlc.get_model_version("acme-lora", candidate)
+    assert version.tags["brandtune.gate"] == "pass", version.tags.get("brandtune.gate_reason")
+    assert "base model" in version.tags["brandtune.gate_explanation"]
+    assert model.aliases["champion"] == candidate
     assert version.tags["prefect.flow_run_id"] == str(run.id)
     assert version.tags["prefect.flow_run_url"].endswith(str(run.id))
-    assert mlc.get_run(version.run_id).data.tags["prefect.flow_run_id"] == str(run.id)
+    train_run = mlc.get_run(version.run_id)
+    assert train_run.data.tags["prefect.flow_run_id"] == str(run.id)
+    assert train_run.data.params["max_train_steps"] == "300"  # the base's recommendation, not a test setting
 
 
 def test_cancel_mid_training_leaves_no_training_process(
