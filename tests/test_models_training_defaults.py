@@ -47,3 +47,19 @@ def test_a_partial_file_keeps_the_generic_rest_and_a_bad_one_is_named(tmp_path: 
     with pytest.raises(ModelResolutionError, match="must be below max_train_steps"):
         read_training_defaults(tmp_path)
     assert read_training_defaults(tmp_path / "none") == GENERIC_TRAINING_DEFAULTS
+
+
+def test_identity_follows_what_is_trained_not_when_state_is_saved() -> None:
+    """A retrain that only saves checkpoints on another schedule would train the same weights: same identity."""
+    from brandtune.models.resolve import TrainingDefaults
+    from brandtune.training import TrainConfig
+
+    defaults = TrainingDefaults()
+
+    def identity(**fields: object) -> dict:
+        return TrainConfig(brand="acme", **fields).with_base_defaults(defaults).identity()
+
+    assert identity(checkpointing_steps=100, checkpoints_total_limit=5) == identity(checkpointing_steps=50)
+    assert identity(num_threads=1, log_every=3) == identity()
+    assert identity(learning_rate=2e-3) != identity()
+    assert identity(seed=1) != identity()

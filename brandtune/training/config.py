@@ -249,5 +249,8 @@ class TrainConfig(StrictModel):
                 "log_every",
                 "num_threads",
                 "validation_steps",
+                # when state is saved, not what is trained: a resumed run is bit-identical to an unbroken one
+                "checkpointing_steps",
+                "checkpoints_total_limit",
             },
         )
