@@ -249,7 +249,9 @@ def demo(
     console.print(f"  before/after: {result.before_after}")
     console.print(f"  campaign:     {result.gallery}")
     console.print(f"  evaluation:   {settings.home / 'evaluations' / brand} (report.html of the newest run)")
-    console.print(f"  gate:         {result.gate}")
+    console.print(f"  gate:         {result.gate}", highlight=False)
+    if result.gate_explanation:
+        console.print(f"                {result.gate_explanation}", highlight=False)
     console.print(f"  dataset:      {settings.datasets_dir / brand / result.dataset}")
     console.print(f"  ingest report: {settings.datasets_dir / brand / result.dataset / 'report.json'}")
     if result.trained:

@@ -28,6 +28,7 @@ class DemoResult:
         before_after: The base-vs-adapter sheet.
         trained: Whether this run trained (False: nothing changed since ``version``).
         message: When nothing was trained, the one line that says so.
+        gate_explanation: The gate's decision in plain words, as recorded on that version.
     """
 
     dataset: str
@@ -39,6 +40,7 @@ class DemoResult:
     before_after: Path
     trained: bool = True
     message: str = ""
+    gate_explanation: str = ""
 
 
 def run_demo(
@@ -96,24 +98,21 @@ def run_demo(
     sheet = before_after(Path(before["output_dir"]), Path(campaign["output_dir"]), out / "before_after.png")
     from brandtune.registry import list_versions
 
-    gate = next(
-        (
-            v.tags.get("brandtune.gate_reason", "")
-            for v in list_versions(brand.name, settings=settings)
-            if v.version == retrained["version"]
-        ),
-        "",
+    tags = next(
+        (v.tags for v in list_versions(brand.name, settings=settings) if v.version == retrained["version"]),
+        {},
     )
     return DemoResult(
         retrained["dataset"],
         retrained["mlflow_run_id"],
         retrained["version"],
-        gate,
+        tags.get("brandtune.gate_reason", ""),
         retrained["promoted"],
         Path(campaign["gallery"]),
         sheet,
         trained=retrained["trained"],
         message=retrained.get("message") or "",
+        gate_explanation=tags.get("brandtune.gate_explanation", ""),
     )
 
 
