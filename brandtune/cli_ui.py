@@ -80,8 +80,11 @@ def run_demo(env: dict[str, str]) -> None:
     console.print(f"  flow run:      {env['prefect']}/runs/flow-run/{run.id}")
     console.print(f"  MLflow run:    {env['mlflow']}/#/experiments (run {result['mlflow_run_id']})")
     console.print(f"  model version: {env['mlflow']}/#/models/acme-lora/versions/{result['version']}")
-    console.print(f"  gate: {'passed, promoted' if result['promoted'] else 'not promoted'}")
-    model = "champion" if result["promoted"] else str(result["version"])
+    if not result["trained"]:
+        console.print(f"  nothing changed: {result['message']}", highlight=False)
+    else:
+        console.print(f"  gate: {'passed, promoted' if result['promoted'] else 'not promoted'}")
+    model = "champion" if result["promoted"] or result["champion_before"] else str(result["version"])
     run = run_deployment(
         "generate/generate-campaign",
         parameters={"brand": "acme", "variations": 2, "model": model},
