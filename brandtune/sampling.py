@@ -1,34 +1,20 @@
 """Running a diffusers pipeline the same way everywhere: scheduler choice, batches with per-image seeds.
 
-Evaluation and generation both sample through :func:`sample_batch`, so "same sampler settings for every model
-compared" is one code path, and a generation manifest can name exactly what made an image.
+Evaluation, generation and ``brandtune base sample`` all sample through :func:`sample_batch` (one pipeline call;
+:func:`sample_images` splits a longer list into such calls), so "same sampler settings for every model compared"
+is one code path, and a generation manifest can name exactly what made an image. Each image gets its own
+``torch.Generator`` seeded with its seed, so an image does not depend on how many were asked for with it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
-from brandtune.config import StrictModel
+from brandtune.config import SamplerConfig, SchedulerName
 
 if TYPE_CHECKING:
     from PIL import Image
-
-SchedulerName = Literal["default", "ddim", "euler", "dpm++"]
-
-
-class SamplerConfig(StrictModel):
-    """How images are sampled; recorded with every image so it can be made again."""
-
-    scheduler: SchedulerName = Field(
-        default="ddim", description="Sampler: ddim, euler, dpm++ or the model's default."
-    )
-    num_inference_steps: int = Field(default=20, ge=1, le=200, description="Denoising steps.")
-    guidance_scale: float = Field(default=4.0, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
-    negative_prompt: str = Field(default="", description="What to steer away from.")
-    width: int | None = Field(default=None, ge=32, le=4096, description="Width in px (default: model's).")
-    height: int | None = Field(default=None, ge=32, le=4096, description="Height in px (default: model's).")
 
 
 def apply_scheduler(pipe: Any, name: SchedulerName) -> None:
@@ -78,3 +64,45 @@ def sample_batch(
         return img2img(image=[image] * len(prompts), strength=strength, **kwargs).images
     kwargs.update(width=sampler.width or size, height=sampler.height or size)
     return pipe(**kwargs).images
+
+
+#: Sampler settings the docs, the tests and ``brandtune base sample`` use for builtin:tiny.
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 4.0
+
+
+def sample_images(
+    pipe: Any,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    batch_size: int = 16,
+) -> list[Image.Image]:
+    """One image per (prompt, seed) pair, in order, in :func:`sample_batch` calls of ``batch_size``.
+
+    The pipeline keeps its own scheduler and size; no negative prompt.
+
+    Args:
+        pipe: A diffusers text-to-image pipeline (LoRA loaded or not).
+        prompts: One prompt per image.
+        seeds: One seed per image (same length as ``prompts``).
+        steps: Sampler steps.
+        guidance: Classifier-free guidance scale.
+        batch_size: Images per pipeline call.
+
+    Returns:
+        The images, in the order of ``prompts``.
+
+    Raises:
+        ValueError: ``prompts`` and ``seeds`` differ in length.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+    sampler = SamplerConfig(scheduler="default", num_inference_steps=steps, guidance_scale=guidance)
+    images: list[Image.Image] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk_p, chunk_s = list(prompts[i : i + batch_size]), list(seeds[i : i + batch_size])
+        images.extend(sample_batch(pipe, chunk_p, chunk_s, sampler))
+    return images

@@ -1,8 +1,9 @@
 """The promotion gate: does a candidate adapter's evaluation justify making it the champion?
 
 Pure logic on metric dictionaries (``{metric: value}``, per-model means from
-:func:`brandtune.evaluation.report.aggregate`) and, for paired rules, the per-image rows the means came from. Each
-:class:`GateRule` is one of
+:func:`brandtune.evaluation.report.aggregate`) and, for paired rules, the per-image rows the means came from. The
+rules themselves are config (:class:`~brandtune.config.GateConfig`, :func:`~brandtune.config.default_rules`); each
+:class:`~brandtune.config.GateRule` is one of
 
 - ``min`` / ``max``: an absolute bar on the candidate's mean (with or without a champion). Off by default: a brand
   opts in through ``gate:`` in its brand.yaml (:class:`brandtune.config.BrandGate`);
@@ -13,7 +14,7 @@ Pure logic on metric dictionaries (``{metric: value}``, per-model means from
 The reference (``against``) is the current champion, or the base model without adapter. Champion rules are skipped
 while there is no champion; base rules judge the *first* champion only (with a champion, the champion rules
 decide). A first-champion rule whose evaluation has no base model fails: without it nothing shows the adapter
-helps. "Worse" and "better" follow the metric's direction (:data:`~brandtune.evaluation.metrics.METRIC_DIRECTIONS`,
+helps. "Worse" and "better" follow the metric's direction (:data:`~brandtune.config.METRIC_DIRECTIONS`,
 or the rule's own ``direction``). A metric missing from the candidate, or NaN, fails its rule.
 
 Why a paired bootstrap for the first champion. The candidate and the base model draw the same prompts with the
@@ -42,152 +43,17 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from brandtune.config import StrictModel
-from brandtune.evaluation.metrics import METRIC_DIRECTIONS
+from brandtune.config import Comparison, GateConfig, GateRule, Reference
 
 if TYPE_CHECKING:
-    from brandtune.config import BrandSpec
     from brandtune.evaluation.report import ImageRow
 
-__all__ = ["GateConfig", "GateResult", "GateRule", "RuleOutcome", "default_rules", "evaluate_gate"]
+__all__ = ["GateResult", "RuleOutcome", "evaluate_gate"]
 
-Comparison = Literal["min", "max", "no_regression", "improve_by"]
-Reference = Literal["champion", "base"]
 #: Bootstrap resamples of a paired rule (seeded: the same images give the same interval).
 PAIRED_RESAMPLES = 2000
-
-
-class GateRule(StrictModel):
-    """One condition a candidate must meet to be promoted."""
-
-    metric: str = Field(description="Metric name, e.g. 'palette_delta_e' (see METRIC_DIRECTIONS).")
-    comparison: Comparison = Field(
-        description="'min': value >= threshold; 'max': value <= threshold; 'no_regression': not worse than the "
-        "reference by more than tolerance; 'improve_by': better than the reference by at least margin."
-    )
-    against: Reference = Field(
-        default="champion",
-        description="Reference of 'no_regression' / 'improve_by': 'champion' (skipped while there is none) or "
-        "'base', the base model without adapter on the same prompts and seeds (judges the first champion "
-        "only; fails when the evaluation has no base model).",
-    )
-    test: Literal["mean", "paired_bootstrap"] = Field(
-        default="mean",
-        description="'mean': compare the two means. 'paired_bootstrap' ('improve_by' only): pair the images by "
-        "prompt and seed and pass when the whole confidence interval of the mean improvement is above margin.",
-    )
-    confidence: float = Field(
-        default=0.95, gt=0.5, lt=1.0, description="'paired_bootstrap': confidence level of the interval."
-    )
-    threshold: float | None = Field(default=None, description="Absolute threshold, for 'min' and 'max' only.")
-    tolerance: float = Field(
-        default=0.0, ge=0, description="'no_regression': how much worse than the reference is still accepted."
-    )
-    margin: float = Field(
-        default=0.0, ge=0, description="'improve_by': how much better than the reference it must be."
-    )
-    relative: bool = Field(
-        default=False,
-        description="Read tolerance/margin as a fraction of the reference's absolute value (0.05 = 5%).",
-    )
-    direction: Literal["higher", "lower"] | None = Field(
-        default=None, description="Which way is better; default: the metric's entry in METRIC_DIRECTIONS."
-    )
-    name: str | None = Field(
-        default=None,
-        description="Label in reports; default: '<metric> <comparison>', plus ' vs base' for base rules.",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> GateRule:
-        absolute = self.comparison in ("min", "max")
-        where = f"rule on {self.metric!r}"
-        if absolute and self.threshold is None:
-            raise ValueError(f"{where}: '{self.comparison}' needs a threshold")
-        if not absolute and self.threshold is not None:
-            raise ValueError(
-                f"{where}: '{self.comparison}' compares with the {self.against} and takes no threshold; use "
-                "tolerance (no_regression) or margin (improve_by)"
-            )
-        # not keyed on fields_set: a dumped rule (Prefect parameters, YAML) must validate again as it was
-        if absolute and self.against == "base":
-            raise ValueError(f"{where}: '{self.comparison}' is an absolute bar and takes no 'against'")
-        if self.comparison == "no_regression" and self.margin:
-            raise ValueError(f"{where}: 'no_regression' takes tolerance, not margin")
-        if self.comparison == "improve_by" and self.tolerance:
-            raise ValueError(f"{where}: 'improve_by' takes margin, not tolerance")
-        if self.test == "paired_bootstrap" and self.comparison != "improve_by":
-            raise ValueError(f"{where}: test 'paired_bootstrap' is for 'improve_by' rules only")
-        if not absolute and self.direction is None and self.metric not in METRIC_DIRECTIONS:
-            raise ValueError(f"{where}: unknown metric direction; set direction: higher or lower")
-        return self
-
-    @property
-    def label(self) -> str:
-        suffix = " vs base" if self.compares and self.against == "base" else ""
-        return self.name or f"{self.metric} {self.comparison}{suffix}"
-
-    @property
-    def compares(self) -> bool:
-        """True for rules judged against a reference model (champion or base)."""
-        return self.comparison in ("no_regression", "improve_by")
-
-    @property
-    def better(self) -> Literal["higher", "lower"]:
-        return self.direction or METRIC_DIRECTIONS.get(self.metric, "higher")
-
-
-def default_rules(palette_margin: float = 0.0) -> list[GateRule]:
-    """The default gate for brand imagery: relative to the base model first, to the champion after that.
-
-    First champion (no champion yet):
-
-    - ``palette_delta_e improve_by vs base`` (paired bootstrap): the product colours are closer to the brand palette
-      (CIEDE2000) than the base model's on the same prompts and seeds, by more than chance, and by more than
-      ``palette_margin`` (0 by default; a brand sets it with ``gate: {min_palette_improvement: ...}``).
-    - ``technical_ok no_regression vs base``: no more images fail the technical checks than the base model's.
-
-    Later candidates (a champion exists):
-
-    - ``palette_delta_e no_regression``: no worse than the champion's by more than 2.0 (about a just-noticeable
-      difference).
-    - ``technical_ok no_regression``: no worse than the champion's.
-
-    No absolute bar: a palette distance of 15 is good on one base and out of reach on another; a brand that needs
-    one sets it in its brand.yaml (:meth:`GateConfig.for_brand`).
-    """
-    return [
-        GateRule(
-            metric="palette_delta_e",
-            comparison="improve_by",
-            against="base",
-            test="paired_bootstrap",
-            margin=palette_margin,
-        ),
-        GateRule(metric="technical_ok", comparison="no_regression", against="base", tolerance=0.0),
-        GateRule(metric="palette_delta_e", comparison="no_regression", tolerance=2.0),
-        GateRule(metric="technical_ok", comparison="no_regression", tolerance=0.0),
-    ]
-
-
-class GateConfig(StrictModel):
-    """The promotion gate: every rule must pass (rules that do not apply to this evaluation are skipped)."""
-
-    rules: list[GateRule] = Field(
-        default_factory=default_rules, min_length=1, description="Rules; all must pass to promote."
-    )
-
-    @classmethod
-    def for_brand(cls, brand: BrandSpec) -> GateConfig:
-        """The default rules with the brand's ``gate:`` opt-ins: its palette margin and its absolute bars."""
-        opt_in = brand.gate
-        extra = [
-            GateRule(metric=metric, comparison=kind, threshold=value)  # type: ignore[arg-type]  # min | max
-            for metric, (kind, value) in opt_in.thresholds().items()
-        ]
-        return cls(rules=[*default_rules(opt_in.min_palette_improvement), *extra])
 
 
 class RuleOutcome(BaseModel):
@@ -543,7 +409,7 @@ def evaluate_gate(
     Args:
         candidate: The candidate's metrics (means over the evaluation suite).
         champion: The current champion's metrics from the same suite, or None when there is no champion yet.
-        config: The rules (default: :func:`default_rules`).
+        config: The rules (default: :func:`brandtune.config.default_rules`).
         base: The base model's metrics from the same suite, or None when it was not evaluated.
         per_image: Per-image rows (:class:`~brandtune.evaluation.report.ImageRow` or dicts with ``model``
             ('candidate', 'champion', 'base'), ``prompt_index``, ``seed`` and ``metrics``); paired rules need them.

@@ -21,13 +21,13 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 from scipy.cluster.vq import kmeans2
 from skimage.color import deltaE_ciede2000, rgb2lab
 from skimage.metrics import structural_similarity
 
+from brandtune.config import METRIC_DIRECTIONS
 from brandtune.errors import ConfigError
 from brandtune.evaluation.imageprep import (
     COLOUR_SIDE,
@@ -72,28 +72,6 @@ HIST_BINS = (
     8  # bins per axis (25 a*/b* units each; finer bins saturate the distance near 1) of the a*/b* histogram
 )
 HIST_RANGE = (-100.0, 100.0)  # a*, b* range covered by the histogram (values outside are clipped into it)
-
-Direction = Literal["higher", "lower"]
-
-#: Metric name -> which way is better. Covers :func:`score_image`, :func:`score_set` and the model-based metrics.
-METRIC_DIRECTIONS: dict[str, Direction] = {
-    "palette_delta_e": "lower",
-    "palette_share": "higher",
-    "color_hist_distance": "lower",
-    "ref_ssim": "higher",
-    "ref_phash_distance": "lower",
-    "diversity_ssim": "higher",
-    "diversity_phash": "higher",
-    "sharpness": "higher",
-    "clipped_share": "lower",
-    "contrast": "higher",
-    "technical_ok": "higher",
-    "clip_t": "higher",
-    "clip_i": "higher",
-    "dino": "higher",
-    "fid": "lower",
-    "kid": "lower",
-}
 
 #: Metric name -> one line for people reading a report.
 METRIC_DESCRIPTIONS: dict[str, str] = {

@@ -17,10 +17,11 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
+from brandtune.config import TrainingDefaults
 from brandtune.errors import ModelResolutionError
 from brandtune.models.builtin import BUILTIN_PREFIX, builtin_refs, builtin_revision, ensure_builtin
 from brandtune.models.family import PIPELINE_CLASS, Family, detect_family, read_json
@@ -49,52 +50,12 @@ HUB_IGNORE_PATTERNS: tuple[str, ...] = (
 _WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 #: A base's recommendation for LoRA fine-tunes on it, shipped in its folder (see :class:`TrainingDefaults`).
 TRAINING_DEFAULTS_FILE = "brandtune_training.json"
-LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
-ATTENTION_UNET_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 _VALID_FOLDER = (
     "a diffusers folder holds model_index.json plus unet/, vae/, text_encoder/ (and text_encoder_2/ for SDXL) "
     "with config.json and *.safetensors weights, tokenizer/ and scheduler/"
 )
 
-
-class TrainingDefaults(BaseModel):
-    """What a base model recommends for a LoRA fine-tune on it: the settings that depend on the base.
-
-    A training config leaves these fields empty to take the base's recommendation (explicit values win). A base
-    folder may ship one as ``brandtune_training.json`` (any subset of the fields; the rest come from
-    :data:`GENERIC_TRAINING_DEFAULTS`), which travels with the folder when it is copied or exported. Without one
-    a base gets the generic values: LoRA on the attention projections, as the diffusers training scripts do.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    target_modules: tuple[str, ...] = Field(
-        default=ATTENTION_UNET_TARGETS,
-        min_length=1,
-        description="UNet module names (or suffixes) that get LoRA.",
-    )
-    learning_rate: float = Field(default=1e-3, gt=0, le=1.0, description="Peak learning rate.")
-    lr_scheduler: LrScheduler = Field(default="constant", description="Learning-rate schedule.")
-    lr_warmup_steps: int = Field(
-        default=0,
-        ge=0,
-        description="Linear warm-up steps, for max_train_steps steps (scaled with the steps).",
-    )
-    max_train_steps: int = Field(default=200, ge=1, description="Optimizer steps the schedule is made for.")
-    train_batch_size: int = Field(default=4, ge=1, description="Images per process per micro-batch.")
-    source: str = Field(
-        default="brandtune's generic defaults", description="Where this recommendation comes from (for logs)."
-    )
-
-    @model_validator(mode="after")
-    def _warmup_below_steps(self) -> TrainingDefaults:
-        if self.lr_warmup_steps >= self.max_train_steps:
-            raise ValueError(
-                f"lr_warmup_steps ({self.lr_warmup_steps}) must be below max_train_steps ({self.max_train_steps})"
-            )
-        return self
-
-
+#: What a base without its own ``brandtune_training.json`` recommends.
 GENERIC_TRAINING_DEFAULTS = TrainingDefaults()
 
 

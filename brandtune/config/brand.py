@@ -1,46 +1,17 @@
-"""Typed, strict configuration: the brand spec and each stage's job config.
-
-Every model forbids unknown keys (a typo is an error, not a silently ignored knob) and describes each field, which
-is what the Prefect UI and ``brandtune --help`` show. Overrides follow one path: defaults, then a YAML file, then
-command-line flags (see :func:`load_yaml_model`).
-"""
+"""The brand: ``BrandSpec`` (``data/brands/<brand>/brand.yaml``), its ``gate:`` bars, and where brands are found."""
 
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from brandtune.config._base import SLUG_RE, HexColour, StrictModel, load_yaml_model
 from brandtune.errors import ConfigError
-from brandtune.settings import Settings
 
-__all__ = [
-    "BrandGate",
-    "BrandSpec",
-    "IngestConfig",
-    "Settings",
-    "brand_dir",
-    "brands_root",
-    "format_validation_error",
-    "load_brand",
-    "load_yaml_model",
-]
-
-SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-HEX_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 DEFAULT_BRANDS_DIR = Path("data/brands")
-
-HexColour = Annotated[str, Field(pattern=HEX_RE.pattern, description="A colour as #rrggbb.")]
-
-
-class StrictModel(BaseModel):
-    """Base of every brandtune config: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class BrandGate(StrictModel):
@@ -49,9 +20,8 @@ class BrandGate(StrictModel):
     By default a new adapter becomes the first champion when it is measurably closer to the brand than the base
     model on the same prompts and seeds, and later ones when they do not fall behind the champion. A bar set here
     is an extra rule, judged on the candidate's mean over the evaluation images, with or without a champion: use
-    it for a level this brand must reach whatever the base model does. The gate's own rules live in
-    :mod:`brandtune.evaluation.gate`, which turns this section into rules (``GateConfig.for_brand``); this model
-    stays here, free of the evaluation code, so that loading a brand.yaml stays cheap.
+    it for a level this brand must reach whatever the base model does. ``GateConfig.for_brand``
+    (:mod:`brandtune.config.evaluate`) turns this section into rules, which :mod:`brandtune.evaluation.gate` judges.
 
     Example (brand.yaml)::
 
@@ -215,110 +185,6 @@ def ensure_trigger(text: str, trigger: str) -> tuple[str, bool]:
     if re.search(rf"(?<![\w-]){re.escape(trigger)}(?![\w-])", text):
         return text, False
     return f"{trigger}, {text}", True
-
-
-class IngestConfig(StrictModel):
-    """How photos are validated and normalised into a dataset. Part of the dataset fingerprint."""
-
-    resolution: int = Field(default=64, ge=32, le=2048, description="Output size in pixels (square).")
-    min_side: int | None = Field(
-        default=None,
-        ge=1,
-        description="Reject photos whose shorter side is below this. Default: the resolution.",
-    )
-    max_aspect: float = Field(
-        default=2.5, ge=1.0, description="Reject photos whose long/short side ratio exceeds this."
-    )
-    max_pixels: int = Field(
-        default=50_000_000,
-        ge=1,
-        description="Reject images declaring more pixels than this (decompression-bomb guard).",
-    )
-    crop: Literal["center", "none"] = Field(
-        default="center",
-        description="'center': crop the centre square after resizing the short side; "
-        "'none': pad to a square with the background colour.",
-    )
-    background: HexColour = Field(
-        default="#ffffff", description="Colour that transparent pixels are composited on (and padding)."
-    )
-    animated: Literal["first_frame", "reject"] = Field(
-        default="first_frame",
-        description="Animated images (GIF/WebP/APNG): use the first frame, or reject them.",
-    )
-    near_duplicate_distance: int = Field(
-        default=4,
-        ge=-1,
-        le=64,
-        description="Perceptual-hash Hamming distance at or below which two photos count as near duplicates "
-        "(-1 turns the check off).",
-    )
-    min_images: int = Field(default=4, ge=1, description="Fewer accepted photos than this is an error.")
-    caption_template: str = Field(
-        default="a photo of {trigger} {subject}", description="Caption for photos without one."
-    )
-    trigger: str = Field(default="sks", description="Token that must appear in every caption.")
-    subject: str = Field(default="product", description="Product noun used by the caption template.")
-    workers: int = Field(
-        default=0, ge=0, description="Worker processes for decoding/resizing; 0 means one per CPU core."
-    )
-
-    @property
-    def effective_min_side(self) -> int:
-        return self.min_side if self.min_side is not None else self.resolution
-
-    @classmethod
-    def for_brand(cls, brand: BrandSpec, **overrides: Any) -> IngestConfig:
-        """The ingest config a brand implies (its resolution, trigger, subject, template), plus overrides."""
-        values: dict[str, Any] = {
-            "resolution": brand.resolution,
-            "trigger": brand.trigger,
-            "subject": brand.subject,
-            "caption_template": brand.caption_template,
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def fingerprint_fields(self) -> dict[str, Any]:
-        """The settings that change the dataset's content (``workers`` does not)."""
-        return self.model_dump(exclude={"workers"})
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One readable line per problem: ``<source>: <field>: <message>``."""
-    lines = []
-    for item in err.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        msg = item["msg"]
-        if item["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the documented fields)"
-        lines.append(f"{source}: {where}: {msg}")
-    return "\n".join(lines)
-
-
-def load_yaml_model(model: type[M], path: Path, overrides: dict[str, Any] | None = None) -> M:
-    """Load ``model`` from a YAML file, then apply non-None ``overrides`` (e.g. CLI flags) on top.
-
-    Raises:
-        ConfigError: the file is missing, is not a YAML mapping, or does not validate.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from exc
 
 
 def brands_root(brands_dir: Path | None = None) -> Path:

@@ -8,7 +8,7 @@ from brandtune.config import BrandSpec, IngestConfig, load_brand, load_yaml_mode
 from brandtune.errors import ConfigError
 from brandtune.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _spec(**overrides: object) -> dict:

@@ -1,18 +1,18 @@
-"""``TrainConfig``: every knob of a LoRA training run, with its default and what it does."""
+"""``TrainConfig``: every knob of a LoRA training run, with its default and what it does; and ``TrainingDefaults``,
+what a base model recommends for the knobs that depend on it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from brandtune.config import StrictModel
-from brandtune.models.resolve import ATTENTION_UNET_TARGETS, LrScheduler
+from brandtune.config._base import StrictModel
 
-if TYPE_CHECKING:
-    from brandtune.models.resolve import TrainingDefaults
-
+LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
+#: The UNet's attention projections: the diffusers training scripts' LoRA targets.
+ATTENTION_UNET_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 #: LoRA on the attention projections: what a base without its own recommendation gets (the diffusers scripts' choice).
 DEFAULT_UNET_TARGETS = list(ATTENTION_UNET_TARGETS)
 #: The UNet's feed-forward layers, the projections into and out of its transformer blocks and its resnets' 3x3
@@ -32,11 +32,50 @@ BASE_RECOMMENDED = (
 )
 
 
+class TrainingDefaults(BaseModel):
+    """What a base model recommends for a LoRA fine-tune on it: the settings that depend on the base.
+
+    A training config leaves these fields empty to take the base's recommendation (explicit values win). A base
+    folder may ship one as ``brandtune_training.json`` (any subset of the fields; the rest come from
+    :data:`brandtune.models.resolve.GENERIC_TRAINING_DEFAULTS`), which travels with the folder when it is copied
+    or exported. Without one a base gets the generic values: LoRA on the attention projections, as the diffusers
+    training scripts do.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_modules: tuple[str, ...] = Field(
+        default=ATTENTION_UNET_TARGETS,
+        min_length=1,
+        description="UNet module names (or suffixes) that get LoRA.",
+    )
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0, description="Peak learning rate.")
+    lr_scheduler: LrScheduler = Field(default="constant", description="Learning-rate schedule.")
+    lr_warmup_steps: int = Field(
+        default=0,
+        ge=0,
+        description="Linear warm-up steps, for max_train_steps steps (scaled with the steps).",
+    )
+    max_train_steps: int = Field(default=200, ge=1, description="Optimizer steps the schedule is made for.")
+    train_batch_size: int = Field(default=4, ge=1, description="Images per process per micro-batch.")
+    source: str = Field(
+        default="brandtune's generic defaults", description="Where this recommendation comes from (for logs)."
+    )
+
+    @model_validator(mode="after")
+    def _warmup_below_steps(self) -> TrainingDefaults:
+        if self.lr_warmup_steps >= self.max_train_steps:
+            raise ValueError(
+                f"lr_warmup_steps ({self.lr_warmup_steps}) must be below max_train_steps ({self.max_train_steps})"
+            )
+        return self
+
+
 class TrainConfig(StrictModel):
     """A LoRA training job.
 
     The settings that depend on the base model (LoRA targets, learning rate and schedule, warm-up, steps, batch) are
-    empty by default, meaning "what the base recommends" (:class:`~brandtune.models.resolve.TrainingDefaults`);
+    empty by default, meaning "what the base recommends" (:class:`TrainingDefaults`);
     :meth:`with_base_defaults` fills them once, in the training plan, and the filled config is what is hashed,
     logged and trained. Explicit values always win.
     """
@@ -49,7 +88,7 @@ class TrainConfig(StrictModel):
     )
     base_model: str | None = Field(
         default=None,
-        description="Base model: builtin:tiny, a diffusers folder or a hub id. Default: brand.yaml.",
+        description="Base model: builtin:tiny, a local diffusers folder or a hub id. Empty: brand.yaml's.",
     )
     output_dir: Path | None = Field(
         default=None,
@@ -65,8 +104,8 @@ class TrainConfig(StrictModel):
     target_modules: list[str] | None = Field(
         default=None,
         min_length=1,
-        description="UNet module names (or suffixes) that get LoRA layers. Default: the base's recommendation "
-        "(attention to_q/to_k/to_v/to_out.0 unless the base ships its own).",
+        description="UNet layers that get LoRA (names or suffixes, e.g. to_q, ff.net.2, conv1). Empty: the "
+        "base's recommendation (builtin:tiny: its non-attention layers; others: to_q, to_k, to_v, to_out.0).",
     )
     train_text_encoder: bool = Field(
         default=False, description="Also train LoRA layers in the text encoder(s)."
@@ -78,23 +117,31 @@ class TrainConfig(StrictModel):
     )
     # Optimisation.
     learning_rate: float | None = Field(
-        default=None, gt=0, le=1.0, description="Peak learning rate. Default: the base's recommendation."
+        default=None,
+        gt=0,
+        le=1.0,
+        description="Peak learning rate. Empty: the base's recommendation (builtin:tiny: 5e-3; others 1e-3).",
     )
     lr_scheduler: LrScheduler | None = Field(
         default=None,
-        description="Learning-rate schedule (warm-up applies to all but constant). Default: the base's.",
+        description="Learning-rate schedule (warm-up applies to all but constant). Empty: the base's "
+        "recommendation (builtin:tiny: cosine).",
     )
     lr_warmup_steps: int | None = Field(
         default=None,
         ge=0,
-        description="Linear warm-up steps. Default: the base's, scaled when max_train_steps differs from the "
-        "steps it recommends.",
+        description="Linear warm-up steps. Empty: the base's recommendation, scaled when max_train_steps "
+        "differs from the steps it recommends (builtin:tiny: 20 of 300).",
     )
     max_train_steps: int | None = Field(
-        default=None, ge=1, description="Optimizer steps to train for. Default: the base's recommendation."
+        default=None,
+        ge=1,
+        description="Optimizer steps to train for. Empty: the base's recommendation (builtin:tiny: 300).",
     )
     train_batch_size: int | None = Field(
-        default=None, ge=1, description="Images per process per micro-batch. Default: the base's."
+        default=None,
+        ge=1,
+        description="Images per process per micro-batch. Empty: the base's recommendation (builtin:tiny: 8).",
     )
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
     optimizer: Literal["adamw", "adamw8bit", "prodigy"] = Field(
@@ -108,7 +155,7 @@ class TrainConfig(StrictModel):
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     # Diffusion loss.
     resolution: int | None = Field(
-        default=None, ge=32, le=4096, description="Training size in px. Default: the dataset's resolution."
+        default=None, ge=32, le=4096, description="Training size in px. Empty: the dataset's resolution."
     )
     snr_gamma: float | None = Field(
         default=None, gt=0, description="Min-SNR loss weighting gamma (5.0 is usual)."
@@ -131,14 +178,16 @@ class TrainConfig(StrictModel):
     # Precision and speed.
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         default="no",
-        description="Mixed precision. fp16 needs a GPU; bf16 needs a GPU or CPU that supports it.",
+        description="Mixed precision: fp16 needs a GPU; bf16 a GPU or CPU that supports it.",
     )
-    gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory in the UNet.")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Trade compute for GPU memory (recompute the UNet's activations)."
+    )
     cache_latents: bool = Field(
         default=True, description="Encode images and captions once and cache them on disk (much faster)."
     )
     num_threads: int | None = Field(
-        default=None, ge=1, description="CPU threads for torch. Default: all cores."
+        default=None, ge=1, description="CPU threads for torch. Empty: all cores."
     )
     seed: int = Field(default=0, ge=0, description="Seed for data order, noise, timesteps and LoRA init.")
     # Validation, checkpoints, outputs.
@@ -151,10 +200,12 @@ class TrainConfig(StrictModel):
     )
     num_validation_images: int = Field(default=1, ge=1, le=16, description="Images per validation prompt.")
     validation_inference_steps: int = Field(
-        default=20, ge=1, description="Sampler steps for validation images."
+        default=20, ge=1, le=200, description="Sampler steps for the validation images."
     )
     checkpointing_steps: int = Field(
-        default=50, ge=0, description="Write a resumable checkpoint every N steps."
+        default=50,
+        ge=0,
+        description="Write a resumable checkpoint every N steps (a retry resumes from the last one); 0: none.",
     )
     checkpoints_total_limit: int = Field(default=2, ge=1, description="Keep at most this many checkpoints.")
     resume: str | None = Field(
