@@ -25,7 +25,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from brandtune.errors import BrandtuneError
+from brandtune.errors import BrandtuneError, ConfigError
+from brandtune.procs import signal_group, stop_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -197,24 +198,14 @@ def _alive(pids: set[int]) -> set[int]:
 def stop(service: Service, grace: float = 10.0) -> None:
     """Stop a service and everything it started: SIGTERM to its group, then SIGKILL to what is left."""
     others = _descendants(service.pid) | service.descendants
-    if service.proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(service.pid, signal.SIGTERM)
-    try:
-        service.proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        logger.warning("%s (pid %d) ignored SIGTERM for %.0f s: SIGKILL", service.name, service.pid, grace)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(service.pid, signal.SIGKILL)
-        service.proc.wait()
+    stop_process_group(service.proc, grace, name=service.name)
     # descendants in other sessions (training children) get the same treatment
     deadline = time.monotonic() + grace
     _kill_pids(_alive(others), signal.SIGTERM)
     while _alive(others) and time.monotonic() < deadline:
         time.sleep(0.2)
     _kill_pids(_alive(others), signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(service.pid, signal.SIGKILL)  # stragglers that stayed in the group
+    signal_group(service.pid, signal.SIGKILL)  # stragglers that stayed in the group
     logger.info("stopped %s (pid %d)", service.name, service.pid)
 
 
@@ -252,10 +243,34 @@ def prefect_server(port: int, log_dir: Path, prefect_home: Path, host: str = "12
     return start("prefect-server", cmd, log_dir, env=env, url=f"http://{host}:{port}")
 
 
+def server_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    """The ``mlflow server`` command line for the project's local store (sqlite + artifacts dir).
+
+    Raises:
+        ConfigError: ``MLFLOW_TRACKING_URI`` already points at a server.
+    """
+    from brandtune.settings import Settings
+
+    settings = Settings.from_env()
+    if not settings.tracking_uri.startswith("sqlite:"):
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI is {settings.tracking_uri}: that is already a server. Unset it to serve the "
+            "local sqlite store under BRANDTUNE_HOME, or open that server's URL in a browser."
+        )
+    Path(settings.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    # Artifacts stay plain file:// locations (not proxied mlflow-artifacts:/ URIs), so runs made through this
+    # server and runs made straight on the sqlite store (no MLFLOW_TRACKING_URI) can read each other's artifacts.
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", settings.tracking_uri,
+        "--default-artifact-root", settings.artifacts_dir.as_uri(), "--no-serve-artifacts",
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
 def mlflow_server(port: int, log_dir: Path, host: str = "127.0.0.1") -> Service:
     """``mlflow server`` on the project's local store (sqlite + artifacts under BRANDTUNE_HOME)."""
-    from brandtune.cli_registry import server_command
-
     return start("mlflow-server", server_command(port, host), log_dir, url=f"http://{host}:{port}")
 
 

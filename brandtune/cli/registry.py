@@ -1,27 +1,30 @@
-"""Registry commands of the ``brandtune`` CLI: register, promote, rollback, models list, pull, mlflow-ui.
+"""Registry commands: ``register``, ``promote``, ``rollback``, ``pull`` and the ``models`` group (``models list``).
 
-``brandtune.cli`` calls :func:`add_commands`. Commands only parse, call :mod:`brandtune.registry` and report;
-mlflow, torch and diffusers are imported inside them.
+Commands only parse, call :mod:`brandtune.registry` and report; mlflow, torch and diffusers are imported inside
+them.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from brandtune.cli._common import BrandArg, console
 from brandtune.errors import ConfigError
 
-console = Console()
 
-BrandArg = Annotated[str, typer.Argument(help="Brand slug; its registered model is <brand>-lora.")]
+def add_commands(app: typer.Typer) -> None:
+    """Add the registry commands to the ``brandtune`` app (and a ``models`` group with ``list``)."""
+    app.command("register")(register_cmd)
+    app.command("promote")(promote_cmd)
+    app.command("rollback")(rollback_cmd)
+    app.command("pull")(pull_cmd)
+    models_app = typer.Typer(help="Registered adapter models: list versions.", no_args_is_help=True)
+    models_app.command("list")(models_list_cmd)
+    app.add_typer(models_app, name="models")
 
 
 def _moves(moves: list) -> None:
@@ -96,66 +99,3 @@ def pull_cmd(
     console.print(
         f"[bold green]pulled[/] {brand}-lora {'@' + alias if alias else 'v' + str(version)} to {out}"
     )
-
-
-def server_command(port: int, host: str = "127.0.0.1") -> list[str]:
-    """The ``mlflow server`` command line for the project's local store (sqlite + artifacts dir)."""
-    from brandtune.settings import Settings
-
-    settings = Settings.from_env()
-    if not settings.tracking_uri.startswith("sqlite:"):
-        raise ConfigError(
-            f"MLFLOW_TRACKING_URI is {settings.tracking_uri}: that is already a server. Unset it to serve the "
-            "local sqlite store under BRANDTUNE_HOME, or open that server's URL in a browser."
-        )
-    Path(settings.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
-    # Artifacts stay plain file:// locations (not proxied mlflow-artifacts:/ URIs), so runs made through this
-    # server and runs made straight on the sqlite store (no MLFLOW_TRACKING_URI) can read each other's artifacts.
-    return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", settings.tracking_uri,
-        "--default-artifact-root", settings.artifacts_dir.as_uri(), "--no-serve-artifacts",
-        "--host", host, "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-
-
-def mlflow_ui_cmd(
-    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 5000,
-) -> None:
-    """Start an MLflow server (UI + registry) on the project's local store; Ctrl-C stops it."""
-    cmd = server_command(port)
-    url = f"http://127.0.0.1:{port}"
-    console.print(f"[bold green]MLflow[/] at {url}  (store {cmd[cmd.index('--backend-store-uri') + 1]})")
-    console.print(f"  other shells: export MLFLOW_TRACKING_URI={url}   stop: Ctrl-C")
-    from brandtune.services import stop_signals_interrupt
-
-    proc = subprocess.Popen(
-        cmd, start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    )
-    try:
-        with stop_signals_interrupt():  # also when started with SIGINT ignored (a shell's background job)
-            code = proc.wait()
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        console.print("MLflow server stopped")
-        return
-    if code:
-        raise typer.Exit(code)
-
-
-def add_commands(app: typer.Typer) -> None:
-    """Add the registry commands to the ``brandtune`` app (and a ``models`` group with ``list``)."""
-    app.command("register")(register_cmd)
-    app.command("promote")(promote_cmd)
-    app.command("rollback")(rollback_cmd)
-    app.command("pull")(pull_cmd)
-    app.command("mlflow-ui")(mlflow_ui_cmd)
-    models_app = typer.Typer(help="Registered adapter models: list versions.", no_args_is_help=True)
-    models_app.command("list")(models_list_cmd)
-    app.add_typer(models_app, name="models")

@@ -1,25 +1,57 @@
-"""``brandtune ui``: a local Prefect server, the MLflow UI and a worker, with every deployment of prefect.yaml.
+"""``brandtune ui`` (a local Prefect server, the MLflow UI and a worker, with every deployment of prefect.yaml)
+and ``brandtune mlflow-ui`` (the MLflow UI alone).
 
-``brandtune.cli`` calls :func:`add_commands`. The processes are supervised by :mod:`brandtune.services`: each runs
-in its own process group and Ctrl-C stops all of them (SIGTERM, then SIGKILL after a grace period).
+The processes are supervised by :mod:`brandtune.services`: each runs in its own process group and Ctrl-C stops all
+of them (SIGTERM, then SIGKILL after a grace period). ``ui --demo`` runs the flows through their deployments, so
+it reaches them over the Prefect API, never by importing ``flows``.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from brandtune.cli._common import console
 from brandtune.errors import ConfigError
 
-console = Console()
-
 POOL = "brandtune-local"
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Add ``mlflow-ui`` and ``ui`` to the ``brandtune`` app."""
+    app.command("mlflow-ui")(mlflow_ui_cmd)
+    app.command("ui")(ui_cmd)
+
+
+def mlflow_ui_cmd(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Start an MLflow server (UI + registry) on the project's local store; Ctrl-C stops it."""
+    from brandtune.procs import stop_process_group
+    from brandtune.services import server_command, stop_signals_interrupt
+
+    cmd = server_command(port)
+    url = f"http://127.0.0.1:{port}"
+    console.print(f"[bold green]MLflow[/] at {url}  (store {cmd[cmd.index('--backend-store-uri') + 1]})")
+    console.print(f"  other shells: export MLFLOW_TRACKING_URI={url}   stop: Ctrl-C")
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    )
+    try:
+        with stop_signals_interrupt():  # also when started with SIGINT ignored (a shell's background job)
+            code = proc.wait()
+    except KeyboardInterrupt:
+        stop_process_group(proc, grace_s=10, name="mlflow server")
+        console.print("MLflow server stopped")
+        return
+    if code:
+        raise typer.Exit(code)
 
 
 def find_repo(start: Path | None = None) -> Path:
@@ -134,8 +166,3 @@ def _serve(repo: Path, prefect_port: int, mlflow_port: int, pool: str, demo: boo
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean stop short
             console.print("stopping (a few seconds) ...")
-
-
-def add_commands(app: typer.Typer) -> None:
-    """Add ``ui`` to the ``brandtune`` app."""
-    app.command("ui")(ui_cmd)

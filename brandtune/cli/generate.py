@@ -1,4 +1,4 @@
-"""``brandtune evaluate`` and ``brandtune generate``: the evaluation gate and campaign jobs."""
+"""``brandtune generate``: campaign images from a brand's adapter, or a manifest made again bit for bit."""
 
 from __future__ import annotations
 
@@ -7,18 +7,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from typer.core import TyperCommand
 
-from brandtune.sampling import SchedulerName
-
-console = Console()
+from brandtune.cli._common import console, given
+from brandtune.config import SchedulerName, job_config
 
 
 def add_commands(app: typer.Typer) -> None:
-    """Register the job commands on the main app."""
-    app.command("evaluate")(evaluate_cmd)
+    """Add ``generate`` to the ``brandtune`` app."""
     app.command("generate", cls=GenerateCommand)(generate_cmd)
 
 
@@ -59,7 +55,7 @@ class GenerateCommand(TyperCommand):
     #: Job flags that --reproduce ignores (the manifest fixes them), so giving one with it is an error.
     job_options = (
         "prompt", "settings", "variations", "model", "steps", "guidance", "scheduler", "seed", "negative_prompt",
-        "init_image",
+        "init_image", "config",
     )  # fmt: skip
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
@@ -70,9 +66,12 @@ class GenerateCommand(TyperCommand):
 
 
 def _check_generate_flags(ctx: typer.Context, job_options: tuple[str, ...]) -> None:
-    """--brand and --prompt are needed for a new job; --reproduce needs --output and none of the job flags."""
+    """--brand and --prompt are needed for a new job (unless its --config file gives them); --reproduce needs
+    --output and none of the job flags."""
     params: dict[str, Any] = ctx.params
     if params.get("reproduce") is None:
+        if params.get("config") is not None:  # the file may name them; the config's validation says if not
+            return
         for name, flag in (("brand", "'--brand' / '-b'"), ("prompt", "'--prompt'")):
             if params.get(name) is None:
                 ctx.fail(f"Missing option {flag} (needed unless --reproduce names a manifest.json).")
@@ -80,72 +79,18 @@ def _check_generate_flags(ctx: typer.Context, job_options: tuple[str, ...]) -> N
     if params.get("output") is None:
         ctx.fail("Missing option '--output': --reproduce writes the images it makes again into that folder.")
     sources = {name: getattr(ctx.get_parameter_source(name), "name", None) for name in job_options}
-    given = [f"--{name.replace('_', '-')}" for name, source in sources.items() if source == "COMMANDLINE"]
-    if given:
+    given_flags = [
+        f"--{name.replace('_', '-')}" for name, source in sources.items() if source == "COMMANDLINE"
+    ]
+    if given_flags:
         ctx.fail(
-            f"{', '.join(given)} cannot be combined with --reproduce: the manifest records the whole job "
+            f"{', '.join(given_flags)} cannot be combined with --reproduce: the manifest records the whole job "
             "(drop them, or start a new job without --reproduce)."
         )
 
 
-def evaluate_cmd(
-    brand: Annotated[str, typer.Option("--brand", "-b", help="Brand slug.")],
-    candidate: Annotated[str, typer.Option(help="Version number or alias to judge.")] = "candidate",
-    against: Annotated[
-        str, typer.Option(help="Alias or version to compare with ('none': absolute rules only).")
-    ] = "champion",
-    seeds: Annotated[
-        list[int] | None, typer.Option("--seed", help="Seeds (repeatable; default 0 1 2 3).")
-    ] = None,
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
-    config: Annotated[
-        Path | None, typer.Option(help="EvalConfig YAML (gate rules, sampler); flags override.")
-    ] = None,
-    no_promote: Annotated[
-        bool, typer.Option("--no-promote", help="Report only; never move @champion.")
-    ] = False,
-    output: Annotated[Path | None, typer.Option(help="Report folder.")] = None,
-) -> None:
-    """Compare a candidate adapter with the champion and the base; promote it when the gate passes."""
-    from brandtune.config import load_yaml_model
-    from brandtune.evaluation.job import EvalConfig, evaluate
-
-    overrides = {
-        "brand": brand,
-        "candidate": candidate,
-        "against": None if against.lower() == "none" else against,
-        "seeds": seeds or None,
-        "num_inference_steps": steps,
-        "promote": False if no_promote else None,
-        "output_dir": output,
-    }
-    if config is not None:
-        cfg = load_yaml_model(EvalConfig, config, overrides)
-    else:
-        from brandtune.cli import _validated
-
-        cfg = _validated(
-            EvalConfig, {k: v for k, v in overrides.items() if v is not None or k == "against"}, "flags"
-        )
-    outcome = evaluate(cfg)
-    table = Table("model", *sorted(outcome.metrics["candidate"]))
-    for key, metrics in outcome.metrics.items():
-        table.add_row(
-            key, *(f"{metrics.get(m, float('nan')):.3g}" for m in sorted(outcome.metrics["candidate"]))
-        )
-    console.print(table)
-    colour = "green" if outcome.gate.passed else "red"
-    console.print(f"[bold {colour}]gate[/] {outcome.gate.summary()}")
-    for rule in outcome.gate.rules:
-        console.print(f"  {rule.status:7} {rule.rule}: {rule.reason}", highlight=False)
-        if rule.explanation:
-            console.print(f"          {rule.explanation}", highlight=False, style="dim")
-    moved = "promoted to @champion" if outcome.promoted else "@champion unchanged"
-    console.print(f"candidate v{outcome.candidate_version}: {moved}")
-    console.print(f"report: {outcome.report_html}")
-
-
 def generate_cmd(
+    ctx: typer.Context,
     brand: Annotated[
         str | None,
         typer.Option("--brand", "-b", help="Brand slug; optional with --reproduce (the manifest names it)."),
@@ -175,9 +120,14 @@ def generate_cmd(
         Path | None,
         typer.Option(help="A manifest.json to make again bit for bit, into --output (needs nothing else)."),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="GenerateConfig YAML; flags override it."),
+    ] = None,
 ) -> None:
     """Generate campaign images: prompt x settings x variations from the brand's champion adapter."""
-    from brandtune.generation import GenerateConfig, generate
+    from brandtune.config import GenerateConfig
+    from brandtune.generation import generate
     from brandtune.generation import reproduce as reproduce_manifest
 
     if reproduce is not None:  # GenerateCommand checked that --output is given and no job flag is
@@ -185,29 +135,24 @@ def generate_cmd(
         paths = reproduce_manifest(reproduce, output, brand=brand)
         console.print(f"[bold green]reproduced[/] {len(paths)} images into {output}")
         return
-    from brandtune.cli import _validated
-
-    cfg = _validated(
-        GenerateConfig,
+    flags = given(
+        ctx,
         {
-            "brand": brand,
-            "prompt": prompt,
-            "settings": settings or [],
-            "variations": variations,
-            "model": model,
-            "seed": seed,
-            "output_dir": output,
-            "init_image": init_image,
-            "sampler": {
-                "num_inference_steps": steps,
-                "guidance_scale": guidance,
-                "scheduler": scheduler,
-                "negative_prompt": negative_prompt,
-            },
+            "brand": ("brand", brand),
+            "prompt": ("prompt", prompt),
+            "settings": ("settings", settings or []),
+            "variations": ("variations", variations),
+            "model": ("model", model),
+            "seed": ("seed", seed),
+            "output": ("output_dir", output),
+            "init_image": ("init_image", init_image),
+            "steps": ("sampler.num_inference_steps", steps),
+            "guidance": ("sampler.guidance_scale", guidance),
+            "scheduler": ("sampler.scheduler", scheduler),
+            "negative_prompt": ("sampler.negative_prompt", negative_prompt),
         },
-        "flags",
     )
-    result = generate(cfg)
+    result = generate(job_config(GenerateConfig, config, flags))
     console.print(f"[bold green]campaign[/] {result.generated} generated, {result.skipped} already there")
     console.print(f"  gallery:  {result.gallery}")
     console.print(f"  manifest: {result.manifest}")
