@@ -8,9 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from brandtune.config import load_yaml_model
+from brandtune.config import TrainConfig, load_yaml_model
 from brandtune.errors import BrandtuneError
-from brandtune.training.config import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.getLogger("brandtune.training").info("adapter: %s", result.adapter_dir)
     if args.result_file is not None and os.environ.get("RANK", "0") == "0":
-        import dataclasses
+        from brandtune.training.result import write_result_file
 
-        from brandtune.fsutil import atomic_write_json
-
-        atomic_write_json(args.result_file, {k: str(v) for k, v in dataclasses.asdict(result).items()})
+        write_result_file(args.result_file, result)
     return 0
 
 

@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from brandtune.errors import TrainingError
 from brandtune.fsutil import canonical_json, sha256_bytes
@@ -154,7 +154,7 @@ def encode_examples(
     flip: bool,
     with_text: bool,
     batch_size: int | None = None,
-    device: Any = None,
+    device: torch.device | str | None = None,
 ) -> Encoded:
     """Run the VAE (and text encoders) over the examples once; ``flip`` appends mirrored copies.
 
@@ -203,7 +203,7 @@ def load_or_encode(
     *,
     flip: bool,
     with_text: bool,
-    device: Any = None,
+    device: torch.device | str | None = None,
 ) -> tuple[Encoded, bool]:
     """Encoded examples from ``cache_file`` if it exists, else encode (the VAE on ``device``) and write it atomically.
 

@@ -10,12 +10,10 @@ folder is refused before anything starts, and exactly one process holds the lock
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,9 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from brandtune.config import TrainConfig
 from brandtune.errors import TrainingError
+from brandtune.procs import stop_process_group
 from brandtune.settings import Settings
-from brandtune.training.config import TrainConfig
+from brandtune.training.result import TrainResult, read_result_file
 
 if TYPE_CHECKING:
     from brandtune.training.plan import TrainJob
@@ -115,20 +115,6 @@ class ProgressLines:
         self.sink(text)
 
 
-def kill_tree(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
-    """SIGTERM the child's process group, then SIGKILL whatever is left after ``grace`` seconds."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def launch(
     config: TrainConfig,
     *,
@@ -138,8 +124,8 @@ def launch(
     env: dict[str, str] | None = None,
     settings: Settings | None = None,
     job: TrainJob | None = None,
-) -> dict[str, str]:
-    """Train in a child process and return its result (``run_dir``, ``adapter_dir``, ``mlflow_run_id``, ...).
+) -> TrainResult:
+    """Train in a child process and return its result, validated (the child writes it as JSON).
 
     Args:
         config: The training. ``invocation_id`` names who asks (a Prefect flow run: its retries continue its
@@ -153,7 +139,8 @@ def launch(
 
     Raises:
         RunDirLockedError: another training holds the run folder (named, with its holder).
-        TrainingError: the child failed; the message carries its last error line.
+        TrainingError: the child failed (the message carries its last error line) or wrote no valid result, or
+            the finished training a retry gets back has no valid ``result.json``.
     """
     import dataclasses
 
@@ -187,7 +174,7 @@ def _run_child(
     on_line: Callable[[str], None] | None,
     env: dict[str, str],
     settings: Settings,
-) -> dict[str, str]:
+) -> TrainResult:
     work = settings.home / "launch"
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -217,9 +204,9 @@ def _run_child(
                 (on_line or logger.info)(line)
             proc.wait()
         except BaseException:
-            kill_tree(proc)
+            stop_process_group(proc, name="training")
             raise
-        if proc.returncode != 0 or not result_file.is_file():
+        if proc.returncode != 0:
             detail = last_error.split(": ", 1)[-1] if last_error else f"exit code {proc.returncode}"
             raise TrainingError(f"training of brand {config.brand!r} failed: {detail}")
-        return json.loads(result_file.read_text())
+        return read_result_file(result_file, f"training of brand {config.brand!r}")

@@ -11,7 +11,6 @@ import gc
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,50 +22,9 @@ from brandtune.training.plan import TrainPlan
 if TYPE_CHECKING:
     import torch
 
+    from brandtune.training.state import Models, TrainState
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a training produced.
-
-    Attributes:
-        run_dir: The run folder (checkpoints/, adapter/, result.json).
-        adapter_dir: The adapter folder.
-        mlflow_run_id: The MLflow run (None on processes other than the main one).
-        steps: Optimizer steps trained in all (including those before a resume).
-        final_loss: The last step's loss.
-        cache_hit: Whether the encoded dataset came from the latent cache.
-        resumed_from: The step this process continued from (0: it started at the beginning).
-        config_hash: The training's identity (dataset + resolved config + base and revision).
-        invocation_id: Who ran it (a Prefect flow run, or a fresh local id).
-    """
-
-    run_dir: Path
-    adapter_dir: Path
-    mlflow_run_id: str | None
-    steps: int
-    final_loss: float
-    cache_hit: bool
-    resumed_from: int
-    config_hash: str = ""
-    invocation_id: str = ""
-
-    @classmethod
-    def from_strings(cls, data: dict[str, str]) -> TrainResult:
-        """Back from ``result.json`` (every value written as a string)."""
-        run_id = data.get("mlflow_run_id")
-        return cls(
-            run_dir=Path(data["run_dir"]),
-            adapter_dir=Path(data["adapter_dir"]),
-            mlflow_run_id=None if run_id in (None, "", "None") else run_id,
-            steps=int(data["steps"]),
-            final_loss=float(data["final_loss"]),
-            cache_hit=data.get("cache_hit") == "True",
-            resumed_from=int(data.get("resumed_from", "0")),
-            config_hash=data.get("config_hash", ""),
-            invocation_id=data.get("invocation_id", ""),
-        )
 
 
 class Batches:
@@ -74,9 +32,9 @@ class Batches:
 
     def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int) -> None:
         self.n, self.batch_size, self.world, self.rank, self.seed = n, batch_size, world, rank, seed
-        self._perms: dict[int, Any] = {}
+        self._perms: dict[int, torch.Tensor] = {}
 
-    def _perm(self, epoch: int) -> Any:
+    def _perm(self, epoch: int) -> torch.Tensor:
         import torch
 
         if epoch not in self._perms:
@@ -89,6 +47,20 @@ class Batches:
         start = (micro_step * self.world + self.rank) * self.batch_size
         return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.batch_size)]
 
+    @classmethod
+    def for_plan(cls, plan: TrainPlan) -> tuple[Batches, Batches | None]:
+        """The instance batches of ``plan`` and, with prior preservation, its class batches."""
+        cfg = plan.config
+        assert plan.encoded is not None
+        n = len(plan.encoded) // (2 if cfg.random_flip else 1)
+        batches = cls(n, cfg.train_batch_size, plan.world, plan.rank, cfg.seed)
+        class_batches = None
+        if plan.class_encoded is not None:
+            class_batches = cls(
+                len(plan.class_encoded), cfg.train_batch_size, plan.world, plan.rank, cfg.seed + 7
+            )
+        return batches, class_batches
+
 
 def step_generator(seed: int, micro_step: int, rank: int, stream: int = 0) -> torch.Generator:
     import torch
@@ -96,7 +68,9 @@ def step_generator(seed: int, micro_step: int, rank: int, stream: int = 0) -> to
     return torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 1009 + rank * 31 + stream)
 
 
-def _gather(encoded: Encoded, idx: list[int], flip: torch.Tensor | None, device: Any) -> dict[str, Any]:
+def _gather(
+    encoded: Encoded, idx: list[int], flip: torch.Tensor | None, device: torch.device
+) -> dict[str, torch.Tensor]:
     import torch
 
     index = torch.tensor(idx)
@@ -107,14 +81,14 @@ def _gather(encoded: Encoded, idx: list[int], flip: torch.Tensor | None, device:
 
 
 def diffusion_loss(
-    plan: TrainPlan, models: dict[str, Any], batch: dict[str, Any], gen: torch.Generator
-) -> Any:
+    plan: TrainPlan, models: Models, batch: dict[str, Any], gen: torch.Generator
+) -> torch.Tensor:
     """Denoising loss of one batch (prior-preservation halves weighted), with min-SNR and noise offset."""
     import torch
     import torch.nn.functional as F
     from diffusers.training_utils import compute_snr
 
-    cfg, sched, unet = plan.config, plan.noise_scheduler, models["unet"]
+    cfg, sched, unet = plan.config, plan.noise_scheduler, models.denoiser
     mean = batch["latent_mean"]
     latents = mean + batch["latent_std"] * torch.randn(mean.shape, generator=gen).to(mean.device)
     noise = torch.randn(latents.shape, generator=gen).to(latents.device)
@@ -126,7 +100,8 @@ def diffusion_loss(
     if "prompt_embeds" in batch:
         embeds, pooled = batch["prompt_embeds"], batch.get("pooled_embeds")
     else:
-        embeds, pooled = encode_text(plan.components, batch["input_ids"], tuple(models["text_encoders"]))
+        assert plan.components is not None
+        embeds, pooled = encode_text(plan.components, batch["input_ids"], models.text_encoders)
     kwargs = {}
     if plan.family == "sdxl":
         kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": batch["time_ids"]}
@@ -150,14 +125,16 @@ def diffusion_loss(
 
 
 def make_batch(
-    plan: TrainPlan, batches: Batches, class_batches: Batches | None, micro: int, device: Any
-) -> tuple:
+    plan: TrainPlan, batches: Batches, class_batches: Batches | None, micro: int, device: torch.device
+) -> tuple[dict[str, Any], torch.Generator]:
+    """Micro-step ``micro``'s batch on ``device`` and the generator its remaining random draws come from."""
     import torch
 
+    assert plan.encoded is not None
     gen = step_generator(plan.config.seed, micro, plan.rank)
     idx = batches.indices(micro)
     flip = torch.rand(len(idx), generator=gen) < 0.5 if plan.config.random_flip else None
-    batch = _gather(plan.encoded, idx, flip, device)
+    batch: dict[str, Any] = _gather(plan.encoded, idx, flip, device)
     if class_batches is not None and plan.class_encoded is not None:
         extra = _gather(plan.class_encoded, class_batches.indices(micro), None, device)
         batch = {k: torch.cat([batch[k], extra[k]]) for k in batch}
@@ -165,34 +142,15 @@ def make_batch(
     return batch, gen
 
 
-def run_loop(
-    plan: TrainPlan,
-    accelerator: Any,
-    models: dict[str, Any],
-    optimizer: Any,
-    lr_scheduler: Any,
-    start_step: int,
-    tracker: Any,
-    resume_ckpt: Path | None,
-) -> float:
+def run_loop(plan: TrainPlan, state: TrainState, start_step: int, resume_ckpt: Path | None) -> float:
     """Train from ``start_step`` to ``max_train_steps``; returns the last loss."""
     from tqdm.auto import tqdm
 
-    cfg = plan.config
-    trainable = [p for m in models["trained"] for p in m.parameters() if p.requires_grad]
-    batches = Batches(
-        len(plan.encoded) // (2 if cfg.random_flip else 1),
-        cfg.train_batch_size,
-        plan.world,
-        plan.rank,
-        cfg.seed,
-    )
-    class_batches = None
-    if plan.class_encoded is not None:
-        class_batches = Batches(
-            len(plan.class_encoded), cfg.train_batch_size, plan.world, plan.rank, cfg.seed + 7
-        )
-    images_per_step = cfg.train_batch_size * plan.world * cfg.gradient_accumulation_steps
+    from brandtune.training.validation import log_validation
+
+    cfg, accelerator = plan.config, state.accelerator
+    trainable = state.models.trainable_parameters()
+    batches, class_batches = Batches.for_plan(plan)
     bar = tqdm(
         range(start_step, cfg.max_train_steps),
         initial=start_step,
@@ -203,22 +161,12 @@ def run_loop(
     )
     last_good = resume_ckpt
     loss_value = float("nan")
-    for m in models["trained"]:
+    for m in state.models.trained:
         m.train()
     for step in bar:
         t0 = time.perf_counter()
-        for acc in range(cfg.gradient_accumulation_steps):
-            micro = step * cfg.gradient_accumulation_steps + acc
-            batch, gen = make_batch(plan, batches, class_batches, micro, accelerator.device)
-            with accelerator.accumulate(*models["trained"]):
-                with accelerator.autocast():
-                    loss = diffusion_loss(plan, models, batch, gen)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        lr_scheduler.step()
+        loss = optimizer_step(plan, state, batches, class_batches, step, trainable)
+        state.lr_scheduler.step()
         loss_value = float(accelerator.reduce(loss.detach(), reduction="mean"))
         if cfg.nan_check and not math.isfinite(loss_value):
             raise TrainingError(
@@ -228,48 +176,82 @@ def run_loop(
         elapsed = time.perf_counter() - t0
         global_step = step + 1
         bar.set_postfix(loss=f"{loss_value:.4f}")
-        if tracker is not None:
-            tracker.log_metrics(
-                {
-                    "loss": loss_value,
-                    "lr": lr_scheduler.get_last_lr()[0],
-                    "step_time_s": elapsed,
-                    "images_per_s": images_per_step / elapsed,
-                },
-                step=global_step,
-            )
-        if (
-            cfg.checkpointing_steps
-            and global_step % cfg.checkpointing_steps == 0
-            and global_step < cfg.max_train_steps
-        ):
-            last_good = save_checkpoint(plan, accelerator, models, optimizer, lr_scheduler, global_step)
-        if cfg.validation_steps and global_step % cfg.validation_steps == 0 and accelerator.is_main_process:
-            from brandtune.training.validation import log_validation
-
-            log_validation(plan, accelerator, models, tracker, global_step)
+        _log_step(plan, state, global_step, loss_value, elapsed)
+        if _every(cfg.checkpointing_steps, global_step) and global_step < cfg.max_train_steps:
+            last_good = save_checkpoint(plan, state, global_step)
+        if _every(cfg.validation_steps, global_step) and accelerator.is_main_process:
+            log_validation(plan, state, global_step)
     bar.close()
     return loss_value
 
 
-def save_checkpoint(
-    plan: TrainPlan, accelerator: Any, models: dict[str, Any], optimizer: Any, lr_scheduler: Any, step: int
-) -> Path | None:
+def _every(interval: int, step: int) -> bool:
+    """Whether something done every ``interval`` steps (0: never) is due at ``step``."""
+    return bool(interval) and step % interval == 0
+
+
+def optimizer_step(
+    plan: TrainPlan,
+    state: TrainState,
+    batches: Batches,
+    class_batches: Batches | None,
+    step: int,
+    trainable: list[torch.nn.Parameter],
+) -> torch.Tensor:
+    """One optimizer step: ``gradient_accumulation_steps`` micro-batches; returns the last micro-batch's loss."""
+    cfg, accelerator, optimizer = plan.config, state.accelerator, state.optimizer
+    for acc in range(cfg.gradient_accumulation_steps):
+        micro = step * cfg.gradient_accumulation_steps + acc
+        batch, gen = make_batch(plan, batches, class_batches, micro, accelerator.device)
+        with accelerator.accumulate(*state.models.trained):
+            with accelerator.autocast():
+                loss = diffusion_loss(plan, state.models, batch, gen)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def _log_step(
+    plan: TrainPlan, state: TrainState, global_step: int, loss_value: float, elapsed: float
+) -> None:
+    """A step's loss, learning rate and speed to the tracker (main process)."""
+    if state.tracker is None:
+        return
+    cfg = plan.config
+    images_per_step = cfg.train_batch_size * plan.world * cfg.gradient_accumulation_steps
+    state.tracker.log_metrics(
+        {
+            "loss": loss_value,
+            "lr": state.lr_scheduler.get_last_lr()[0],
+            "step_time_s": elapsed,
+            "images_per_s": images_per_step / elapsed,
+        },
+        step=global_step,
+    )
+
+
+def save_checkpoint(plan: TrainPlan, state: TrainState, step: int) -> Path | None:
+    """Write a checkpoint of ``step`` (main process; every process hands its RNG state over); returns its folder
+    on the main process."""
     from accelerate.utils import gather_object
 
+    accelerator = state.accelerator
     rngs = gather_object([(plan.rank, ckpt.rng_state())])
     path = None
     if accelerator.is_main_process:
         trainable = {}
-        for i, model in enumerate(models["trained"]):
+        for i, model in enumerate(state.models.trained):
             unwrapped = accelerator.unwrap_model(model)
             trainable.update({f"{i}/{n}": p for n, p in unwrapped.named_parameters() if p.requires_grad})
         path = ckpt.write_checkpoint(
             plan.run_dir / "checkpoints",
             step,
             trainable,
-            optimizer.state_dict(),
-            lr_scheduler.state_dict(),
+            state.optimizer.state_dict(),
+            state.lr_scheduler.state_dict(),
             {
                 "config_hash": plan.run_hash,
                 "mlflow_run_id": plan.mlflow_run_id,
@@ -283,9 +265,8 @@ def save_checkpoint(
     return path
 
 
-def restore_checkpoint(
-    plan: TrainPlan, accelerator: Any, models: dict[str, Any], optimizer: Any, lr_scheduler: Any, folder: Path
-) -> int:
+def restore_checkpoint(plan: TrainPlan, state: TrainState, folder: Path) -> int:
+    """Load ``folder`` into the models, optimizer, schedule and RNGs; returns the step it continues from."""
     import torch
 
     data = ckpt.read_checkpoint(folder, plan.rank)
@@ -294,14 +275,14 @@ def restore_checkpoint(
             f"checkpoint {folder} belongs to a different training config; use another output_dir"
         )
     with torch.no_grad():
-        for i, model in enumerate(models["trained"]):
-            params = dict(accelerator.unwrap_model(model).named_parameters())
+        for i, model in enumerate(state.models.trained):
+            params = dict(state.accelerator.unwrap_model(model).named_parameters())
             for name, value in data["trainable"].items():
                 idx, pname = name.split("/", 1)
                 if int(idx) == i:
                     params[pname].copy_(value)
-    optimizer.load_state_dict(data["optimizer"])
-    lr_scheduler.load_state_dict(data["scheduler"])
+    state.optimizer.load_state_dict(data["optimizer"])
+    state.lr_scheduler.load_state_dict(data["scheduler"])
     ckpt.set_rng_state(*data["rng"])
     gc.collect()
     return int(data["state"]["step"])

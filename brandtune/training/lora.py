@@ -16,15 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from brandtune.errors import TrainingError
 from brandtune.fsutil import atomic_write_json, replace_dir, sha256_file
+from brandtune.provenance import PROVENANCE_NAME, WEIGHTS_NAME
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 KOHYA_NAME = "kohya_lora.safetensors"
-PROVENANCE_NAME = "brandtune.json"
 
 
 def check_targets(model: torch.nn.Module, targets: list[str], what: str) -> None:
@@ -94,7 +93,7 @@ def save_adapter(
     from safetensors.torch import load_file, save_file
 
     pipeline_cls = getattr(diffusers, pipeline_class)
-    layers: dict[str, Any] = {"unet_lora_layers": lora_state_dict(unet)}
+    layers: dict[str, dict[str, torch.Tensor]] = {"unet_lora_layers": lora_state_dict(unet)}
     names = ["text_encoder_lora_layers", "text_encoder_2_lora_layers"]
     for name, encoder in zip(names, text_encoders, strict=False):
         layers[name] = lora_state_dict(encoder)

@@ -9,13 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brandtune.config import BrandSpec
+from brandtune.config import BrandSpec, TrainConfig
+from brandtune.config.train import BASE_RECOMMENDED
 from brandtune.errors import TrainingError
 from brandtune.provenance import config_hash
-from brandtune.training.config import BASE_RECOMMENDED, TrainConfig
 from brandtune.training.data import Encoded, Example
 
 if TYPE_CHECKING:
+    import torch
+    from diffusers import DDPMScheduler
+
     from brandtune.models import BaseComponents, ResolvedBase
     from brandtune.settings import Settings
 
@@ -93,7 +96,7 @@ class TrainPlan:
     components: BaseComponents | None = None
     encoded: Encoded | None = None
     class_encoded: Encoded | None = None
-    weight_dtype: Any = None
+    weight_dtype: torch.dtype | None = None
     mlflow_run_id: str | None = None
 
     @classmethod
@@ -115,7 +118,7 @@ class TrainPlan:
         return self.resolved.family
 
     @property
-    def noise_scheduler(self) -> Any:
+    def noise_scheduler(self) -> DDPMScheduler:
         assert self.components is not None
         return self.components.noise_scheduler
 

@@ -7,20 +7,28 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from brandtune.config import TrainConfig
 from brandtune.errors import TrainingError
 from brandtune.settings import Settings
-from brandtune.training.config import TrainConfig
 from brandtune.training.data import cache_key, load_or_encode, read_dataset
-from brandtune.training.loop import TrainResult, restore_checkpoint, run_loop
+from brandtune.training.loop import restore_checkpoint, run_loop
 from brandtune.training.plan import TrainJob, TrainPlan, check_disk, check_precision, resolve_job
+from brandtune.training.result import TrainResult
 from brandtune.training.rundir import CHOICE_ENV, RunChoice, new_invocation_id
+from brandtune.training.state import Models, TrainState
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+
+    from brandtune.tracking import RunTracker
 
 logger = logging.getLogger(__name__)
 
 
-def _optimizer(config: TrainConfig, params: list[Any]) -> Any:
+def _optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     import torch
 
     if config.optimizer == "adamw8bit":
@@ -28,7 +36,7 @@ def _optimizer(config: TrainConfig, params: list[Any]) -> Any:
             import bitsandbytes as bnb
         except ImportError as exc:
             raise TrainingError("optimizer 'adamw8bit' needs bitsandbytes: pip install bitsandbytes") from exc
-        cls: Any = bnb.optim.AdamW8bit
+        cls: type[torch.optim.Optimizer] = bnb.optim.AdamW8bit
     elif config.optimizer == "prodigy":
         try:
             from prodigyopt import Prodigy
@@ -50,7 +58,7 @@ def _optimizer(config: TrainConfig, params: list[Any]) -> Any:
     )
 
 
-def _class_images(plan: TrainPlan, settings: Settings, device: Any) -> None:
+def _class_images(plan: TrainPlan, settings: Settings, device: torch.device) -> None:
     """Generate (once, cached) and encode the class images for prior preservation."""
     import torch
 
@@ -83,7 +91,9 @@ def _class_images(plan: TrainPlan, settings: Settings, device: Any) -> None:
     plan.class_encoded = encoded
 
 
-def _encode(plan: TrainPlan, settings: Settings, accelerator: Any) -> bool:
+def _encode(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> bool:
+    """Encode the dataset (and the class images) once, or take it from the latent cache; returns whether the
+    cache was hit."""
     cfg = plan.config
     key = cache_key(
         dataset=plan.fingerprint,
@@ -109,7 +119,8 @@ def _encode(plan: TrainPlan, settings: Settings, accelerator: Any) -> bool:
     return hit
 
 
-def _setup_models(plan: TrainPlan, accelerator: Any) -> dict[str, Any]:
+def _setup_models(plan: TrainPlan, accelerator: Accelerator) -> Models:
+    """Load the base, attach the LoRA layers and move everything to the device (not yet prepared)."""
     import torch
     from diffusers.training_utils import cast_training_params
 
@@ -137,13 +148,14 @@ def _setup_models(plan: TrainPlan, accelerator: Any) -> dict[str, Any]:
     cast_training_params(trained, dtype=torch.float32)
     if cfg.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
-    return {"unet": components.unet, "text_encoders": encoders, "trained": trained}
+    return Models(trained=tuple(trained), text_encoders=tuple(encoders))
 
 
-def _start_tracking(plan: TrainPlan, settings: Settings, resume_from: Path | None) -> Any:
-    from brandtune.provenance import brandtune_version, git_sha
+def _start_tracking(plan: TrainPlan, settings: Settings, resume_from: Path | None) -> RunTracker:
+    """Start (or, resuming, continue) the MLflow run and record the resolved config, tags and dataset."""
+    from brandtune.provenance import brandtune_version, flow_run_id, git_sha
+    from brandtune.tracking import RunTracker, flat_params
     from brandtune.training.rundir import read_run_file, write_run_file
-    from brandtune.training.tracking import RunTracker, flat_params
 
     run_id = None
     if resume_from is not None:
@@ -179,7 +191,7 @@ def _start_tracking(plan: TrainPlan, settings: Settings, resume_from: Path | Non
         "brandtune.run_dir": str(plan.run_dir),
         "brandtune.invocation_id": plan.config.invocation_id or "",
     }
-    if flow_run := os.environ.get("PREFECT__FLOW_RUN_ID"):
+    if flow_run := flow_run_id():
         tags["prefect.flow_run_id"] = flow_run
     tracker.set_tags(tags)
     if resume_from is None:
@@ -187,7 +199,7 @@ def _start_tracking(plan: TrainPlan, settings: Settings, resume_from: Path | Non
     return tracker
 
 
-def _choose(job: TrainJob, settings: Settings, accelerator: Any) -> RunChoice:
+def _choose(job: TrainJob, settings: Settings, accelerator: Accelerator) -> RunChoice:
     """The run folder and checkpoint: the launcher's choice when it holds the lock for this process, else the
     main process's (shared with the other processes)."""
     from brandtune.training.lock import held_for_me
@@ -235,7 +247,7 @@ def train(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     choice = _choose(job, settings, accelerator)
     if choice.finished:
         logger.info("%s", choice.describe())
-        return TrainResult.from_strings(read_result(choice.run_dir))
+        return read_result(choice.run_dir)
     lock = None
     if accelerator.is_main_process and not held_for_me(choice.run_dir):
         lock = acquire(choice.run_dir, job.config.invocation_id)
@@ -250,12 +262,53 @@ def train(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
             lock.release()
 
 
-def _train(plan: TrainPlan, settings: Settings, accelerator: Any, resume_from: Path | None) -> TrainResult:
+def _train(
+    plan: TrainPlan, settings: Settings, accelerator: Accelerator, resume_from: Path | None
+) -> TrainResult:
+    """Set up, continue ``resume_from`` if given, run the loop, save the adapter and write ``result.json``."""
+    from brandtune.training.rundir import write_result
+
+    config = plan.config
+    state, cache_hit = _prepare(plan, settings, accelerator)
+    state.tracker = _start_tracking(plan, settings, resume_from) if accelerator.is_main_process else None
+    start = 0
+    if resume_from is not None:
+        start = restore_checkpoint(plan, state, resume_from)
+        logger.info("resumed from %s at step %d", resume_from, start)
+    status = "FAILED"
+    try:
+        loss = run_loop(plan, state, start, resume_from)
+        adapter_dir = plan.run_dir / "adapter"
+        if accelerator.is_main_process:
+            _finish(plan, state, adapter_dir)
+        accelerator.wait_for_everyone()
+        status = "FINISHED"
+    finally:
+        if state.tracker is not None:
+            state.tracker.finish(status)
+    result = TrainResult(
+        run_dir=plan.run_dir,
+        adapter_dir=adapter_dir,
+        mlflow_run_id=plan.mlflow_run_id,
+        steps=config.max_train_steps,
+        final_loss=loss,
+        cache_hit=cache_hit,
+        resumed_from=start,
+        config_hash=plan.run_hash,
+        invocation_id=config.invocation_id or "",
+    )
+    if accelerator.is_main_process:
+        write_result(plan.run_dir, result)
+    accelerator.end_training()
+    return result
+
+
+def _prepare(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> tuple[TrainState, bool]:
+    """Seed, load the models with their LoRA layers, encode the data once, and hand models and optimizer to
+    accelerate; returns the training state (no tracker yet) and whether the latent cache was hit."""
     import torch
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
-
-    from brandtune.training.rundir import write_result
 
     config = plan.config
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
@@ -265,12 +318,12 @@ def _train(plan: TrainPlan, settings: Settings, accelerator: Any, resume_from: P
         torch.set_flush_denormal(True)
     set_seed(config.seed)
     models = _setup_models(plan, accelerator)
-    params = [p for m in models["trained"] for p in m.parameters() if p.requires_grad]
+    params = models.trainable_parameters()
     check_disk(plan.run_dir, sum(p.numel() for p in params), config)
     cache_hit = _encode(plan, settings, accelerator)
-    encoders = models["text_encoders"] if config.train_text_encoder else []
-    plan.components = dataclasses.replace(plan.components, vae=None, text_encoders=tuple(encoders))
-    models["text_encoders"] = encoders
+    # the loop runs the text encoders only when it trains them; else the prompt embeddings are cached
+    encoders = models.text_encoders if config.train_text_encoder else ()
+    plan.components = dataclasses.replace(plan.components, vae=None, text_encoders=encoders)
     optimizer = _optimizer(config, params)
     lr_scheduler = get_scheduler(
         config.lr_scheduler,
@@ -278,55 +331,24 @@ def _train(plan: TrainPlan, settings: Settings, accelerator: Any, resume_from: P
         num_warmup_steps=config.lr_warmup_steps,
         num_training_steps=config.max_train_steps,
     )
-    prepared = accelerator.prepare(*models["trained"], optimizer)
-    models["trained"], optimizer = list(prepared[:-1]), prepared[-1]
-    models["unet"] = models["trained"][0]
-    tracker = _start_tracking(plan, settings, resume_from) if accelerator.is_main_process else None
-    start = 0
-    if resume_from is not None:
-        start = restore_checkpoint(plan, accelerator, models, optimizer, lr_scheduler, resume_from)
-        logger.info("resumed from %s at step %d", resume_from, start)
-    status = "FAILED"
-    try:
-        loss = run_loop(plan, accelerator, models, optimizer, lr_scheduler, start, tracker, resume_from)
-        adapter_dir = plan.run_dir / "adapter"
-        if accelerator.is_main_process:
-            _finish(plan, accelerator, models, tracker, adapter_dir)
-        accelerator.wait_for_everyone()
-        status = "FINISHED"
-    finally:
-        if tracker is not None:
-            tracker.finish(status)
-    result = TrainResult(
-        plan.run_dir,
-        adapter_dir,
-        plan.mlflow_run_id,
-        config.max_train_steps,
-        loss,
-        cache_hit,
-        start,
-        plan.run_hash,
-        config.invocation_id or "",
-    )
-    if accelerator.is_main_process:
-        write_result(plan.run_dir, result)
-    accelerator.end_training()
-    return result
+    prepared = accelerator.prepare(*models.trained, optimizer)
+    models = Models(trained=tuple(prepared[:-1]), text_encoders=encoders)
+    return TrainState(accelerator, models, prepared[-1], lr_scheduler), cache_hit
 
 
-def _finish(
-    plan: TrainPlan, accelerator: Any, models: dict[str, Any], tracker: Any, adapter_dir: Path
-) -> None:
+def _finish(plan: TrainPlan, state: TrainState, adapter_dir: Path) -> None:
+    """Save the adapter, draw the last validation images and log the adapter to MLflow (main process)."""
     from brandtune.training.lora import save_adapter
     from brandtune.training.validation import log_validation
 
-    unet = accelerator.unwrap_model(models["unet"])
-    encoders = [accelerator.unwrap_model(m) for m in models["trained"][1:]]
+    accelerator = state.accelerator
+    unet = accelerator.unwrap_model(state.models.denoiser)
+    encoders = [accelerator.unwrap_model(m) for m in state.models.trained_text_encoders]
     save_adapter(
         adapter_dir, plan.resolved.pipeline_class, unet, encoders, plan.provenance(), plan.config.export_kohya
     )
-    log_validation(plan, accelerator, models, tracker, plan.config.max_train_steps)
-    if tracker is not None:
-        tracker.log_artifact(adapter_dir, "adapter")
-        tracker.set_tags({"brandtune.adapter_dir": str(adapter_dir)})
+    log_validation(plan, state, plan.config.max_train_steps)
+    if state.tracker is not None:
+        state.tracker.log_artifact(adapter_dir, "adapter")
+        state.tracker.set_tags({"brandtune.adapter_dir": str(adapter_dir)})
     logger.info("adapter written to %s", adapter_dir)

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 from brandtune.errors import TrainingError
 from brandtune.fsutil import atomic_write_json
 from brandtune.training import checkpoint as ckpt
+from brandtune.training.result import TrainResult, read_result_file, write_result_file
 
 if TYPE_CHECKING:
     from brandtune.settings import Settings
-    from brandtune.training.loop import TrainResult
     from brandtune.training.plan import TrainJob
 
 logger = logging.getLogger(__name__)
@@ -279,11 +279,14 @@ def _fresh(job: TrainJob, out: Path, note: str = "") -> RunChoice:
 
 
 def write_result(run_dir: Path, result: TrainResult) -> None:
-    import dataclasses
+    """Write ``result.json``: the run folder holds a finished training from now on."""
+    write_result_file(run_dir / RESULT_FILE, result)
 
-    atomic_write_json(run_dir / RESULT_FILE, {k: str(v) for k, v in dataclasses.asdict(result).items()})
 
+def read_result(run_dir: Path) -> TrainResult:
+    """The result of a finished run, from its ``result.json``, validated.
 
-def read_result(run_dir: Path) -> dict[str, str]:
-    """The ``result.json`` of a finished run (string values, as :func:`~brandtune.training.launch.launch` returns)."""
-    return json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
+    Raises:
+        TrainingError: ``result.json`` is missing or not a valid result.
+    """
+    return read_result_file(run_dir / RESULT_FILE, f"the finished training in {run_dir}")

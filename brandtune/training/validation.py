@@ -7,14 +7,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
     from PIL import Image
 
     from brandtune.training.plan import TrainPlan
+    from brandtune.training.state import TrainState
 
 logger = logging.getLogger(__name__)
 
 
-def pipeline_with(plan: TrainPlan, unet: Any, text_encoders: list[Any] | None = None) -> Any:
+def pipeline_with(
+    plan: TrainPlan, unet: torch.nn.Module, text_encoders: list[torch.nn.Module] | None = None
+) -> DiffusionPipeline:
     """The base pipeline, with the (LoRA-carrying) training UNet and text encoders swapped in.
 
     The components loaded here (VAE, frozen text encoders) get the UNet's device and the training weight dtype,
@@ -33,7 +38,9 @@ def pipeline_with(plan: TrainPlan, unet: Any, text_encoders: list[Any] | None = 
     return pipe
 
 
-def sample(plan: TrainPlan, pipe: Any, prompts: list[str], per_prompt: int, steps: int) -> list[Image.Image]:
+def sample(
+    plan: TrainPlan, pipe: DiffusionPipeline, prompts: list[str], per_prompt: int, steps: int
+) -> list[Image.Image]:
     import torch
 
     images = []
@@ -50,17 +57,16 @@ def sample(plan: TrainPlan, pipe: Any, prompts: list[str], per_prompt: int, step
     return images
 
 
-def log_validation(
-    plan: TrainPlan, accelerator: Any, models: dict[str, Any], tracker: Any, step: int
-) -> Path:
+def log_validation(plan: TrainPlan, state: TrainState, step: int) -> Path:
     """Sample the validation prompts, save a grid under ``<run>/validation/`` and log it to MLflow."""
     import torch
-    from diffusers.utils import make_image_grid
 
-    cfg = plan.config
-    unet = accelerator.unwrap_model(models["unet"])
+    from brandtune.images import image_grid
+
+    cfg, accelerator = plan.config, state.accelerator
+    unet = accelerator.unwrap_model(state.models.denoiser)
     encoders = (
-        [accelerator.unwrap_model(m) for m in models["text_encoders"]] if cfg.train_text_encoder else None
+        [accelerator.unwrap_model(m) for m in state.models.text_encoders] if cfg.train_text_encoder else None
     )
     was_training = unet.training
     unet.eval()
@@ -72,11 +78,11 @@ def log_validation(
         )
     if was_training:
         unet.train()
-    grid = make_image_grid(images, rows=len(plan.validation_prompts), cols=cfg.num_validation_images)
+    grid = image_grid(images, columns=cfg.num_validation_images, thumb=None)  # a row per prompt
     out = plan.run_dir / "validation" / f"step-{step:06d}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
-    if tracker is not None:
-        tracker.log_image(grid, key="validation", step=step)
+    if state.tracker is not None:
+        state.tracker.log_image(grid, key="validation", step=step)
     logger.info("validation images at step %d: %s", step, out)
     return out
