@@ -46,7 +46,8 @@ def _setup(home: Path, train_steps: int, threads: int) -> str:
 
 def _rate(pipe, images: int, batch: int, steps: int) -> float:
     """Images per second generating ``images`` images in batches of ``batch``."""
-    from brandtune.sampling import SamplerConfig, sample_batch
+    from brandtune.config import SamplerConfig
+    from brandtune.sampling import sample_batch
 
     sampler = SamplerConfig(num_inference_steps=steps)
     prompts = ["a photo of acme bottle on a beach"] * batch
@@ -102,12 +103,16 @@ def main() -> None:
         for name, batch, rate in rows:
             print(f"| {name} | {batch} | {rate:.2f} | {rate / base[batch]:.3f}x |")
 
-        from brandtune.evaluation.job import EvalConfig, evaluate
+        from brandtune.config import EvalConfig, SamplerConfig
+        from brandtune.evaluation.job import evaluate
 
         t0 = time.perf_counter()
         outcome = evaluate(
             EvalConfig(
-                brand="acme", candidate=version, num_inference_steps=args.steps, output_dir=Path(tmp) / "eval"
+                brand="acme",
+                candidate=version,
+                sampler=SamplerConfig(num_inference_steps=args.steps),
+                output_dir=Path(tmp) / "eval",
             )
         )
         total = time.perf_counter() - t0

@@ -72,7 +72,10 @@ def main() -> None:
                 "checkpointing_steps": max(args.steps // 2, 1),
                 "validation_inference_steps": args.eval_steps,
             },
-            evaluation={"seeds": list(range(args.seeds)), "num_inference_steps": args.eval_steps},
+            evaluation={
+                "seeds": list(range(args.seeds)),
+                "sampler": {"num_inference_steps": args.eval_steps},
+            },
         )
         wall = time.perf_counter() - start
         rows.append((i + 1, wall, result["timings"], result["promoted"]))

@@ -273,7 +273,7 @@ def run_reference(args: argparse.Namespace, base: Path, dataset_dir: Path) -> di
     from peft.utils import get_peft_model_state_dict
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from brandtune.training.config import DEFAULT_UNET_TARGETS, TrainConfig
+    from brandtune.config import DEFAULT_UNET_TARGETS, TrainConfig
 
     defaults = TrainConfig(brand="acme")  # the same AdamW settings as brandtune's defaults
     out: dict[str, Any] = {}
@@ -398,8 +398,8 @@ def _mlflow_step_times(run_id: str | None) -> list[float]:
 
 def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dict[str, Any]:
     """``brandtune.training.run.train`` with timers around its phases; returns the timings."""
+    from brandtune.config import DEFAULT_UNET_TARGETS, TrainConfig
     from brandtune.training import run
-    from brandtune.training.config import DEFAULT_UNET_TARGETS, TrainConfig
 
     out: dict[str, Any] = {"_device": args.device}
     samplers: dict[str, RssSampler] = {}

@@ -18,8 +18,8 @@ import time
 def _unet(rank: int):
     from peft import LoraConfig
 
+    from brandtune.config import DEFAULT_UNET_TARGETS
     from brandtune.models import load_base_pipeline, resolve_base
-    from brandtune.training.config import DEFAULT_UNET_TARGETS
 
     unet = load_base_pipeline(resolve_base("builtin:tiny")).unet
     unet.requires_grad_(False)

@@ -13,7 +13,6 @@ Example (``prefect.yaml``)::
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from brandtune.errors import ConfigError
@@ -82,7 +81,9 @@ def _fail_flow_run(message: str) -> None:
     Prefect runs pull steps in a supervisor process whose traceback reaches only the worker's terminal, not the
     run's logs; without this the UI would show a crash and no reason.
     """
-    flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
+    from brandtune.provenance import flow_run_id as current_flow_run_id
+
+    flow_run_id = current_flow_run_id()
     if not flow_run_id:
         return
     from datetime import UTC, datetime

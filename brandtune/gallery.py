@@ -3,40 +3,33 @@
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brandtune.fsutil import atomic_write_text
+from brandtune.images import image_grid, save_png
 
 if TYPE_CHECKING:
-    from brandtune.config import BrandSpec
-    from brandtune.generation import GenerateConfig
+    from PIL import Image
+
+    from brandtune.config import BrandSpec, GenerateConfig
 
 THUMB = 128
-LABEL_H = 16
 
 
-def contact_sheet(images: list[Path], labels: list[str], columns: int = 5, thumb: int = THUMB) -> Any:
-    """A grid of thumbnails with a small label under each."""
-    from PIL import Image, ImageDraw
+def contact_sheet(images: list[Path], labels: list[str], columns: int = 5, thumb: int = THUMB) -> Image.Image:
+    """A grid of thumbnails of the PNG files ``images`` with a small label under each."""
+    from PIL import Image
 
-    columns = max(1, min(columns, len(images)))
-    rows = math.ceil(len(images) / columns)
-    sheet = Image.new("RGB", (columns * thumb, rows * (thumb + LABEL_H)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (path, label) in enumerate(zip(images, labels, strict=True)):
-        x, y = (i % columns) * thumb, (i // columns) * (thumb + LABEL_H)
+    tiles = []
+    for path in images:
         with Image.open(path) as img:
-            sheet.paste(img.convert("RGB").resize((thumb, thumb), Image.Resampling.NEAREST), (x, y))
-        draw.text((x + 3, y + thumb + 2), label, fill=(60, 60, 60))
-    return sheet
+            tiles.append(img.convert("RGB"))
+    return image_grid(tiles, columns, thumb=thumb, labels=labels)
 
 
 def write_contact_sheets(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
     """``contact_<setting>.png`` for every setting whose images exist."""
-    from brandtune.generation import _save_png
-
     sheets = []
     for setting in dict.fromkeys(r["setting"] for r in rows):
         mine = [r for r in rows if r["setting"] == setting and (out / r["file"]).is_file()]
@@ -44,7 +37,7 @@ def write_contact_sheets(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
             continue
         sheet = contact_sheet([out / r["file"] for r in mine], [f"seed {r['seed']}" for r in mine])
         path = out / f"contact_{setting}.png"
-        _save_png(sheet, path)
+        save_png(sheet, path)
         sheets.append(path)
     return sheets
 

@@ -15,13 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
-from brandtune.config import BrandSpec, StrictModel, load_brand
+from brandtune.config import BrandSpec, GenerateConfig, SamplerConfig, load_brand
 from brandtune.errors import GenerationError, RegistryError
 from brandtune.fsutil import atomic_write_json
+from brandtune.images import save_png
 from brandtune.provenance import brandtune_version
-from brandtune.sampling import SamplerConfig, apply_scheduler, native_size, sample_batch
+from brandtune.sampling import apply_scheduler, native_size, sample_batch
 from brandtune.settings import Settings
 
 if TYPE_CHECKING:
@@ -30,46 +31,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-
-
-class GenerateConfig(StrictModel):
-    """A campaign job: what to generate, from which adapter, and how."""
-
-    brand: str = Field(description="Brand slug (data/brands/<brand>/brand.yaml).")
-    prompt: str = Field(description="The prompt; {trigger} and {subject} are filled in from the brand.")
-    settings: list[str] = Field(
-        default_factory=list,
-        description="Settings to place the product in: keys of brand.yaml 'settings' (e.g. beach) or phrases "
-        "('in a snowy cabin'). Empty: the prompt alone.",
-    )
-    variations: int = Field(default=10, ge=1, le=1000, description="Images per setting (different seeds).")
-    model: str = Field(
-        default="champion",
-        description="Adapter to use: an alias (champion, candidate), a version number, or 'base' for no adapter.",
-    )
-    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Sampler settings.")
-    seed: int = Field(default=0, ge=0, description="Seed of variation 0; variation k uses seed + k.")
-    batch_size: int = Field(default=8, ge=1, le=64, description="Images per pipeline call.")
-    output_dir: Path | None = Field(
-        default=None, description="Output folder (default: <home>/campaigns/...)."
-    )
-    max_images: int = Field(
-        default=500, ge=1, description="Refuse jobs larger than this (settings x variations)."
-    )
-    init_image: Path | None = Field(
-        default=None, description="A product photo to make variations of (img2img)."
-    )
-    strength: float = Field(
-        default=0.6, gt=0.0, le=1.0, description="img2img: how far to move from the photo."
-    )
-    fuse: bool = Field(default=True, description="Fuse the adapter into the weights (faster; one adapter).")
-
-    @field_validator("prompt")
-    @classmethod
-    def _non_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the prompt is empty; describe the image, e.g. 'a photo of {trigger} {subject}'")
-        return value.strip()
 
 
 @dataclass(frozen=True)
@@ -133,7 +94,7 @@ def plan_images(brand: BrandSpec, cfg: GenerateConfig) -> list[dict[str, Any]]:
 
 def _load(brand: BrandSpec, cfg: GenerateConfig, settings: Settings) -> tuple[Any, dict[str, str]]:
     from brandtune.models import load_base_pipeline, resolve_base
-    from brandtune.registry import fetch, load_pipeline, model_name
+    from brandtune.registry import fetch, load_pipeline, model_uri
 
     if cfg.model == "base":
         resolved = resolve_base(brand.base_model, settings=settings)
@@ -144,8 +105,7 @@ def _load(brand: BrandSpec, cfg: GenerateConfig, settings: Settings) -> tuple[An
             "base_revision": resolved.revision,
         }
         return load_base_pipeline(resolved), info
-    name = model_name(brand.name)
-    uri = f"models:/{name}/{cfg.model}" if cfg.model.isdigit() else f"models:/{name}@{cfg.model.lstrip('@')}"
+    uri = model_uri(brand.name, cfg.model)
     try:
         adapter = fetch(uri, settings=settings)
         pipe = load_pipeline(uri, fuse=cfg.fuse, settings=settings)
@@ -164,16 +124,6 @@ def _load(brand: BrandSpec, cfg: GenerateConfig, settings: Settings) -> tuple[An
         "adapter_sha256": adapter.sha256,
     }
     return pipe, info
-
-
-def _save_png(image: Image.Image, path: Path) -> None:
-    import io
-
-    from brandtune.fsutil import atomic_write_bytes
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -233,7 +183,7 @@ def generate(
         batch_record = {"prompts": [r["prompt"] for r in batch], "seeds": [r["seed"] for r in batch]}
         for i, (row, image) in enumerate(zip(batch, images, strict=True)):
             if row["file"] in missing:
-                _save_png(image, out / row["file"])
+                save_png(image, out / row["file"])
                 entries[row["file"]] = {**row, "batch": {**batch_record, "index": i}}
                 bar.update(1)
         _write_manifest(
@@ -425,6 +375,6 @@ def reproduce(
                 pipe, entry.batch.prompts, entry.batch.seeds, sampler, init, cfg.strength
             )
         path = Path(output_dir) / entry.file
-        _save_png(done[key][entry.batch.index], path)
+        save_png(done[key][entry.batch.index], path)
         written.append(path)
     return written

@@ -1,14 +1,21 @@
-"""Where an artifact came from: package version, git sha, and the hash of a resolved config."""
+"""Where an artifact came from: package version, git sha, flow run, the hash of a resolved config, and the names
+of an adapter folder's files."""
 
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from brandtune.fsutil import canonical_json, sha256_bytes
+
+#: An adapter folder's LoRA weights (diffusers format: what ``save_lora_weights`` writes, ``load_lora_weights`` reads).
+WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+#: An adapter folder's provenance: base model and revision, trigger, LoRA settings, dataset, config hash, versions.
+PROVENANCE_NAME = "brandtune.json"
 
 
 @functools.cache
@@ -40,7 +47,22 @@ def git_sha(repo: Path | None = None) -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
-def config_hash(config: Any) -> str:
-    """A short, stable hash of a config (pydantic model or plain JSON-able data)."""
+#: The environment variable Prefect sets in a flow run's process (and brandtune passes to ``accelerate launch``).
+FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"
+
+
+def flow_run_id() -> str | None:
+    """The Prefect flow run this process works for (env ``PREFECT__FLOW_RUN_ID``), or None outside a flow run."""
+    return os.environ.get(FLOW_RUN_ENV) or None
+
+
+def config_hash(config: Any, length: int = 16) -> str:
+    """A short, stable hash of a config (pydantic model or plain JSON-able data).
+
+    Args:
+        config: A pydantic model (hashed as its JSON dump) or JSON-able data, spelled as :func:`canonical_json`.
+        length: Hex digits kept: 16 for a training identity (the ``brandtune.config_hash`` registry tag), 12 for
+            a built-in model's cache folder.
+    """
     data = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
-    return sha256_bytes(canonical_json(data).encode())[:16]
+    return sha256_bytes(canonical_json(data).encode())[:length]

@@ -1,7 +1,12 @@
-"""Prefect tasks shared by the flows: each one calls one ``brandtune`` function and times the work inside it.
+"""Prefect tasks shared by the flows: each one calls one ``brandtune`` function and returns its typed result.
+
+- The stage tasks (ingest, register, evaluate, generate) return ``(result, seconds)``: the library's result and
+  the seconds of work inside the task, which the flow summaries show. Prefect 3 records task run durations too,
+  but writes task runs through its event pipeline after the fact, so a summary published at the end of the flow
+  run cannot read them yet.
 
 - Retries (with exponential backoff) only where the failure can be transient: MLflow calls. A task retries only when
-  :func:`brandtune.registry._client.is_transient` says the error looks like a server that is down or overloaded.
+  :func:`brandtune.registry.is_transient` says the error looks like a server that is down or overloaded.
 - ``cache_policy=NO_CACHE`` everywhere: every task has side effects (datasets, runs, aliases, images).
 - Training runs as a child process in its own process group (:func:`brandtune.training.launch.launch`); its log is
   streamed into the Prefect run log; a cancel, timeout or crash kills the whole tree. The flow run's id is the
@@ -18,13 +23,20 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from brandtune.errors import ConfigError
-from brandtune.settings import Settings
+
+if TYPE_CHECKING:
+    from brandtune.config import EvalConfig, GenerateConfig, TrainConfig
+    from brandtune.evaluation.job import EvalOutcome
+    from brandtune.generation import GenerationResult
+    from brandtune.ingest import IngestResult
+    from brandtune.registry import RegisteredVersion
+    from brandtune.training import TrainResult
 
 GPU_LIMIT = "brandtune-gpu"
 """Global concurrency limit held by every training task (slots: env ``BRANDTUNE_GPU_SLOTS``, default 1)."""
@@ -33,7 +45,7 @@ ACCELERATE_DIR = Path(__file__).resolve().parent.parent / "configs" / "accelerat
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry only when the failure looks like an unreachable or overloaded MLflow server."""
-    from brandtune.registry._client import is_transient
+    from brandtune.registry import is_transient
 
     try:
         state.result()
@@ -50,17 +62,28 @@ MLFLOW_IO: dict[str, Any] = {
 }
 
 
+def photo_sources(brand: str, sources: list[str] | None) -> list[Path]:
+    """The photo sources to ingest: ``sources``, or the brand's ``data/brands/<brand>/photos`` folder."""
+    from brandtune.config import brand_dir, load_brand
+
+    return [Path(s) for s in sources] if sources else [brand_dir(load_brand(brand).name) / "photos"]
+
+
 @task(name="ingest-photos", cache_policy=NO_CACHE, log_prints=False)
 def ingest_task(
     brand: str, sources: list[str] | None, resolution: int | None, min_images: int | None
-) -> dict[str, Any]:
-    """Validate, normalise and caption photos into a (content-addressed) dataset."""
-    from brandtune.config import IngestConfig, brand_dir, load_brand
+) -> tuple[IngestResult, float]:
+    """Validate, normalise and caption photos into a (content-addressed) dataset.
+
+    Returns:
+        The dataset (read from :func:`photo_sources`) and the seconds the ingest took.
+    """
+    from brandtune.config import IngestConfig, load_brand
     from brandtune.ingest import ingest
 
     start = time.perf_counter()
     spec = load_brand(brand)
-    paths = [Path(s) for s in sources] if sources else [brand_dir(spec.name) / "photos"]
+    paths = photo_sources(brand, sources)
     overrides = {
         k: v for k, v in {"resolution": resolution, "min_images": min_images}.items() if v is not None
     }
@@ -73,16 +96,7 @@ def ingest_task(
         result.num_rejected,
         " (reused)" if result.reused else "",
     )
-    return {
-        "fingerprint": result.fingerprint,
-        "path": str(result.path),
-        "num_images": result.num_images,
-        "num_rejected": result.num_rejected,
-        "reused": result.reused,
-        "report": str(result.report_path),
-        "sources": [str(p) for p in paths],
-        "seconds": time.perf_counter() - start,
-    }
+    return result, time.perf_counter() - start
 
 
 def accelerate_config_path(name: str) -> Path | None:
@@ -128,7 +142,7 @@ def invocation_id() -> str | None:
 
 
 @task(name="check-unchanged", **MLFLOW_IO)
-def check_unchanged_task(config: Any) -> dict[str, Any]:
+def check_unchanged_task(config: TrainConfig) -> dict[str, Any]:
     """Resolve the training's identity (no weights) and find a registered version that already has it.
 
     Returns:
@@ -138,6 +152,7 @@ def check_unchanged_task(config: Any) -> dict[str, Any]:
     from prefect.runtime import flow_run
 
     from brandtune.registry import CHAMPION, list_versions
+    from brandtune.settings import Settings
     from brandtune.training.plan import resolve_job
     from brandtune.training.unchanged import find_unchanged
 
@@ -164,7 +179,9 @@ def check_unchanged_task(config: Any) -> dict[str, Any]:
 
 
 @task(name="train-lora", cache_policy=NO_CACHE, log_prints=False)
-def train_task(config: Any, num_processes: int = 1, accelerate_config: str = "none") -> dict[str, Any]:
+def train_task(
+    config: TrainConfig, num_processes: int = 1, accelerate_config: str = "none"
+) -> tuple[TrainResult, float]:
     """Train the LoRA adapter in a child process (own process group) and stream its log here.
 
     The flow run is the training's invocation: a retry (of this task or of the flow run) continues from its own
@@ -174,10 +191,14 @@ def train_task(config: Any, num_processes: int = 1, accelerate_config: str = "no
         config: A :class:`~brandtune.training.TrainConfig`.
         num_processes: Processes for ``accelerate launch``.
         accelerate_config: Name of a file in ``configs/accelerate/`` or ``'none'``.
+
+    Returns:
+        The training's result and the seconds it took (waiting for a GPU slot not counted).
     """
     from prefect.concurrency.sync import concurrency
     from prefect.runtime import flow_run, task_run
 
+    from brandtune.provenance import FLOW_RUN_ENV
     from brandtune.training.launch import ProgressLines, launch
 
     logger = get_run_logger()
@@ -189,7 +210,7 @@ def train_task(config: Any, num_processes: int = 1, accelerate_config: str = "no
         logger.info(
             "attempt %d of this training (invocation %s): continuing its own checkpoint", attempt, invocation
         )
-    env = {"PREFECT__FLOW_RUN_ID": str(flow_run.get_id() or "")}
+    env = {FLOW_RUN_ENV: str(flow_run.get_id() or "")}
     slots = _ensure_gpu_limit()
     if slots:
         logger.info("waiting for a GPU slot (global concurrency limit %s)", GPU_LIMIT)
@@ -202,13 +223,13 @@ def train_task(config: Any, num_processes: int = 1, accelerate_config: str = "no
             on_line=ProgressLines(get_run_logger().info),
             env=env,
         )
-    result = {**result, "seconds": time.perf_counter() - start}
-    logger.info("adapter %s, MLflow run %s", result["adapter_dir"], result["mlflow_run_id"])
-    return result
+    seconds = time.perf_counter() - start
+    logger.info("adapter %s, MLflow run %s", result.adapter_dir, result.mlflow_run_id)
+    return result, seconds
 
 
 @task(name="register-candidate", **MLFLOW_IO)
-def register_task(brand: str, run_id: str) -> dict[str, Any]:
+def register_task(brand: str, run_id: str) -> tuple[RegisteredVersion, float]:
     """Register the training run's adapter as a new version of ``{brand}-lora`` with alias ``@candidate``."""
     from prefect.runtime import flow_run
 
@@ -217,31 +238,22 @@ def register_task(brand: str, run_id: str) -> dict[str, Any]:
     start = time.perf_counter()
     version = register(brand, run_id, flow_run_id=flow_run.get_id())
     get_run_logger().info("registered %s version %s (@candidate)", version.name, version.version)
-    return {"name": version.name, "version": version.version, "seconds": time.perf_counter() - start}
+    return version, time.perf_counter() - start
 
 
 @task(name="record-lineage", **MLFLOW_IO)
 def lineage_task(run_id: str | None, model: str | None = None, version: str | None = None) -> str | None:
     """Tag the MLflow run and model version with this flow run's id and URL; return the run's experiment id."""
-    from brandtune.registry._client import client
+    from brandtune.registry import tag_lineage
     from flows._artifacts import flow_run_ref
 
     flow_run_id, url = flow_run_ref()
-    mlc = client(Settings.from_env())
     tags = {"prefect.flow_run_id": flow_run_id or "", **({"prefect.flow_run_url": url} if url else {})}
-    experiment_id = None
-    if run_id:
-        for key, value in tags.items():
-            mlc.set_tag(run_id, key, value)
-        experiment_id = mlc.get_run(run_id).info.experiment_id
-    if model and version:
-        for key, value in tags.items():
-            mlc.set_model_version_tag(model, version, key, value)
-    return experiment_id
+    return tag_lineage(tags, run_id=run_id, name=model, version=version)
 
 
 @task(name="evaluate-candidate", cache_policy=NO_CACHE, log_prints=False)
-def evaluate_task(config: Any) -> Any:
+def evaluate_task(config: EvalConfig) -> tuple[EvalOutcome, float]:
     """Render the fixed prompt suite for candidate, champion and base; score it; apply the promotion gate."""
     from brandtune.evaluation.job import evaluate
 
@@ -258,7 +270,7 @@ def evaluate_task(config: Any) -> Any:
 
 
 @task(name="generate-campaign", cache_policy=NO_CACHE, log_prints=False)
-def generate_task(config: Any) -> Any:
+def generate_task(config: GenerateConfig) -> tuple[GenerationResult, float]:
     """Generate prompt x settings x variations from the chosen adapter, with manifest and contact sheets."""
     from brandtune.generation import generate
 

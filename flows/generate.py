@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from prefect import flow
 from prefect.artifacts import create_link_artifact
@@ -14,15 +14,16 @@ from flows._artifacts import artifact_key, publish, version_link
 from flows._params import BrandSlug, GenerationParams
 from flows._tasks import generate_task
 
+if TYPE_CHECKING:
+    from brandtune.generation import GenerationResult
+
 
 @flow(name="generate", log_prints=False, validate_parameters=True)
 def generate_flow(
     brand: BrandSlug = "acme",
     prompt: Annotated[
         str,
-        Field(
-            min_length=1, description="What to show. {trigger} and {subject} are filled in from brand.yaml."
-        ),
+        Field(description="What to show. {trigger} and {subject} are filled in from brand.yaml."),
     ] = "a photo of {trigger} {subject}",
     settings: Annotated[
         list[str],
@@ -62,6 +63,28 @@ def generate_flow(
     env = Settings.from_env()
     config = generation.generate_config(brand, prompt, settings, variations, model)
     result, seconds = generate_task(config)
+    _publish_campaign(env, brand, prompt, settings, model, result, seconds)
+    return {
+        "output_dir": str(result.output_dir),
+        "gallery": str(result.gallery),
+        "manifest": str(result.manifest),
+        "generated": result.generated,
+        "skipped": result.skipped,
+        "model_version": result.model_version,
+        "seconds": seconds,
+    }
+
+
+def _publish_campaign(
+    env: Settings,
+    brand: str,
+    prompt: str,
+    settings: list[str],
+    model: str,
+    result: GenerationResult,
+    seconds: float,
+) -> None:
+    """The run's artifacts: a link to the gallery and a summary of what was asked for and what was made."""
     gallery = result.gallery.resolve().as_uri()
     create_link_artifact(
         gallery, link_text="campaign gallery", key=artifact_key("generate", brand, "gallery")
@@ -85,12 +108,3 @@ def generate_flow(
             {"metric": "seconds", "value": round(seconds, 2)},
         ],
     )
-    return {
-        "output_dir": str(result.output_dir),
-        "gallery": str(result.gallery),
-        "manifest": str(result.manifest),
-        "generated": result.generated,
-        "skipped": result.skipped,
-        "model_version": result.model_version,
-        "seconds": seconds,
-    }

@@ -7,9 +7,14 @@ from typing import Annotated, Any
 from prefect import flow
 from pydantic import Field
 
+from brandtune.config import IngestConfig, field_type
 from flows._artifacts import publish
 from flows._params import BrandSlug
-from flows._tasks import ingest_task
+from flows._tasks import ingest_task, photo_sources
+
+# IngestConfig's bounds (the form's descriptions are the docstring's).
+Resolution = field_type(IngestConfig, "resolution", optional=True)
+MinImages = field_type(IngestConfig, "min_images")
 
 
 @flow(name="ingest", log_prints=False, validate_parameters=True)
@@ -22,12 +27,8 @@ def ingest_flow(
             "data/brands/{brand}/photos folder."
         ),
     ] = None,
-    resolution: Annotated[
-        int | None, Field(ge=32, le=4096, description="Output size in px. Empty: brand.yaml's resolution.")
-    ] = None,
-    min_images: Annotated[
-        int | None, Field(ge=1, description="Fail when fewer photos are accepted. Empty: the default.")
-    ] = None,
+    resolution: Resolution = None,
+    min_images: MinImages = 4,
 ) -> dict[str, Any]:
     """Turn a brand's product photos into a training dataset.
 
@@ -39,24 +40,34 @@ def ingest_flow(
         brand: Brand slug: the folder under data/brands that holds brand.yaml and photos/ (e.g. acme).
         sources: Folders, .zip archives or image files to read (paths on the worker). Empty: the brand's
             data/brands/{brand}/photos folder.
-        resolution: Output size in px. Empty: brand.yaml's resolution.
-        min_images: Fail when fewer photos are accepted. Empty: the default (10).
+        resolution: Output size in px (square). Empty: brand.yaml's resolution.
+        min_images: Fail when fewer photos than this are accepted.
     """
-    result = ingest_task(brand, sources, resolution, min_images)
+    dataset, seconds = ingest_task(brand, sources, resolution, min_images)
+    read = [str(p) for p in photo_sources(brand, sources)]
     publish(
         "ingest",
         brand,
-        f"Dataset {brand}/{result['fingerprint']}",
+        f"Dataset {brand}/{dataset.fingerprint}",
         [
-            ("dataset", f"`{result['fingerprint']}`" + (" (reused)" if result["reused"] else " (new)")),
-            ("images", f"{result['num_images']} accepted, {result['num_rejected']} rejected"),
-            ("folder", f"`{result['path']}`"),
-            ("rejections report", f"`{result['report']}`"),
-            ("sources", ", ".join(f"`{s}`" for s in result["sources"])),
+            ("dataset", f"`{dataset.fingerprint}`" + (" (reused)" if dataset.reused else " (new)")),
+            ("images", f"{dataset.num_images} accepted, {dataset.num_rejected} rejected"),
+            ("folder", f"`{dataset.path}`"),
+            ("rejections report", f"`{dataset.report_path}`"),
+            ("sources", ", ".join(f"`{s}`" for s in read)),
         ],
         [
-            {"metric": "images_accepted", "value": result["num_images"]},
-            {"metric": "images_rejected", "value": result["num_rejected"]},
+            {"metric": "images_accepted", "value": dataset.num_images},
+            {"metric": "images_rejected", "value": dataset.num_rejected},
         ],
     )
-    return result
+    return {
+        "fingerprint": dataset.fingerprint,
+        "path": str(dataset.path),
+        "num_images": dataset.num_images,
+        "num_rejected": dataset.num_rejected,
+        "reused": dataset.reused,
+        "report": str(dataset.report_path),
+        "sources": read,
+        "seconds": seconds,
+    }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from prefect import flow
 from pydantic import Field
@@ -14,6 +14,10 @@ from flows._params import BrandSlug, EvaluationParams, TrainingParams
 from flows._tasks import evaluate_task, ingest_task, lineage_task, register_task
 from flows.evaluate import evaluation_facts, gate_markdown
 from flows.train import ForceParam, run_training, training_facts, unchanged_facts
+
+if TYPE_CHECKING:
+    from brandtune.evaluation.job import EvalOutcome
+    from brandtune.ingest import IngestResult
 
 
 @flow(name="retrain", log_prints=False, validate_parameters=True)
@@ -64,43 +68,36 @@ def retrain_flow(
         evaluate_unchanged: When nothing changed, evaluate the existing version anyway.
     """
     settings = Settings.from_env()
-    dataset = ingest_task(brand, sources, None, None)
-    trained = run_training(brand, dataset["fingerprint"], training, force)
+    dataset, ingest_s = ingest_task(brand, sources, None, None)
+    trained = run_training(brand, dataset.fingerprint, training, force)
     if not trained["trained"]:
-        return _unchanged(settings, brand, dataset, trained, evaluation, promote, evaluate_unchanged)
-    version = register_task(brand, trained["mlflow_run_id"])
-    train_experiment = lineage_task(trained["mlflow_run_id"], version["name"], version["version"])
-    outcome, eval_seconds = evaluate_task(
-        evaluation.eval_config(brand, version["version"], "champion", promote)
-    )
+        return _unchanged(
+            settings, brand, dataset, ingest_s, trained, evaluation, promote, evaluate_unchanged
+        )
+    version, register_s = register_task(brand, trained["mlflow_run_id"])
+    train_experiment = lineage_task(trained["mlflow_run_id"], version.name, version.version)
+    outcome, eval_seconds = evaluate_task(evaluation.eval_config(brand, version.version, "champion", promote))
     eval_experiment = lineage_task(outcome.mlflow_run_id)
     timings = {
-        "ingest_s": dataset["seconds"],
+        "ingest_s": ingest_s,
         "train_s": trained["seconds"],
-        "register_s": version["seconds"],
+        "register_s": register_s,
         "evaluate_s": eval_seconds,
     }
     facts = [
         _dataset_fact(brand, dataset),
         *training_facts(settings, trained, train_experiment),
-        ("model version", version_link(settings, version["name"], version["version"]) + " @candidate"),
+        ("model version", version_link(settings, version.name, version.version) + " @candidate"),
         *evaluation_facts(settings, brand, outcome, eval_experiment),
     ]
-    publish(
-        "retrain",
-        brand,
-        f"Retrain of {model_name(brand)}: v{version['version']} "
-        + ("promoted to @champion" if outcome.promoted else "not promoted"),
-        facts,
-        metric_rows(outcome.metrics),
-        gate_markdown(outcome) + "\n\n" + _timing_markdown(timings),
-    )
+    verdict = "promoted to @champion" if outcome.promoted else "not promoted"
+    _publish_summary(brand, f"v{version.version} {verdict}", facts, outcome, timings)
     return {
         "trained": True,
         "unchanged_version": None,
-        "dataset": dataset["fingerprint"],
+        "dataset": dataset.fingerprint,
         "mlflow_run_id": trained["mlflow_run_id"],
-        "version": version["version"],
+        "version": version.version,
         "passed": outcome.gate.passed,
         "promoted": outcome.promoted,
         "champion_before": outcome.champion_version,
@@ -109,8 +106,27 @@ def retrain_flow(
     }
 
 
-def _dataset_fact(brand: str, dataset: dict[str, Any]) -> tuple[str, str]:
-    return ("dataset", f"`{brand}/{dataset['fingerprint']}` ({dataset['num_images']} images)")
+def _dataset_fact(brand: str, dataset: IngestResult) -> tuple[str, str]:
+    return ("dataset", f"`{brand}/{dataset.fingerprint}` ({dataset.num_images} images)")
+
+
+def _publish_summary(
+    brand: str,
+    headline: str,
+    facts: list[tuple[str, str]],
+    outcome: EvalOutcome | None,
+    timings: dict[str, float],
+) -> None:
+    """The run's summary artifact: ``Retrain of <model>: <headline>``, the facts, and the metrics and gate
+    decision when there was an evaluation, then the time inside each task."""
+    publish(
+        "retrain",
+        brand,
+        f"Retrain of {model_name(brand)}: {headline}",
+        facts,
+        metric_rows(outcome.metrics) if outcome else None,
+        (gate_markdown(outcome) + "\n\n" if outcome else "") + _timing_markdown(timings),
+    )
 
 
 def _timing_markdown(timings: dict[str, float]) -> str:
@@ -122,7 +138,8 @@ def _timing_markdown(timings: dict[str, float]) -> str:
 def _unchanged(
     settings: Settings,
     brand: str,
-    dataset: dict[str, Any],
+    dataset: IngestResult,
+    ingest_s: float,
     trained: dict[str, Any],
     evaluation: EvaluationParams,
     promote: bool,
@@ -135,7 +152,7 @@ def _unchanged(
     """
     unchanged = trained["unchanged"]
     number = unchanged["version"]
-    timings = {"ingest_s": dataset["seconds"]}
+    timings = {"ingest_s": ingest_s}
     facts = [_dataset_fact(brand, dataset), *unchanged_facts(settings, trained)]
     outcome = None
     if evaluate_unchanged:
@@ -145,19 +162,12 @@ def _unchanged(
         facts += evaluation_facts(settings, brand, outcome, lineage_task(outcome.mlflow_run_id))
     promoted = bool(outcome and outcome.promoted)
     verdict = "promoted to @champion" if promoted else "evaluated again" if outcome else "untouched"
-    publish(
-        "retrain",
-        brand,
-        f"Retrain of {model_name(brand)}: nothing changed, v{number} {verdict}",
-        facts,
-        metric_rows(outcome.metrics) if outcome else None,
-        (gate_markdown(outcome) + "\n\n" if outcome else "") + _timing_markdown(timings),
-    )
+    _publish_summary(brand, f"nothing changed, v{number} {verdict}", facts, outcome, timings)
     return {
         "trained": False,
         "unchanged_version": number,
         "message": trained["message"],
-        "dataset": dataset["fingerprint"],
+        "dataset": dataset.fingerprint,
         "mlflow_run_id": unchanged["run_id"],
         "version": number,
         "passed": outcome.gate.passed if outcome else None,

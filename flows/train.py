@@ -26,7 +26,8 @@ def run_training(brand: str, dataset: str | None, training: TrainingParams, forc
     (shared by ``train`` and ``retrain``).
 
     Returns:
-        The training task's result with ``trained: True``; or, when a registered version already has this
+        The training task's result (a :class:`~brandtune.training.TrainResult` as JSON values, and ``seconds``)
+        with ``trained: True``; or, when a registered version already has this
         training's identity and ``force`` is off, ``trained: False`` with ``unchanged_version``, ``unchanged``
         (see :func:`~flows._tasks.check_unchanged_task`), that version's ``mlflow_run_id`` and ``message``.
     """
@@ -55,25 +56,22 @@ def run_training(brand: str, dataset: str | None, training: TrainingParams, forc
         retry_delay_seconds=training.retry_delay_seconds,
         timeout_seconds=training.timeout_minutes * 60 if training.timeout_minutes else None,
     )
-    result = task(config, training.num_processes, training.accelerate_config)
-    return {**result, "trained": True, "unchanged_version": None}
+    result, seconds = task(config, training.num_processes, training.accelerate_config)
+    return {**result.model_dump(mode="json"), "seconds": seconds, "trained": True, "unchanged_version": None}
 
 
 def training_facts(
     settings: Settings, result: dict[str, Any], experiment_id: str | None
 ) -> list[tuple[str, str]]:
     """Summary rows for a training result."""
-    resumed = result.get("resumed_from", "0")
+    resumed = result["resumed_from"]
     return [
         ("MLflow run", run_link(settings, result["mlflow_run_id"], experiment_id)),
-        (
-            "steps",
-            f"{result['steps']}" + (f" (resumed from step {resumed})" if resumed not in ("", "0") else ""),
-        ),
-        ("final loss", f"{float(result['final_loss']):.4f}"),
+        ("steps", f"{result['steps']}" + (f" (resumed from step {resumed})" if resumed else "")),
+        ("final loss", f"{result['final_loss']:.4f}"),
         ("adapter", f"`{result['adapter_dir']}`"),
-        ("latent cache", "hit" if result.get("cache_hit") == "True" else "built"),
-        ("config hash", f"`{result.get('config_hash', '')}`"),
+        ("latent cache", "hit" if result["cache_hit"] else "built"),
+        ("config hash", f"`{result['config_hash']}`"),
     ]
 
 
@@ -113,7 +111,7 @@ def train_flow(
     empty take the base model's recommendation. When a registered version was already trained on exactly this
     dataset, config and base, nothing is trained (the summary names that version) unless you set `force`. The
     training log streams into this run's log; the MLflow run (loss curve, samples, config) is linked in the
-    summary. A retry of this flow run resumes from its own last checkpoint. With `register` on, the adapter
+    summary. A retry of this flow run resumes from its own last checkpoint. With `register_version` on, the adapter
     becomes a new version of `{brand}-lora` with alias @candidate (it does not replace @champion: run `evaluate`
     for that).
 
@@ -131,24 +129,23 @@ def train_flow(
             "train", brand, f"LoRA training for {brand}: nothing to train", unchanged_facts(settings, result)
         )
         return {**result, "version": None}
-    version = register_task(brand, result["mlflow_run_id"]) if register_version else None
+    version, register_s = register_task(brand, result["mlflow_run_id"]) if register_version else (None, 0.0)
     experiment_id = lineage_task(
-        result["mlflow_run_id"], version and version["name"], version and version["version"]
+        result["mlflow_run_id"], version and version.name, version and version.version
     )
     facts = training_facts(settings, result, experiment_id)
     if version:
-        facts.append(
-            ("model version", version_link(settings, version["name"], version["version"]) + " @candidate")
-        )
+        facts.append(("model version", version_link(settings, version.name, version.version) + " @candidate"))
     publish(
         "train",
         brand,
         f"LoRA training for {brand}",
         facts,
         [
-            {"metric": "final_loss", "value": float(result["final_loss"])},
-            {"metric": "steps", "value": int(result["steps"])},
+            {"metric": "final_loss", "value": result["final_loss"]},
+            {"metric": "steps", "value": result["steps"]},
             {"metric": "train_seconds", "value": round(result["seconds"], 2)},
         ],
     )
-    return {**result, "version": version}
+    registered = version and {"name": version.name, "version": version.version, "seconds": register_s}
+    return {**result, "version": registered}

@@ -61,7 +61,8 @@ def _pipe() -> object:
 
 
 def samples() -> None:
-    from brandtune.models.sampling import image_grid, sample_images
+    from brandtune.images import image_grid
+    from brandtune.sampling import sample_images
 
     pipe = _pipe()
     prompts = [p for p in SAMPLE_PROMPTS for _ in SEEDS]
@@ -71,10 +72,9 @@ def samples() -> None:
 
 
 def before_after(adapter: Path) -> None:
-    from PIL import Image
-
     from brandtune.config import load_brand
-    from brandtune.models.sampling import image_grid, sample_images
+    from brandtune.images import image_grid
+    from brandtune.sampling import sample_images
 
     brand = load_brand("acme")
     prompts = [brand.fill(p) for p in brand.evaluation_prompts]
@@ -84,9 +84,7 @@ def before_after(adapter: Path) -> None:
     before = image_grid(sample_images(pipe, all_prompts, all_seeds), columns=len(SEEDS), thumb=96)
     pipe.load_lora_weights(str(adapter))
     after = image_grid(sample_images(pipe, all_prompts, all_seeds), columns=len(SEEDS), thumb=96)
-    sheet = Image.new("RGB", (before.width * 2 + 16, before.height), "white")
-    sheet.paste(before, (0, 0))
-    sheet.paste(after, (before.width + 16, 0))
+    sheet = image_grid([before, after], columns=2, thumb=None, gap=16)
     sheet.save(OUT / "builtin-tiny-acme-before-after.png")
     print("wrote", OUT / "builtin-tiny-acme-before-after.png", "rows:", prompts)  # noqa: T201
 

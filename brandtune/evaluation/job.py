@@ -11,69 +11,22 @@ fails, nothing moves and the reason is recorded on the version.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
-from brandtune.config import BrandSpec, StrictModel, load_brand
+from brandtune.config import BrandSpec, EvalConfig, load_brand
 from brandtune.errors import EvaluationError, IngestError
-from brandtune.evaluation.gate import GateConfig, GateResult, evaluate_gate
-from brandtune.sampling import SamplerConfig, SchedulerName
+from brandtune.evaluation.gate import GateResult, evaluate_gate
 from brandtune.settings import Settings
 
 if TYPE_CHECKING:
+    from brandtune.evaluation.report import EvalResults
     from brandtune.registry import FetchedAdapter
 
 logger = logging.getLogger(__name__)
-
-
-class EvalConfig(StrictModel):
-    """An evaluation: which adapter versions to compare, on which seeds, with which sampler and gate."""
-
-    brand: str = Field(description="Brand slug; its evaluation_prompts are the suite.")
-    candidate: str = Field(default="candidate", description="Version to judge: an alias or a version number.")
-    against: str | None = Field(
-        default="champion",
-        description="Alias or version to compare with. None, or no such alias yet: the candidate is judged as a "
-        "first champion, against the base model.",
-    )
-    include_base: bool = Field(
-        default=True,
-        description="Also sample the base model without adapter. The first champion must beat it: without a "
-        "champion and without the base model the default gate fails.",
-    )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1, description="Fixed seeds.")
-    scheduler: SchedulerName = Field(default="ddim", description="Sampler, the same for every model.")
-    num_inference_steps: int = Field(default=20, ge=1, le=200, description="Denoising steps.")
-    guidance_scale: float = Field(default=4.0, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
-    batch_size: int = Field(default=8, ge=1, le=64, description="Images per pipeline call.")
-    output_dir: Path | None = Field(
-        default=None, description="Report folder (default: <home>/evaluations/...)."
-    )
-    promote: bool = Field(default=True, description="Move @champion to the candidate when the gate passes.")
-    gate: GateConfig | None = Field(
-        default=None,
-        description="Promotion rules. None: the default gate (beat the base model first, then do not fall behind "
-        "the champion) plus the brand's own bars from the gate: section of brand.yaml. Set here, these rules "
-        "replace both.",
-    )
-
-    def gate_for(self, brand: BrandSpec) -> GateConfig:
-        """The rules this evaluation applies: :attr:`gate` when set, else the brand's default gate."""
-        return self.gate if self.gate is not None else GateConfig.for_brand(brand)
-
-    @property
-    def sampler(self) -> SamplerConfig:
-        return SamplerConfig(
-            scheduler=self.scheduler,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-        )
 
 
 @dataclass(frozen=True)
@@ -96,13 +49,6 @@ class _Model:
     adapter: FetchedAdapter | None  # None: the base model without adapter
 
 
-def _uri(brand: str, ref: str) -> str:
-    from brandtune.registry import model_name
-
-    ref = ref.lstrip("@")
-    return f"models:/{model_name(brand)}/{ref}" if ref.isdigit() else f"models:/{model_name(brand)}@{ref}"
-
-
 def _alias_exists(brand: str, alias: str, settings: Settings) -> bool:
     from brandtune.registry import list_versions
 
@@ -110,13 +56,13 @@ def _alias_exists(brand: str, alias: str, settings: Settings) -> bool:
 
 
 def _models(cfg: EvalConfig, settings: Settings) -> list[_Model]:
-    from brandtune.registry import fetch
+    from brandtune.registry import fetch, model_uri
 
-    cand = fetch(_uri(cfg.brand, cfg.candidate), settings=settings)
+    cand = fetch(model_uri(cfg.brand, cfg.candidate), settings=settings)
     models = [_Model("candidate", f"Candidate v{cand.version.version}", cand)]
     against = cfg.against
     if against and (against.isdigit() or _alias_exists(cfg.brand, against.lstrip("@"), settings)):
-        champ = fetch(_uri(cfg.brand, against), settings=settings)
+        champ = fetch(model_uri(cfg.brand, against), settings=settings)
         if champ.version.version != cand.version.version:
             models.append(_Model("champion", f"{against.title()} v{champ.version.version}", champ))
     elif against:
@@ -152,7 +98,7 @@ def _generate_all(
     """Sample every (model, prompt, seed); returns model key -> [(prompt index, seed, relative path)]."""
     from tqdm.auto import tqdm
 
-    from brandtune.generation import _save_png
+    from brandtune.images import save_png
     from brandtune.models import load_base_pipeline
     from brandtune.models.loading import load_adapter
     from brandtune.registry import WEIGHTS_NAME, adapter_name, resolve_adapter_base
@@ -169,7 +115,7 @@ def _generate_all(
         base = (adapter.base_model, adapter.base_revision)
         if base not in pipes:
             pipes[base] = load_base_pipeline(resolve_adapter_base(adapter, None, settings))
-            apply_scheduler(pipes[base], cfg.scheduler)
+            apply_scheduler(pipes[base], cfg.sampler.scheduler)
         pipe = pipes[base]
         if model.adapter is not None:
             name = adapter_name(model.adapter.version)
@@ -181,7 +127,7 @@ def _generate_all(
             images = sample_batch(pipe, [prompts[pi] for pi, _ in chunk], [s for _, s in chunk], cfg.sampler)
             for (pi, seed), image in zip(chunk, images, strict=True):
                 rel = f"images/{model.key}/p{pi}_s{seed}.png"
-                _save_png(image, out / rel)
+                save_png(image, out / rel)
                 rows.append((pi, seed, rel))
             bar.update(len(chunk))
         if model.adapter is not None:
@@ -216,7 +162,7 @@ def _score(
     return rows, set_metrics
 
 
-def _means(results: Any, key: str) -> dict[str, float]:
+def _means(results: EvalResults, key: str) -> dict[str, float]:
     out = {m: s.mean for m, s in results.aggregates.get(key, {}).items()}
     out.update(results.set_metrics.get(key, {}))
     return out
@@ -229,7 +175,7 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
         RegistryError: unknown candidate/alias or unreachable tracking server.
         EvaluationError: the brand has no evaluation prompts that can run.
     """
-    from brandtune.evaluation.report import EvalResults, ModelInfo, SamplerSettings, write_report
+    from brandtune.evaluation.report_html import write_report
 
     t0 = time.perf_counter()
     settings = settings or Settings.from_env()
@@ -240,57 +186,16 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
     models = _models(config, settings)
     cand = models[0].adapter
     assert cand is not None
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = config.output_dir or settings.home / "evaluations" / brand.name / f"{stamp}-v{cand.version.version}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_dir(config, brand, cand, settings)
     made = _generate_all(config, models, prompts, out, settings)
     t1 = time.perf_counter()
     rows, set_metrics = _score(
         brand, made, out, _references(brand, cand.provenance.get("dataset_fingerprint"), settings)
     )
     t2 = time.perf_counter()
-    size = int(cand.provenance.get("resolution") or 0) or 64
-    results = EvalResults(
-        brand=brand.name,
-        brand_display_name=brand.display_name,
-        models=[
-            ModelInfo(
-                key=m.key,
-                label=m.label,
-                uri=m.adapter.version.uri if m.adapter else None,
-                version=m.adapter.version.version if m.adapter else None,
-                base_model=(m.adapter or cand).base_model,
-            )
-            for m in models
-        ],
-        prompts=prompts,
-        seeds=config.seeds,
-        sampler=SamplerSettings(
-            scheduler=config.scheduler,
-            steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale,
-            width=size,
-            height=size,
-        ),
-        per_image=rows,
-        set_metrics=set_metrics,
-    )
-    from brandtune.evaluation.report import MetricStats, aggregate
-
-    stats = aggregate(results.per_image)
-    results = results.model_copy(
-        update={"aggregates": {k: {m: MetricStats(**v) for m, v in ms.items()} for k, ms in stats.items()}}
-    )
+    results = _results(config, brand, models, prompts, rows, set_metrics)
     champion = next((m for m in models if m.key == "champion"), None)
-    keys = {m.key for m in models}
-    gate = evaluate_gate(
-        _means(results, "candidate"),
-        _means(results, "champion") if champion else None,
-        config.gate_for(brand),
-        base=_means(results, "base") if "base" in keys else None,
-        per_image=results.per_image,
-        brand=brand.display_name or brand.name,
-    )
+    gate = _judge(config, brand, results, models)
     results = results.model_copy(update={"gate": gate.to_dict()})
     report_json, report_html = write_report(results, out)
     metrics = {m.key: _means(results, m.key) for m in models}
@@ -309,6 +214,73 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
         run_id,
         metrics,
         timings,
+    )
+
+
+def _output_dir(cfg: EvalConfig, brand: BrandSpec, cand: FetchedAdapter, settings: Settings) -> Path:
+    """The report folder (``cfg.output_dir``, or a timestamped one under the home), created."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = cfg.output_dir or settings.home / "evaluations" / brand.name / f"{stamp}-v{cand.version.version}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _results(
+    cfg: EvalConfig,
+    brand: BrandSpec,
+    models: list[_Model],
+    prompts: list[str],
+    rows: list[Any],
+    set_metrics: dict[str, dict[str, float]],
+) -> EvalResults:
+    """The report's content before the gate: who was compared, how they were sampled, the scores and aggregates."""
+    from brandtune.evaluation.report import EvalResults, MetricStats, ModelInfo, SamplerSettings, aggregate
+
+    cand = models[0].adapter
+    assert cand is not None
+    size = int(cand.provenance.get("resolution") or 0) or 64
+    results = EvalResults(
+        brand=brand.name,
+        brand_display_name=brand.display_name,
+        models=[
+            ModelInfo(
+                key=m.key,
+                label=m.label,
+                uri=m.adapter.version.uri if m.adapter else None,
+                version=m.adapter.version.version if m.adapter else None,
+                base_model=(m.adapter or cand).base_model,
+            )
+            for m in models
+        ],
+        prompts=prompts,
+        seeds=cfg.seeds,
+        sampler=SamplerSettings(
+            scheduler=cfg.sampler.scheduler,
+            steps=cfg.sampler.num_inference_steps,
+            guidance_scale=cfg.sampler.guidance_scale,
+            width=cfg.sampler.width or size,
+            height=cfg.sampler.height or size,
+            negative_prompt=cfg.sampler.negative_prompt,
+        ),
+        per_image=rows,
+        set_metrics=set_metrics,
+    )
+    stats = aggregate(results.per_image)
+    return results.model_copy(
+        update={"aggregates": {k: {m: MetricStats(**v) for m, v in ms.items()} for k, ms in stats.items()}}
+    )
+
+
+def _judge(cfg: EvalConfig, brand: BrandSpec, results: EvalResults, models: list[_Model]) -> GateResult:
+    """Apply the brand's gate to the candidate's means, against the champion's and the base model's when compared."""
+    keys = {m.key for m in models}
+    return evaluate_gate(
+        _means(results, "candidate"),
+        _means(results, "champion") if "champion" in keys else None,
+        cfg.gate_for(brand),
+        base=_means(results, "base") if "base" in keys else None,
+        per_image=results.per_image,
+        brand=brand.display_name or brand.name,
     )
 
 
@@ -362,8 +334,8 @@ def _log_run(
     promoted: bool,
     settings: Settings,
 ) -> str:
-    from brandtune.provenance import brandtune_version, git_sha
-    from brandtune.training.tracking import RunTracker, flat_params
+    from brandtune.provenance import brandtune_version, flow_run_id, git_sha
+    from brandtune.tracking import RunTracker, flat_params
 
     tracker = RunTracker.start(
         brand.name,
@@ -373,7 +345,10 @@ def _log_run(
         flush_every=1000,
         system_metrics=False,
     )
-    tracker.log_params(flat_params(cfg.model_dump(mode="json", exclude={"gate", "output_dir"})))
+    params = cfg.model_dump(mode="json", exclude={"gate", "output_dir", "sampler"})
+    # the sampler's fields as params of their own (scheduler, num_inference_steps, ...), as before it was nested
+    params.update(cfg.sampler.model_dump(mode="json", exclude_none=True))
+    tracker.log_params(flat_params(params))
     tags = {
         "brandtune.stage": "evaluate",
         "brandtune.brand": brand.name,
@@ -385,7 +360,7 @@ def _log_run(
     for m in models:
         if m.adapter is not None:
             tags[f"brandtune.{m.key}_version"] = m.adapter.version.version
-    if flow_run := os.environ.get("PREFECT__FLOW_RUN_ID"):
+    if flow_run := flow_run_id():
         tags["prefect.flow_run_id"] = flow_run
     tracker.set_tags(tags)
     flat = {f"{key}.{name}": value for key, ms in metrics.items() for name, value in ms.items()}

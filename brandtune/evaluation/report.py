@@ -1,30 +1,23 @@
-"""Evaluation results: bootstrap confidence intervals, per-model aggregates and the JSON + HTML report.
+"""Evaluation results: the report's data model, bootstrap confidence intervals and per-model aggregates.
 
 :class:`EvalResults` is what an evaluation job produces: the models compared (candidate, champion, base), the fixed
 prompts and seeds, the sampler settings they all shared, one row per generated image with its metrics, set-level
-metrics per model, aggregates with confidence intervals and the gate's decision. :func:`write_report` writes it as
-``report.json`` and a self-contained ``report.html`` (inline CSS, images embedded as base64 PNG) that opens from
-an MLflow artifact view, an e-mail attachment or a file share.
+metrics per model, aggregates with confidence intervals and the gate's decision.
+:func:`brandtune.evaluation.report_html.write_report` writes it as ``report.json`` and a self-contained
+``report.html``; this module holds the data and the statistics only, and imports no page code.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from brandtune.errors import EvaluationError
-from brandtune.evaluation.metrics import METRIC_DESCRIPTIONS, METRIC_DIRECTIONS
-from brandtune.fsutil import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +29,7 @@ __all__ = [
     "SamplerSettings",
     "aggregate",
     "bootstrap_ci",
-    "render_html",
-    "write_report",
 ]
-
-THUMB_MAX = 256  # embedded images larger than this (px, long side) are downscaled to keep the HTML small
 
 
 class _Record(BaseModel):
@@ -205,71 +194,3 @@ def aggregate(
             mean, low, high = bootstrap_ci(finite, n=n, seed=seed, alpha=alpha)
             out[model][name] = {"mean": mean, "ci_low": low, "ci_high": high, "n": len(finite)}
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Writing
-
-
-def write_report(results: EvalResults, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``report.json`` and a self-contained ``report.html`` into ``out_dir`` (atomically each).
-
-    Image paths in ``results.per_image`` are relative to ``out_dir``; aggregates are computed from the rows when
-    ``results.aggregates`` is empty.
-
-    Returns:
-        ``(json_path, html_path)``.
-
-    Raises:
-        EvaluationError: ``out_dir`` exists and is not a folder.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EvaluationError(f"report folder {out_dir} is a file; give a folder path")
-    if not results.aggregates and results.per_image:
-        stats = aggregate(results.per_image)
-        results = results.model_copy(
-            update={
-                "aggregates": {
-                    m: {k: MetricStats(**v) for k, v in metrics.items()} for m, metrics in stats.items()
-                }
-            }
-        )
-    json_path, html_path = out_dir / "report.json", out_dir / "report.html"
-    atomic_write_json(json_path, _json_ready(results.model_dump(mode="json")))
-    atomic_write_text(html_path, render_html(results, out_dir))
-    logger.info("wrote evaluation report %s", html_path)
-    return json_path, html_path
-
-
-def _json_ready(data: Any) -> Any:
-    """NaN/inf are not JSON: write them as null."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: _json_ready(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_json_ready(v) for v in data]
-    return data
-
-
-def _data_uri(path: Path) -> str | None:
-    """The image as a base64 PNG data URI (downscaled past THUMB_MAX), or None if it cannot be read."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if max(img.size) > THUMB_MAX:
-                img.thumbnail((THUMB_MAX, THUMB_MAX), Image.LANCZOS)
-            buf = io.BytesIO()
-            img.save(buf, format="PNG", optimize=True)
-    except (OSError, ValueError) as exc:
-        logger.warning("report: cannot embed image %s (%s); showing a placeholder", path, exc)
-        return None
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def render_html(results: EvalResults, out_dir: Path) -> str:
-    """The report as one HTML page (see :mod:`brandtune.evaluation.report_html`)."""
-    from brandtune.evaluation.report_html import render
-
-    return render(results, lambda rel: _data_uri(Path(out_dir) / rel), METRIC_DIRECTIONS, METRIC_DESCRIPTIONS)

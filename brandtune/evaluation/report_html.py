@@ -1,18 +1,32 @@
-"""The HTML page of an evaluation report: one self-contained file, inline CSS, images as data URIs.
+"""The evaluation report's files: ``report.json`` and a self-contained ``report.html`` (inline CSS, images embedded
+as base64 PNG) that opens from an MLflow artifact view, an e-mail attachment or a file share.
 
-Written for the people who decide on a campaign: the decision first, then the pictures side by side, then the
-numbers with their confidence intervals and which way is better.
+The page is written for the people who decide on a campaign: the decision first, then the pictures side by side,
+then the numbers with their confidence intervals and which way is better. The data it shows is
+:class:`~brandtune.evaluation.report.EvalResults`.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
+import logging
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from brandtune.evaluation.report import EvalResults
+from PIL import Image
+
+from brandtune.errors import EvaluationError
+from brandtune.evaluation.metrics import METRIC_DESCRIPTIONS, METRIC_DIRECTIONS
+from brandtune.evaluation.report import EvalResults, MetricStats, aggregate
+from brandtune.fsutil import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+THUMB_MAX = 256  # embedded images larger than this (px, long side) are downscaled to keep the HTML small
 
 CSS = """
 :root { --ink:#1d2430; --muted:#5b6575; --line:#e3e7ee; --bg:#f6f7fa; --ok:#137a3b; --okbg:#e5f5eb;
@@ -196,7 +210,8 @@ def _figure(row: Any, data_uri: str | None, size: int) -> str:
     )
 
 
-def _image_grid(results: EvalResults, embed: Callable[[str], str | None]) -> str:
+def _side_by_side(results: EvalResults, embed: Callable[[str], str | None]) -> str:
+    """The HTML (CSS grid) of every prompt: one column per model, its images by seed (the images stay separate)."""
     cols = len(results.models)
     size = max(results.sampler.width, results.sampler.height)
     seed_order = {s: i for i, s in enumerate(results.seeds)}
@@ -238,7 +253,7 @@ def render(
         f"<p class='sub'>{esc(when)} · {esc(', '.join(m.label for m in results.models))}</p>"
         f"{_decision(results.gate)}"
         f"<h2>Side by side</h2><p class='sub'>Same prompt and seed in every column; hover an image for its "
-        f"metrics.</p>{_image_grid(results, embed)}"
+        f"metrics.</p>{_side_by_side(results, embed)}"
         f"<h2>Metrics</h2><p class='sub'>Mean over all images with a 95% bootstrap confidence interval; the best "
         f"model per metric is highlighted.</p>{_metric_table(results, directions, descriptions)}"
         f"<h2>Setup</h2>{_overview(results)}"
@@ -251,3 +266,65 @@ def render(
         f"<title>{esc(name)} — evaluation</title><style>{CSS}</style></head>"
         f"<body><main>{body}</main></body></html>\n"
     )
+
+
+def write_report(results: EvalResults, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and a self-contained ``report.html`` into ``out_dir`` (atomically each).
+
+    Image paths in ``results.per_image`` are relative to ``out_dir``; aggregates are computed from the rows when
+    ``results.aggregates`` is empty.
+
+    Returns:
+        ``(json_path, html_path)``.
+
+    Raises:
+        EvaluationError: ``out_dir`` exists and is not a folder.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvaluationError(f"report folder {out_dir} is a file; give a folder path")
+    if not results.aggregates and results.per_image:
+        stats = aggregate(results.per_image)
+        results = results.model_copy(
+            update={
+                "aggregates": {
+                    m: {k: MetricStats(**v) for k, v in metrics.items()} for m, metrics in stats.items()
+                }
+            }
+        )
+    json_path, html_path = out_dir / "report.json", out_dir / "report.html"
+    atomic_write_json(json_path, _json_ready(results.model_dump(mode="json")))
+    atomic_write_text(html_path, render_html(results, out_dir))
+    logger.info("wrote evaluation report %s", html_path)
+    return json_path, html_path
+
+
+def _json_ready(data: Any) -> Any:
+    """NaN/inf are not JSON: write them as null."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _json_ready(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_json_ready(v) for v in data]
+    return data
+
+
+def _data_uri(path: Path) -> str | None:
+    """The image as a base64 PNG data URI (downscaled past THUMB_MAX), or None if it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if max(img.size) > THUMB_MAX:
+                img.thumbnail((THUMB_MAX, THUMB_MAX), Image.LANCZOS)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG", optimize=True)
+    except (OSError, ValueError) as exc:
+        logger.warning("report: cannot embed image %s (%s); showing a placeholder", path, exc)
+        return None
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def render_html(results: EvalResults, out_dir: Path) -> str:
+    """The report as one HTML page, its images read from ``out_dir`` and embedded."""
+    return render(results, lambda rel: _data_uri(Path(out_dir) / rel), METRIC_DIRECTIONS, METRIC_DESCRIPTIONS)

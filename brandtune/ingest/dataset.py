@@ -34,7 +34,7 @@ from brandtune.config import BrandSpec, IngestConfig, ensure_trigger
 from brandtune.errors import IngestError
 from brandtune.fsutil import atomic_write_json, atomic_write_text, canonical_json, publish_dir, sha256_bytes
 from brandtune.ingest.images import Accepted, Rejected, process_photo
-from brandtune.ingest.sources import Candidate, collect
+from brandtune.ingest.sources import Candidate, SourceScan, collect
 from brandtune.provenance import brandtune_version
 from brandtune.settings import Settings
 
@@ -192,6 +192,42 @@ def _write_dataset(
     atomic_write_json(staging / "manifest.json", {**common, "resolution": cfg.resolution, "images": images})
 
 
+def _screen(
+    scan: SourceScan, work: Path, cfg: IngestConfig, progress: bool
+) -> tuple[list[Accepted], list[dict[str, str]]]:
+    """Process every candidate and drop the duplicates: the photos kept, and every rejection with its reason."""
+    accepted, rejected = [], list(scan.rejected)
+    for result in _run_workers(scan.candidates, work, cfg, progress):
+        if isinstance(result, Accepted):
+            accepted.append(result)
+        else:
+            src = scan.candidates[result.index].source
+            rejected.append({"source": src, "reason": result.reason, "detail": result.detail})
+    accepted.sort(key=lambda a: a.index)
+    keep, dropped = _dedupe(accepted, cfg)
+    for index, (reason, detail) in sorted(dropped.items()):
+        src = scan.candidates[index].source
+        rejected.append({"source": src, "reason": reason, "detail": _label(detail, scan.candidates)})
+    return keep, rejected
+
+
+def _too_few(
+    brand: BrandSpec,
+    brand_root: Path,
+    keep: list[Accepted],
+    rejected: list[dict[str, str]],
+    cfg: IngestConfig,
+    sources: Sequence[Path],
+) -> IngestError:
+    """Write the rejections to ``failed-report.json`` and return the error that points at it."""
+    report = brand_root / "failed-report.json"
+    atomic_write_json(report, {"brand": brand.name, "accepted": len(keep), "rejected": rejected})
+    return IngestError(
+        f"ingest of {', '.join(map(str, sources))}: {len(keep)} photo(s) accepted, at least "
+        f"{cfg.min_images} needed; {len(rejected)} rejected, reasons in {report}"
+    )
+
+
 def ingest(
     brand: BrandSpec,
     sources: Sequence[Path] | Path,
@@ -228,26 +264,10 @@ def ingest(
         )
         work = staging / "work"
         work.mkdir()
-        accepted, rejected = [], list(scan.rejected)
-        for result in _run_workers(scan.candidates, work, cfg, progress):
-            if isinstance(result, Accepted):
-                accepted.append(result)
-            else:
-                src = scan.candidates[result.index].source
-                rejected.append({"source": src, "reason": result.reason, "detail": result.detail})
-        accepted.sort(key=lambda a: a.index)
-        keep, dropped = _dedupe(accepted, cfg)
-        for index, (reason, detail) in sorted(dropped.items()):
-            src = scan.candidates[index].source
-            rejected.append({"source": src, "reason": reason, "detail": _label(detail, scan.candidates)})
+        keep, rejected = _screen(scan, work, cfg, progress)
         notes = [{"source": scan.candidates[a.index].source, "notes": a.notes} for a in keep if a.notes]
         if len(keep) < cfg.min_images:
-            report = brand_root / "failed-report.json"
-            atomic_write_json(report, {"brand": brand.name, "accepted": len(keep), "rejected": rejected})
-            raise IngestError(
-                f"ingest of {', '.join(map(str, sources))}: {len(keep)} photo(s) accepted, at least "
-                f"{cfg.min_images} needed; {len(rejected)} rejected, reasons in {report}"
-            )
+            raise _too_few(brand, brand_root, keep, rejected, cfg, sources)
         items = [(a.pixels_sha256, _caption(scan.candidates[a.index], cfg)[0]) for a in keep]
         fingerprint = compute_fingerprint(items, cfg)
         final = brand_root / fingerprint

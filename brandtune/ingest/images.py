@@ -122,44 +122,13 @@ def process_photo(index: int, path: Path, out_dir: Path, cfg: IngestConfig) -> A
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > cfg.max_pixels:
-                return Rejected(
-                    index,
-                    "decompression_bomb",
-                    f"declares {width}x{height} = {width * height:,} pixels, over the limit of {cfg.max_pixels:,}",
-                )
+            if (rejected := _check_declared_size(index, img, cfg)) is not None:
+                return rejected
             fmt = img.format or "unknown"
-            short, long = min(width, height), max(width, height)
-            if short < cfg.effective_min_side:
-                return Rejected(
-                    index,
-                    "too_small",
-                    f"{width}x{height}: shorter side {short}px is below {cfg.effective_min_side}px",
-                )
-            if long / short > cfg.max_aspect:
-                return Rejected(
-                    index,
-                    "extreme_aspect",
-                    f"{width}x{height}: aspect ratio {long / short:.2f} exceeds {cfg.max_aspect:g}",
-                )
-            if getattr(img, "is_animated", False) and getattr(img, "n_frames", 1) > 1:
-                if cfg.animated == "reject":
-                    return Rejected(index, "animated", f"animated {fmt} with {img.n_frames} frames")
-                img.seek(0)
-                notes.append(f"animated {fmt} ({img.n_frames} frames): first frame used")
-            if fmt == "JPEG":
-                # Let the JPEG decoder downscale by a power of two while keeping >= 2x the output size.
-                scale = 2 * cfg.resolution / short
-                if scale < 0.5:
-                    img.draft(img.mode, (int(width * scale) + 1, int(height * scale) + 1))
-            img.load()
-            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-            if orientation in (5, 6, 7, 8):
-                width, height = height, width  # the photo is shown rotated by 90 degrees
-            if orientation not in (1, None):
-                img = ImageOps.exif_transpose(img)
-                notes.append(f"EXIF orientation {orientation} applied")
+            loaded = _load_oriented(index, img, fmt, cfg, notes)
+            if isinstance(loaded, Rejected):
+                return loaded
+            img, width, height = loaded
             rgb = _to_srgb(img, notes, cfg.background)
     except Image.DecompressionBombError as exc:
         return Rejected(index, "decompression_bomb", str(exc))
@@ -170,22 +139,81 @@ def process_photo(index: int, path: Path, out_dir: Path, cfg: IngestConfig) -> A
         return Rejected(index, kind, f"the image data is {kind}: {exc}")
 
     phash = _phash(rgb)
-    out = _normalise(rgb, cfg)
-    pixels_sha = hashlib.sha256(out.tobytes()).hexdigest()
-    buf = io.BytesIO()
-    out.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    encoded = buf.getvalue()
-    tmp_path = out_dir / f"{index:06d}.png"
-    tmp_path.write_bytes(encoded)
+    tmp_path, pixels_sha, file_sha = _write_normalised(rgb, out_dir / f"{index:06d}.png", cfg)
     return Accepted(
         index=index,
         tmp_path=tmp_path,
         source_sha256=source_sha,
         pixels_sha256=pixels_sha,
-        file_sha256=hashlib.sha256(encoded).hexdigest(),
+        file_sha256=file_sha,
         phash=phash,
         width=width,
         height=height,
         format=fmt,
         notes=notes,
     )
+
+
+def _check_declared_size(index: int, img: Image.Image, cfg: IngestConfig) -> Rejected | None:
+    """Reject on the size the header declares, before any pixel is decoded: bombs, tiny and extreme shapes."""
+    width, height = img.size
+    if width * height > cfg.max_pixels:
+        return Rejected(
+            index,
+            "decompression_bomb",
+            f"declares {width}x{height} = {width * height:,} pixels, over the limit of {cfg.max_pixels:,}",
+        )
+    short, long = min(width, height), max(width, height)
+    if short < cfg.effective_min_side:
+        return Rejected(
+            index,
+            "too_small",
+            f"{width}x{height}: shorter side {short}px is below {cfg.effective_min_side}px",
+        )
+    if long / short > cfg.max_aspect:
+        return Rejected(
+            index,
+            "extreme_aspect",
+            f"{width}x{height}: aspect ratio {long / short:.2f} exceeds {cfg.max_aspect:g}",
+        )
+    return None
+
+
+def _load_oriented(
+    index: int, img: Image.Image, fmt: str, cfg: IngestConfig, notes: list[str]
+) -> tuple[Image.Image, int, int] | Rejected:
+    """Decode the first frame (JPEGs drafted down to >= 2x the resolution) and apply the EXIF orientation.
+
+    Returns:
+        The upright image and its size as shown (before any draft downscale), or the rejection of an animation.
+    """
+    width, height = img.size
+    if getattr(img, "is_animated", False) and getattr(img, "n_frames", 1) > 1:
+        if cfg.animated == "reject":
+            return Rejected(index, "animated", f"animated {fmt} with {img.n_frames} frames")
+        img.seek(0)
+        notes.append(f"animated {fmt} ({img.n_frames} frames): first frame used")
+    if fmt == "JPEG":
+        # Let the JPEG decoder downscale by a power of two while keeping >= 2x the output size.
+        scale = 2 * cfg.resolution / min(width, height)
+        if scale < 0.5:
+            img.draft(img.mode, (int(width * scale) + 1, int(height * scale) + 1))
+    img.load()
+    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width  # the photo is shown rotated by 90 degrees
+    if orientation not in (1, None):
+        img = ImageOps.exif_transpose(img)
+        notes.append(f"EXIF orientation {orientation} applied")
+    return img, width, height
+
+
+def _write_normalised(rgb: Image.Image, tmp_path: Path, cfg: IngestConfig) -> tuple[Path, str, str]:
+    """Resize/crop to the training resolution and write the PNG; returns its path, pixels sha256 and file sha256."""
+    out = _normalise(rgb, cfg)
+    pixels_sha = hashlib.sha256(out.tobytes()).hexdigest()
+    buf = io.BytesIO()
+    out.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    encoded = buf.getvalue()
+    tmp_path.write_bytes(encoded)
+    return tmp_path, pixels_sha, hashlib.sha256(encoded).hexdigest()

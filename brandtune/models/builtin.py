@@ -1,11 +1,13 @@
 """The built-in tiny base models, built from config on first use.
 
 ``builtin:tiny`` has the SD-1.x architecture and ``builtin:tiny-sdxl`` the SDXL one, each small enough to train and
-sample on a laptop CPU in seconds. Their weights are random (seeded, so every build on the same torch version
-writes the same bytes); they exist so that the whole pipeline, and the code paths of real SD and SDXL models, run
-without a download.
+sample on a laptop CPU in seconds; they exist so that the whole pipeline, and the code paths of real SD and SDXL
+models, run without a download. ``builtin:tiny`` ships pretrained: its weights are in ``brandtune/assets/builtin_tiny/``
+(pretrained by :mod:`brandtune.models.pretrain` on synthetic product photos, see docs/builtin-tiny.md).
+``builtin:tiny-sdxl`` ships no weights and is built here with seeded random weights (every build on the same torch
+version writes the same bytes).
 
-A build lands in ``<BRANDTUNE_HOME>/models/builtin/<name>-<config_hash12>``: it is written to a temporary folder
+A build lands in ``<BRANDTUNE_HOME>/models/builtin/<name>-<spec_hash>``: it is written to a temporary folder
 beside that one, gets a ``.complete`` marker last and is moved into place with ``os.replace``; when two processes
 race, the loser drops its copy and uses the winner's. If the package ships a prebuilt diffusers folder for a
 model (``brandtune/assets/<asset>/`` with a ``model_index.json``), that folder is used as is and nothing is built.
@@ -13,7 +15,6 @@ model (``brandtune/assets/<asset>/`` with a ``model_index.json``), that folder i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from typing import Any, Literal
 from brandtune.errors import ModelResolutionError
 from brandtune.models.revision import REVISION_FILE, cached_revision
 from brandtune.models.tokenizer import MODEL_MAX_LENGTH, corpus_digest, write_clip_tokenizer_files
+from brandtune.provenance import config_hash
 from brandtune.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -228,8 +230,9 @@ def builtin_spec(ref: str) -> BuiltinSpec:
         ) from None
 
 
-def config_hash(spec: BuiltinSpec) -> str:
-    """The first 12 hex digits of a hash over the spec's configs, the tokenizer corpus and the build version."""
+def spec_hash(spec: BuiltinSpec) -> str:
+    """12 hex digits of :func:`~brandtune.provenance.config_hash` over the spec's configs, the tokenizer corpus
+    and the build version: the build's cache folder changes whenever any of them does."""
     payload = {
         "name": spec.name,
         "config": spec.config,
@@ -237,14 +240,14 @@ def config_hash(spec: BuiltinSpec) -> str:
         "build_version": _BUILD_VERSION,
         "seed": _SEED,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return config_hash(payload, length=12)
 
 
 def builtin_dir(spec: BuiltinSpec, settings: Settings | None = None) -> Path:
     """Where the build of ``spec`` lives (whether or not it exists yet)."""
     settings = settings or Settings.from_env()
     short = spec.name.removeprefix(BUILTIN_PREFIX)
-    return settings.models_dir / "builtin" / f"{short}-{config_hash(spec)}"
+    return settings.models_dir / "builtin" / f"{short}-{spec_hash(spec)}"
 
 
 def shipped_dir(spec: BuiltinSpec) -> Path | None:
@@ -291,7 +294,7 @@ def ensure_builtin(ref: str, settings: Settings | None = None) -> Path:
         started = time.perf_counter()
         _build(spec, tmp)
         builtin_revision(tmp)  # hash now, so a later resolve reads the cached value
-        (tmp / COMPLETE_MARKER).write_text(json.dumps({"ref": ref, "config_hash": config_hash(spec)}) + "\n")
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"ref": ref, "config_hash": spec_hash(spec)}) + "\n")
         _move_into_place(tmp, target)
         logger.info("built %s in %.1f s at %s", ref, time.perf_counter() - started, target)
     finally:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from brandtune import _quiet
 from brandtune.errors import ConfigError
 from brandtune.models.resolve import ResolvedBase
+from brandtune.provenance import WEIGHTS_NAME
 
 if TYPE_CHECKING:
     import torch
@@ -126,9 +127,6 @@ def load_components(
     )
 
 
-ADAPTER_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # what brandtune and ``save_lora_weights`` write
-
-
 def adapter_components(weights: Path) -> set[str]:
     """The pipeline components a diffusers-format LoRA file holds weights for (``{"unet", "text_encoder"}``).
 
@@ -147,7 +145,7 @@ def load_adapter(
     folder: Path | str,
     *,
     adapter_name: str | None = None,
-    weight_name: str = ADAPTER_WEIGHTS_NAME,
+    weight_name: str = WEIGHTS_NAME,
 ) -> None:
     """Load a LoRA adapter folder into a pipeline, into only the components it has weights for.
 

@@ -15,10 +15,17 @@ Importing this package is cheap: mlflow, torch and diffusers are imported inside
 
 from __future__ import annotations
 
-from brandtune.registry._aliases import AliasMove, list_versions, promote, rollback, set_version_tags
-from brandtune.registry._client import START_SERVER_HINT
+from brandtune.provenance import WEIGHTS_NAME
+from brandtune.registry._aliases import (
+    AliasMove,
+    list_versions,
+    promote,
+    rollback,
+    set_version_tags,
+    tag_lineage,
+)
+from brandtune.registry._client import START_SERVER_HINT, is_transient
 from brandtune.registry._loading import (
-    WEIGHTS_NAME,
     FetchedAdapter,
     adapter_cache_dir,
     adapter_name,
@@ -35,6 +42,7 @@ from brandtune.registry._versions import (
     PREVIOUS,
     RegisteredVersion,
     model_name,
+    model_uri,
     parse_uri,
 )
 
@@ -50,9 +58,11 @@ __all__ = [
     "adapter_cache_dir",
     "adapter_name",
     "fetch",
+    "is_transient",
     "list_versions",
     "load_pipeline",
     "model_name",
+    "model_uri",
     "parse_uri",
     "promote",
     "pull",
@@ -60,5 +70,6 @@ __all__ = [
     "resolve_adapter_base",
     "rollback",
     "set_version_tags",
+    "tag_lineage",
     "versions_with_config_hash",
 ]

@@ -119,3 +119,37 @@ def set_version_tags(
             uri=uri,
             what=f"tag {name} version {version}",
         )
+
+
+def tag_lineage(
+    tags: dict[str, str],
+    *,
+    run_id: str | None = None,
+    name: str | None = None,
+    version: int | str | None = None,
+    settings: Settings | None = None,
+) -> str | None:
+    """Tag an MLflow run and/or a model version with lineage (a Prefect flow run's id and URL), retrying
+    transient errors.
+
+    Args:
+        tags: The tags, e.g. ``{"prefect.flow_run_id": ..., "prefect.flow_run_url": ...}``.
+        run_id: The MLflow run to tag (training or evaluation); None: no run.
+        name: Registered model of the version to tag (``<brand>-lora``); with ``version``.
+        version: The version to tag; None: no version.
+        settings: Tracking URI; read from the environment when omitted.
+
+    Returns:
+        The experiment id of ``run_id`` (for links into the MLflow UI), or None without a run.
+    """
+    settings = settings or Settings.from_env()
+    mlc, uri = client(settings), settings.tracking_uri
+    experiment_id = None
+    if run_id:
+        for key, value in tags.items():
+            call(lambda k=key, v=value: mlc.set_tag(run_id, k, v), uri=uri, what=f"tag run {run_id}")
+        run = call(lambda: mlc.get_run(run_id), uri=uri, what=f"read run {run_id}")
+        experiment_id = run.info.experiment_id
+    if name and version:
+        set_version_tags(name, version, tags, settings=settings)
+    return experiment_id

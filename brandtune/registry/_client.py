@@ -64,7 +64,7 @@ def client(settings: Settings | None = None) -> MlflowClient:
     """An ``MlflowClient`` on the settings' tracking URI (creating a local sqlite store's folder)."""
     import mlflow
 
-    from brandtune.training.tracking import connect
+    from brandtune.tracking import connect
 
     settings = settings or Settings.from_env()
     http_defaults()
@@ -149,6 +149,22 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
 def _short(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def find(fn: Callable[[], T], *, uri: str, what: str) -> T | None:
+    """:func:`call` ``fn``, or None when MLflow answers that the run, model, version or alias does not exist.
+
+    Raises:
+        RegistryError: The server stayed unreachable.
+    """
+    try:
+        return call(fn, uri=uri, what=what)
+    except RegistryError:
+        raise
+    except Exception as exc:
+        if not is_not_found(exc):
+            raise
+        return None
 
 
 def is_not_found(exc: BaseException) -> bool:

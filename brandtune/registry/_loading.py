@@ -18,9 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from brandtune.errors import ConfigError, RegistryError
 from brandtune.fsutil import atomic_write_json, publish_dir, sha256_file, staging_dir
+from brandtune.provenance import PROVENANCE_NAME, WEIGHTS_NAME
 from brandtune.registry._client import call, check_reachable, client
-from brandtune.registry._register import PROVENANCE_NAME, WEIGHTS_NAME
-from brandtune.registry._versions import ADAPTER_SHA_TAG, RegisteredVersion, model_name, parse_uri, resolve
+from brandtune.registry._versions import (
+    ADAPTER_SHA_TAG,
+    RegisteredVersion,
+    model_name,
+    model_uri,
+    parse_uri,
+    resolve,
+)
 from brandtune.settings import Settings
 
 if TYPE_CHECKING:
@@ -271,9 +278,7 @@ def pull(brand: str, alias_or_version: str | int, dest: Path, *, settings: Setti
         ``dest``.
     """
     name = model_name(brand)
-    text = str(alias_or_version).strip().lstrip("@")
-    uri = f"models:/{name}/{text}" if text.isdigit() else f"models:/{name}@{text}"
-    adapter = fetch(uri, settings=settings)
+    adapter = fetch(model_uri(brand, alias_or_version), settings=settings)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for src in sorted(adapter.path.iterdir()):

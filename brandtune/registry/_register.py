@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brandtune.errors import RegistryError
 from brandtune.fsutil import sha256_file
-from brandtune.registry._client import call, check_reachable, client, is_not_found
+from brandtune.provenance import PROVENANCE_NAME, WEIGHTS_NAME
+from brandtune.provenance import flow_run_id as current_flow_run_id
+from brandtune.registry._client import call, check_reachable, client, find
 from brandtune.registry._versions import (
     ADAPTER_SHA_TAG,
     CANDIDATE,
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-PROVENANCE_NAME = "brandtune.json"
 MODEL_NAME = "lora"  # the LoggedModel's name inside the run
 COMPLETE_TAG = "brandtune.registration"
 _LINEAGE = ("dataset_fingerprint", "base_model", "base_revision", "config_hash", "git_sha")
@@ -79,9 +78,7 @@ def register(
     if existing:
         logger.info("run %s is already %s version %s", run_id, name, existing[-1].version)
         return _finish(mlc, existing[-1], uri)
-    flow_run_id = (
-        flow_run_id or os.environ.get("PREFECT__FLOW_RUN_ID") or run.data.tags.get("prefect.flow_run_id")
-    )
+    flow_run_id = flow_run_id or current_flow_run_id() or run.data.tags.get("prefect.flow_run_id")
     with tempfile.TemporaryDirectory(prefix="brandtune-register-") as tmp:
         adapter = download_adapter(mlc, run_id, Path(tmp), uri)
         info = json.loads((adapter / PROVENANCE_NAME).read_text(encoding="utf-8"))
@@ -109,17 +106,13 @@ def register(
 
 
 def _get_run(mlc: MlflowClient, run_id: str, uri: str) -> Any:
-    try:
-        return call(lambda: mlc.get_run(run_id), uri=uri, what=f"read run {run_id}")
-    except RegistryError:
-        raise
-    except Exception as exc:
-        if not is_not_found(exc):
-            raise
+    run = find(lambda: mlc.get_run(run_id), uri=uri, what=f"read run {run_id}")
+    if run is None:
         raise RegistryError(
             f"No MLflow run {run_id!r} in the tracking store at {uri}: give the run id printed by "
             "`brandtune train` (or shown in the MLflow UI under experiment brandtune/<brand>)."
-        ) from exc
+        )
+    return run
 
 
 def _finish(mlc: MlflowClient, version: RegisteredVersion, uri: str) -> RegisteredVersion:
@@ -204,14 +197,8 @@ def describe(info: dict[str, Any], tags: dict[str, str], run_id: str) -> str:
 
 
 def _ensure_registered_model(mlc: MlflowClient, name: str, brand: str, uri: str) -> None:
-    try:
-        call(lambda: mlc.get_registered_model(name), uri=uri, what=f"read {name}")
+    if find(lambda: mlc.get_registered_model(name), uri=uri, what=f"read {name}") is not None:
         return
-    except RegistryError:
-        raise
-    except Exception as exc:
-        if not is_not_found(exc):
-            raise
     desc = (
         f"LoRA adapters for brand {brand}. Aliases: @candidate (newest), @champion (used by generators), "
         "@previous-champion (rollback)."

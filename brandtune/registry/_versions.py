@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from brandtune.errors import ConfigError, RegistryError
-from brandtune.registry._client import call, is_not_found
+from brandtune.registry._client import call, find
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -96,6 +96,22 @@ def model_name(brand: str) -> str:
     return brand if brand.endswith(SUFFIX) else f"{brand}{SUFFIX}"
 
 
+def model_uri(brand: str, ref: str | int) -> str:
+    """The ``models:/`` URI of a brand's adapter: ``models:/<brand>-lora/<n>`` for a version number, else
+    ``models:/<brand>-lora@<alias>`` (``ref`` may carry a leading ``@``: ``"@champion"`` is ``champion``).
+
+    Raises:
+        ConfigError: ``brand`` is not a brand slug or ``ref`` is empty.
+    """
+    name = model_name(brand)
+    text = str(ref).strip().lstrip("@")
+    if not text:
+        raise ConfigError(
+            f"No alias or version given for {name}: use an alias such as 'champion' or a number."
+        )
+    return f"models:/{name}/{text}" if text.isdigit() else f"models:/{name}@{text}"
+
+
 def parse_uri(uri: str) -> tuple[str, str | None, str | None]:
     """Split ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` into (name, alias, version)."""
     match = _URI.fullmatch(uri.strip())
@@ -117,48 +133,37 @@ def registered_models(mlc: MlflowClient, uri: str) -> list[str]:
 
 def get_model(mlc: MlflowClient, name: str, uri: str) -> Any:
     """The registered model ``name``, or an error listing the ``*-lora`` models that exist."""
-    try:
-        return call(lambda: mlc.get_registered_model(name), uri=uri, what=f"read registered model {name}")
-    except RegistryError:
-        raise
-    except Exception as exc:
-        if not is_not_found(exc):
-            raise
+    model = find(lambda: mlc.get_registered_model(name), uri=uri, what=f"read registered model {name}")
+    if model is None:
         known = registered_models(mlc, uri)
         raise RegistryError(
             f"No registered model {name!r} in the registry at {uri}. Registered adapter models: "
             f"{', '.join(known) or 'none'}. Register a training run first: "
             f"`brandtune register --brand {name.removesuffix(SUFFIX)} --run RUN_ID`."
-        ) from exc
+        )
+    return model
 
 
 def resolve(
     mlc: MlflowClient, name: str, alias: str | None, version: str | None, uri: str
 ) -> RegisteredVersion:
     """Resolve an alias or a version number of ``name`` to one version (one registry call when it exists)."""
-    try:
-        if alias is not None:
-            mv = call(
-                lambda: mlc.get_model_version_by_alias(name, alias), uri=uri, what=f"resolve {name}@{alias}"
-            )
-        else:
-            mv = call(
-                lambda: mlc.get_model_version(name, str(version)), uri=uri, what=f"read {name}/{version}"
-            )
+    if alias is not None:
+        mv = find(
+            lambda: mlc.get_model_version_by_alias(name, alias), uri=uri, what=f"resolve {name}@{alias}"
+        )
+    else:
+        mv = find(lambda: mlc.get_model_version(name, str(version)), uri=uri, what=f"read {name}/{version}")
+    if mv is not None:
         return RegisteredVersion.from_mlflow(mv)
-    except RegistryError:
-        raise
-    except Exception as exc:
-        if not is_not_found(exc):
-            raise
-        model = get_model(mlc, name, uri)  # raises with the list of models when the model is unknown
-        aliases = dict(getattr(model, "aliases", None) or {})
-        existing = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
-        what = f"alias @{alias}" if alias is not None else f"version {version}"
-        raise RegistryError(
-            f"Registered model {name!r} has no {what}. Aliases that exist: {existing}. "
-            f"List versions with `brandtune models list {name.removesuffix(SUFFIX)}`."
-        ) from exc
+    model = get_model(mlc, name, uri)  # raises with the list of models when the model is unknown
+    aliases = dict(getattr(model, "aliases", None) or {})
+    existing = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
+    what = f"alias @{alias}" if alias is not None else f"version {version}"
+    raise RegistryError(
+        f"Registered model {name!r} has no {what}. Aliases that exist: {existing}. "
+        f"List versions with `brandtune models list {name.removesuffix(SUFFIX)}`."
+    )
 
 
 def versions(mlc: MlflowClient, name: str, uri: str, filter_extra: str = "") -> list[RegisteredVersion]:
