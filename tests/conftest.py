@@ -63,7 +63,9 @@ def mlflow_store(brandtune_home: Path, request: pytest.FixtureRequest) -> str:
     promoted by a flow test, say) never leak into another module's expectations."""
     import sys
 
-    uri = f"sqlite:///{brandtune_home / 'mlflow' / (request.module.__name__.rsplit('.', 1)[-1] + '.db')}"
+    # the whole dotted name: tests/cli/test_registry.py ("tests.cli.test_registry") and
+    # tests/registry/test_registry.py ("tests.registry.test_registry") differ
+    uri = f"sqlite:///{brandtune_home / 'mlflow' / (request.module.__name__.replace('.', '-') + '.db')}"
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     if "mlflow" in sys.modules:  # the process-wide default of code that asks mlflow itself
@@ -85,3 +87,73 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def trained_versions(
+    brandtune_home: Path, acme_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[str]]:
+    """Two adapter versions of acme, trained on ``acme_dataset`` and registered once per session into a store of
+    their own.
+
+    Returns that store's sqlite file and the version numbers; tests ask for ``versions``, which copies the store.
+    """
+    import sys
+
+    db = brandtune_home / "mlflow" / "session-versions.db"
+    uri = f"sqlite:///{db}"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    module_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(uri)
+    try:
+        from brandtune.registry import register
+        from brandtune.training import TrainConfig
+        from brandtune.training.run import train
+
+        out = tmp_path_factory.mktemp("gen-train")
+        made = []
+        for seed in (1, 2):
+            cfg = TrainConfig(
+                brand="acme",
+                max_train_steps=4,
+                learning_rate=1e-2,
+                seed=seed,
+                checkpointing_steps=0,
+                validation_inference_steps=2,
+                num_threads=2,
+                output_dir=out / f"run{seed}",
+            )
+            made.append(register("acme", train(cfg).mlflow_run_id).version)
+    finally:
+        if module_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = module_uri
+        if "mlflow" in sys.modules:
+            sys.modules["mlflow"].set_tracking_uri(module_uri)
+    return db, made
+
+
+@pytest.fixture(scope="module")
+def versions(trained_versions: tuple[Path, list[str]], mlflow_store: str) -> list[str]:
+    """Two registered adapter versions of acme (the newer one is @candidate), in this module's MLflow store.
+
+    The store starts as a copy of ``trained_versions``' store: each module that asks (tests/test_generation.py,
+    tests/evaluation/test_job.py) finds exactly the two versions it would have trained itself, and what it moves
+    (an alias, a tag) stays in its own store, while the training runs once per session.
+    """
+    import sqlite3
+    from contextlib import closing
+
+    source, made = trained_versions
+    target = Path(mlflow_store.removeprefix("sqlite:///"))
+    if target.exists():
+        raise RuntimeError(
+            f"{target} exists already: ask for `versions` before anything opens the module's store"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+    return made

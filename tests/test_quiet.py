@@ -229,7 +229,7 @@ def test_new_sqlite_store_set_up_is_quiet(watch: Any, tmp_path: Path) -> None:
     """brandtune's first use of a fresh tracking store (connect + a query) no longer announces its migrations."""
     from mlflow import MlflowClient
 
-    from brandtune.training.tracking import connect
+    from brandtune.tracking import connect
 
     emitted, shown = watch("mlflow.store.db.utils")
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"

@@ -1,0 +1,77 @@
+"""brandtune.training.launch: a child's tqdm refreshes are throttled, everything else passes; two processes under
+accelerate train one adapter and their result crosses the process boundary as a validated TrainResult; the
+package's API imports nothing heavy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from training_helpers import quick
+
+from brandtune.training import TrainResult
+from brandtune.training.launch import ProgressLines
+
+
+def test_progress_bar_refreshes_are_throttled_in_either_unit() -> None:
+    shown: list[str] = []
+    lines = ProgressLines(shown.append, every=3600.0)
+    lines("INFO brandtune.training.run: new training in /tmp/run: starting from step 0")
+    lines("train:   0%|          | 0/300 [00:00<?, ?step/s]")
+    lines("train:   0%|          | 1/300 [00:24<2:03:12, 24.72s/step, loss=0.2258]")  # slow: s/step
+    lines("train:  30%|###       | 90/300 [00:09<00:21, 9.80step/s, loss=0.1900]")  # fast: step/s
+    lines(
+        "train:  40%|####      | 120/300 [00:12<00:18, 9.90step/s, loss=0.1800]\rtrain:  41%|####  | 123/300 [00:12<00:18, 9.9step/s]"
+    )
+    lines("   ")
+    lines("train: 100%|##########| 300/300 [00:30<00:00, 9.90step/s, loss=0.1700]")
+    lines("WARNING brandtune.training.loop: loss is NaN at step 12")
+    assert shown == [
+        "INFO brandtune.training.run: new training in /tmp/run: starting from step 0",
+        "train:   0%|          | 0/300 [00:00<?, ?step/s]",  # the first refresh shows
+        "train: 100%|##########| 300/300 [00:30<00:00, 9.90step/s, loss=0.1700]",  # a finished bar always does
+        "WARNING brandtune.training.loop: loss is NaN at step 12",
+    ]
+
+
+def test_progress_bar_shows_again_after_the_interval() -> None:
+    shown: list[str] = []
+    lines = ProgressLines(shown.append, every=0.0)
+    for step in range(3):
+        lines(f"train:   {step}%|   | {step}/300 [00:0{step}<00:10, 9.9step/s]")
+    assert len(shown) == 3
+
+
+def test_the_package_exports_its_api_and_imports_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, brandtune.training as t; "
+        "heavy = [m for m in ('torch', 'diffusers', 'accelerate', 'peft', 'transformers', 'mlflow', 'prefect') "
+        "if m in sys.modules]; assert not heavy, heavy; "
+        "assert sorted(t.__all__) == ['TrainConfig', 'TrainResult', 'launch', 'train'], t.__all__; "
+        "from brandtune.training import TrainConfig, TrainResult, launch, train; "
+        "import brandtune.training.launch, brandtune.training.run; "
+        "from brandtune.training import launch as again; "
+        "assert callable(train) and callable(launch) and again is launch and launch.__module__.endswith('.launch'); "
+        "assert TrainConfig.__module__ == 'brandtune.config.train' and TrainResult.model_fields"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.usefixtures("torch_threads", "acme_dataset")
+def test_two_process_accelerate_launch(tmp_path: Path) -> None:
+    from brandtune.training import launch
+
+    lines: list[str] = []
+    result = launch(quick(tmp_path, max_train_steps=3), num_processes=2, on_line=lines.append)
+    assert isinstance(result, TrainResult), "the child's result comes back validated, not as strings"
+    assert result.steps == 3 and result.resumed_from == 0 and isinstance(result.cache_hit, bool)
+    assert result.mlflow_run_id and np.isfinite(result.final_loss)
+    adapter = result.adapter_dir
+    assert (adapter / "pytorch_lora_weights.safetensors").is_file()
+    assert any("adapter written" in line for line in lines)
+    assert sum("adapter written" in line for line in lines) == 1  # main process only
+    assert sum("brandtune.training: adapter:" in line for line in lines) == 2  # but both ranks trained
