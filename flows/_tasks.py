@@ -1,6 +1,6 @@
 """Prefect tasks shared by the flows: each one calls one ``brandtune`` function and returns its typed result.
 
-- The stage tasks (ingest, register, evaluate, generate) return ``(result, seconds)``: the library's result and
+- The stage tasks (ingest, train, register, evaluate, generate) return ``(result, seconds)``: the library's result and
   the seconds of work inside the task, which the flow summaries show. Prefect 3 records task run durations too,
   but writes task runs through its event pipeline after the fact, so a summary published at the end of the flow
   run cannot read them yet.
