@@ -8,13 +8,18 @@ is installed at import time.
 
 Not filtered but avoided: diffusers' "No LoRA keys associated to CLIPTextModel found" comes from offering a
 UNet-only adapter to the text encoder; `brandtune.models.loading.load_adapter` loads such an adapter into the UNet
-only, so the message is never provoked and stays visible for adapters where it means something.
+only, so the message is never provoked and stays visible for adapters where it means something. FLUX's and SD3's
+``load_lora_weights`` prepare the transformer's part in ways of their own, so a transformer-only adapter goes through
+it whole, with that one message quieted for the call (:func:`quieted_while`): the file was just read and holds no
+text-encoder part, which is all the message says.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -91,3 +96,23 @@ def install() -> None:
         target = logging.getLogger(quieted.logger)
         if not any(isinstance(f, MessageFilter) and f.pattern == quieted.pattern for f in target.filters):
             target.addFilter(MessageFilter(quieted.pattern))
+
+
+#: diffusers' notice that a LoRA file has no part for a text encoder it was offered to.
+NO_TEXT_ENCODER_KEYS = Quieted(
+    "diffusers.loaders.lora_base",
+    re.compile(r"^No LoRA keys associated to \w+ found with the prefix='text_encoder(_\d)?'"),
+    "said of an adapter file brandtune has just read and knows to hold no text-encoder part",
+)
+
+
+@contextmanager
+def quieted_while(quieted: Quieted) -> Iterator[None]:
+    """Drop one message of one logger for the duration of a ``with`` block only."""
+    target = logging.getLogger(quieted.logger)
+    message_filter = MessageFilter(quieted.pattern)
+    target.addFilter(message_filter)
+    try:
+        yield
+    finally:
+        target.removeFilter(message_filter)

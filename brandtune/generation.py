@@ -22,7 +22,7 @@ from brandtune.errors import GenerationError, RegistryError
 from brandtune.fsutil import atomic_write_json
 from brandtune.images import save_png
 from brandtune.provenance import brandtune_version
-from brandtune.sampling import apply_scheduler, native_size, sample_batch
+from brandtune.sampling import apply_scheduler, sample_batch
 from brandtune.settings import Settings
 
 if TYPE_CHECKING:
@@ -160,11 +160,8 @@ def generate(
     init = _init_image(config)
     todo = [r for r in rows if not (out / r["file"]).is_file()]
     pipe, info = _load(brand, config, settings)
-    apply_scheduler(pipe, config.sampler.scheduler)
-    size = native_size(pipe)
-    sampler = config.sampler.model_copy(
-        update={"width": config.sampler.width or size, "height": config.sampler.height or size}
-    )
+    sampler = apply_scheduler(pipe, config.sampler)
+    config = config.model_copy(update={"sampler": sampler})  # every empty setting filled for this model
     previous = _read_manifest(out)
     entries = {e["file"]: e for e in previous.get("images", [])}
     bar = tqdm(
@@ -364,7 +361,7 @@ def reproduce(
     cfg, sampler = data.job, data.sampler
     settings = settings or Settings.from_env()
     pipe, _ = _load(spec, cfg.model_copy(update={"model": data.model.version or "base"}), settings)
-    apply_scheduler(pipe, sampler.scheduler)
+    apply_scheduler(pipe, sampler)
     init = _init_image(cfg)
     wanted = [e for e in data.images if only is None or e.file in only]
     written, done = [], {}

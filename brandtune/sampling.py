@@ -11,28 +11,99 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from brandtune.config import SamplerConfig, SchedulerName
+from brandtune.config import SamplerConfig
+from brandtune.errors import ConfigError
 
 if TYPE_CHECKING:
     from PIL import Image
 
 
-def apply_scheduler(pipe: Any, name: SchedulerName) -> None:
-    """Swap the pipeline's scheduler, keeping its noise schedule (betas, prediction type)."""
-    if name == "default":
-        return
+#: T5 tokens per prompt the FLUX and SD3 pipelines use by default.
+DEFAULT_SEQUENCE_LENGTH: dict[str, int] = {"flux": 512, "sd3": 256}
+
+
+def default_sequence_length(family: str, tokenizer_max: int | None, requested: int | None = None) -> int:
+    """T5 tokens per prompt, the same in training and sampling: ``requested``, else the pipeline's default capped at
+    what the tokenizer takes (tiny test tokenizers take fewer)."""
+    if requested is not None:
+        return requested
+    length = DEFAULT_SEQUENCE_LENGTH[family]
+    return min(length, int(tokenizer_max)) if tokenizer_max and tokenizer_max < 1e9 else length
+
+
+#: What a sampler setting left empty means, per kind of pipeline: brandtune's long-standing choice for the UNet
+#: families, and the model cards' for FLUX.1-dev (embedded guidance 3.5, ~28 steps), -schnell (4 steps, no
+#: guidance) and SD3/3.5 (CFG ~5, 28 steps).
+SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "unet": {"scheduler": "ddim", "num_inference_steps": 20, "guidance_scale": 4.0},
+    "flux": {"scheduler": "default", "num_inference_steps": 28, "guidance_scale": 3.5},
+    "flux-schnell": {"scheduler": "default", "num_inference_steps": 4, "guidance_scale": 0.0},
+    "sd3": {"scheduler": "default", "num_inference_steps": 28, "guidance_scale": 5.0},
+}
+
+
+def pipeline_kind(pipe: Any) -> str:
+    """Which row of :data:`SAMPLER_DEFAULTS` a pipeline samples by."""
+    name = type(pipe).__name__
+    if name.startswith("Flux"):
+        return "flux" if pipe.transformer.config.guidance_embeds else "flux-schnell"
+    if name.startswith("StableDiffusion3"):
+        return "sd3"
+    return "unet"
+
+
+def resolve_sampler(sampler: SamplerConfig, pipe: Any) -> SamplerConfig:
+    """``sampler`` with every empty setting filled for ``pipe``: the family's defaults and the model's size.
+
+    Raises:
+        ConfigError: a UNet scheduler asked of a flow-matching pipeline.
+    """
+    kind = pipeline_kind(pipe)
+    filled = {k: v for k, v in SAMPLER_DEFAULTS[kind].items() if getattr(sampler, k) is None}
+    size = native_size(pipe)
+    filled.update(width=sampler.width or size, height=sampler.height or size)
+    resolved = sampler.model_copy(update=filled)
+    if kind != "unet" and resolved.scheduler != "default":
+        raise ConfigError(
+            f"scheduler {resolved.scheduler!r} is a UNet (DDPM) sampler; a {type(pipe).__name__} samples with its "
+            "flow-matching Euler scheduler: leave scheduler empty or set it to 'default'"
+        )
+    return resolved
+
+
+def apply_scheduler(pipe: Any, sampler: SamplerConfig) -> SamplerConfig:
+    """Swap the pipeline's scheduler as ``sampler`` says (keeping its noise schedule: betas, prediction type);
+    returns the resolved sampler (:func:`resolve_sampler`)."""
+    resolved = resolve_sampler(sampler, pipe)
+    if resolved.scheduler == "default":
+        return resolved
     import diffusers
 
     cls = {
         "ddim": diffusers.DDIMScheduler,
         "euler": diffusers.EulerDiscreteScheduler,
         "dpm++": diffusers.DPMSolverMultistepScheduler,
-    }[name]
+    }[resolved.scheduler]
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    return resolved
 
 
 def native_size(pipe: Any) -> int:
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    """The image size a pipeline makes by default: its denoiser's sample size (FLUX: the pipeline's) in pixels."""
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    sample_size = getattr(denoiser.config, "sample_size", None) or getattr(pipe, "default_sample_size", 128)
+    return int(sample_size * pipe.vae_scale_factor)
+
+
+def call_kwargs(pipe: Any) -> dict[str, Any]:
+    """What a pipeline call takes besides prompts and sampler settings: FLUX and SD3 get the T5 length that
+    training used (:func:`~brandtune.models.family.default_sequence_length`)."""
+    kind = pipeline_kind(pipe)
+    if kind == "unet":
+        return {}
+    tokenizer = pipe.tokenizer_2 if kind.startswith("flux") else pipe.tokenizer_3
+    family = "sd3" if kind == "sd3" else "flux"
+    return {"max_sequence_length": default_sequence_length(family, tokenizer.model_max_length)}
 
 
 def sample_batch(
@@ -43,10 +114,14 @@ def sample_batch(
     init_image: Image.Image | None = None,
     strength: float = 0.6,
 ) -> list[Image.Image]:
-    """One pipeline call: ``prompts[i]`` with a generator seeded ``seeds[i]``. Deterministic for the same batch."""
+    """One pipeline call: ``prompts[i]`` with a generator seeded ``seeds[i]``. Deterministic for the same batch.
+
+    Empty sampler settings take the pipeline family's defaults (:func:`resolve_sampler`); the scheduler is the
+    caller's to set (:func:`apply_scheduler`).
+    """
     import torch
 
-    size = native_size(pipe)
+    sampler = resolve_sampler(sampler, pipe)
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     kwargs: dict[str, Any] = {
         "prompt": prompts,
@@ -54,15 +129,15 @@ def sample_batch(
         "num_inference_steps": sampler.num_inference_steps,
         "guidance_scale": sampler.guidance_scale,
         "generator": generators,
+        **call_kwargs(pipe),
     }
     if init_image is not None:
         from diffusers import AutoPipelineForImage2Image
 
         img2img = AutoPipelineForImage2Image.from_pipe(pipe)
-        width, height = sampler.width or size, sampler.height or size
-        image = init_image.convert("RGB").resize((width, height))
+        image = init_image.convert("RGB").resize((sampler.width, sampler.height))
         return img2img(image=[image] * len(prompts), strength=strength, **kwargs).images
-    kwargs.update(width=sampler.width or size, height=sampler.height or size)
+    kwargs.update(width=sampler.width, height=sampler.height)
     return pipe(**kwargs).images
 
 

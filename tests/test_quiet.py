@@ -118,7 +118,7 @@ def _tiny_adapter(dest: Path, text_encoder: bool) -> Path:
                 if "lora_B" in name:
                     param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
     info = {"base_model": base.name, "base_revision": base.revision, "resolution": 64}
-    return save_adapter(dest, base.pipeline_class, pipe.unet, encoders, info)
+    return save_adapter(dest, base.family, pipe.unet, encoders, info)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,28 @@ DEFAULT_UNET_TARGETS = list(ATTENTION_UNET_TARGETS)
 #: builtin:tiny recommends them (brandtune/assets/builtin_tiny/brandtune_training.json).
 NON_ATTENTION_UNET_TARGETS = ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
 DEFAULT_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+#: A flow-matching transformer's (FLUX, SD3) attention projections, the joint attention's text-stream ones
+#: (``add_q/k/v_proj``, ``to_add_out``) included: what a FLUX or SD3 base without its own recommendation gets.
+ATTENTION_TRANSFORMER_TARGETS: tuple[str, ...] = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+)
+#: The transformers' MLP layers, for LoRA beyond attention (add them to target_modules): the joint blocks'
+#: image and text feed-forwards, and FLUX's single blocks' MLP input and fused output.
+MLP_TRANSFORMER_TARGETS: tuple[str, ...] = (
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "proj_mlp",
+)
+WeightingScheme = Literal["none", "logit_normal", "mode", "sigma_sqrt", "cosmap"]
 #: The fields whose empty value means "what the base recommends" (``ResolvedBase.training_defaults``).
 BASE_RECOMMENDED = (
     "target_modules",
@@ -162,6 +184,36 @@ class TrainConfig(StrictModel):
     )
     noise_offset: float = Field(
         default=0.0, ge=0.0, le=1.0, description="Noise offset (helps very dark/light)."
+    )
+    # Flow matching (FLUX, SD3); the DDPM families ignore these.
+    weighting_scheme: WeightingScheme = Field(
+        default="logit_normal",
+        description="Flow-matching timestep sampling and loss weighting (SD3 paper): logit_normal or mode sample "
+        "timesteps, sigma_sqrt or cosmap weight the loss, none is uniform and unweighted.",
+    )
+    logit_mean: float = Field(default=0.0, ge=-10.0, le=10.0, description="Mean of logit_normal sampling.")
+    logit_std: float = Field(default=1.0, gt=0.0, le=10.0, description="Std of logit_normal sampling.")
+    mode_scale: float = Field(default=1.29, ge=-10.0, le=10.0, description="Scale of mode sampling.")
+    flow_shift: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=100.0,
+        description="Shift of the flow-matching noise levels (higher: noisier). Empty: the base scheduler's "
+        "(SD3: 3.0; FLUX: 1, it shifts by image size when sampling).",
+    )
+    guidance: float = Field(
+        default=3.5,
+        ge=0.0,
+        le=30.0,
+        description="Embedded guidance value FLUX.1-dev trains with (as diffusers' FLUX script); models without a "
+        "guidance embedding (schnell, SD3, the UNets) ignore it.",
+    )
+    max_sequence_length: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="T5 tokens per caption (FLUX, SD3). Empty: FLUX 512, SD3 256, at most what the T5 "
+        "tokenizer allows. Generation uses the same length.",
     )
     random_flip: bool = Field(
         default=False, description="Horizontally flip half of the images (cached both ways)."

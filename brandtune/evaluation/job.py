@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brandtune.config import BrandSpec, EvalConfig, load_brand
+from brandtune.config import BrandSpec, EvalConfig, SamplerConfig, load_brand
 from brandtune.errors import EvaluationError, IngestError
 from brandtune.evaluation.gate import GateResult, evaluate_gate
 from brandtune.settings import Settings
@@ -94,8 +94,9 @@ def _references(brand: BrandSpec, fingerprint: str | None, settings: Settings) -
 
 def _generate_all(
     cfg: EvalConfig, models: list[_Model], prompts: list[str], out: Path, settings: Settings
-) -> dict[str, list[tuple[int, int, str]]]:
-    """Sample every (model, prompt, seed); returns model key -> [(prompt index, seed, relative path)]."""
+) -> tuple[dict[str, list[tuple[int, int, str]]], SamplerConfig]:
+    """Sample every (model, prompt, seed); returns model key -> [(prompt index, seed, relative path)] and the
+    sampler settings used (every empty one filled for the base)."""
     from tqdm.auto import tqdm
 
     from brandtune.images import save_png
@@ -115,7 +116,7 @@ def _generate_all(
         base = (adapter.base_model, adapter.base_revision)
         if base not in pipes:
             pipes[base] = load_base_pipeline(resolve_adapter_base(adapter, None, settings))
-            apply_scheduler(pipes[base], cfg.sampler.scheduler)
+            sampler = apply_scheduler(pipes[base], cfg.sampler)
         pipe = pipes[base]
         if model.adapter is not None:
             name = adapter_name(model.adapter.version)
@@ -124,7 +125,7 @@ def _generate_all(
         rows = []
         for start in range(0, len(jobs), cfg.batch_size):
             chunk = jobs[start : start + cfg.batch_size]
-            images = sample_batch(pipe, [prompts[pi] for pi, _ in chunk], [s for _, s in chunk], cfg.sampler)
+            images = sample_batch(pipe, [prompts[pi] for pi, _ in chunk], [s for _, s in chunk], sampler)
             for (pi, seed), image in zip(chunk, images, strict=True):
                 rel = f"images/{model.key}/p{pi}_s{seed}.png"
                 save_png(image, out / rel)
@@ -134,7 +135,7 @@ def _generate_all(
             pipe.unload_lora_weights()
         made[model.key] = rows
     bar.close()
-    return made
+    return made, sampler
 
 
 def _score(
@@ -187,7 +188,8 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
     cand = models[0].adapter
     assert cand is not None
     out = _output_dir(config, brand, cand, settings)
-    made = _generate_all(config, models, prompts, out, settings)
+    made, sampler = _generate_all(config, models, prompts, out, settings)
+    config = config.model_copy(update={"sampler": sampler})  # what was used, every empty setting filled
     t1 = time.perf_counter()
     rows, set_metrics = _score(
         brand, made, out, _references(brand, cand.provenance.get("dataset_fingerprint"), settings)
@@ -238,7 +240,6 @@ def _results(
 
     cand = models[0].adapter
     assert cand is not None
-    size = int(cand.provenance.get("resolution") or 0) or 64
     results = EvalResults(
         brand=brand.name,
         brand_display_name=brand.display_name,
@@ -258,8 +259,8 @@ def _results(
             scheduler=cfg.sampler.scheduler,
             steps=cfg.sampler.num_inference_steps,
             guidance_scale=cfg.sampler.guidance_scale,
-            width=cfg.sampler.width or size,
-            height=cfg.sampler.height or size,
+            width=cfg.sampler.width,
+            height=cfg.sampler.height,
             negative_prompt=cfg.sampler.negative_prompt,
         ),
         per_image=rows,

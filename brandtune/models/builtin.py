@@ -1,11 +1,24 @@
 """The built-in tiny base models, built from config on first use.
 
-``builtin:tiny`` has the SD-1.x architecture and ``builtin:tiny-sdxl`` the SDXL one, each small enough to train and
-sample on a laptop CPU in seconds; they exist so that the whole pipeline, and the code paths of real SD and SDXL
-models, run without a download. ``builtin:tiny`` ships pretrained: its weights are in ``brandtune/assets/builtin_tiny/``
-(pretrained by :mod:`brandtune.models.pretrain` on synthetic product photos, see docs/builtin-tiny.md).
-``builtin:tiny-sdxl`` ships no weights and is built here with seeded random weights (every build on the same torch
-version writes the same bytes).
+Each reproduces the architecture of a real family at 64 px, small enough to train and sample on a laptop CPU in
+seconds; they exist so that the whole pipeline, and the code paths of real models, run without a download:
+
+- ``builtin:tiny``: SD 1.x (``StableDiffusionPipeline``: UNet, one CLIP text encoder);
+- ``builtin:tiny-sdxl``: SDXL (``StableDiffusionXLPipeline``: two CLIP encoders, ``text_time`` conditioning);
+- ``builtin:tiny-flux``: FLUX.1-dev (``FluxPipeline``: ``FluxTransformer2DModel`` with guidance embedding, CLIP-L
+  in ``text_encoder``/``tokenizer`` and T5 in ``text_encoder_2``/``tokenizer_2``, flow-matching scheduler with
+  resolution-dependent shift);
+- ``builtin:tiny-flux-schnell``: FLUX.1-schnell (the same without guidance embedding, static shift 1);
+- ``builtin:tiny-sd3``: SD3/3.5 (``StableDiffusion3Pipeline``: ``SD3Transformer2DModel``, CLIP-L and CLIP-G
+  ``CLIPTextModelWithProjection`` in ``text_encoder``/``text_encoder_2``, T5 in ``text_encoder_3``/``tokenizer_3``).
+
+The FLUX.1 and SD3 models use a 4-channel VAE with their family's ``shift_factor``/``scaling_factor`` (the real
+ones have 16 channels) and a tiny T5 encoder whose tokenizer (:func:`~brandtune.models.tokenizer.write_t5_tokenizer_files`)
+has ``model_max_length`` :data:`~brandtune.models.tokenizer.T5_MAX_LENGTH`: pass it as ``max_sequence_length``.
+
+``builtin:tiny`` ships pretrained: its weights are in ``brandtune/assets/builtin_tiny/`` (pretrained by
+:mod:`brandtune.models.pretrain` on synthetic product photos, see docs/builtin-tiny.md). The others ship no weights
+and are built here with seeded random weights (every build on the same torch version writes the same bytes).
 
 A build lands in ``<BRANDTUNE_HOME>/models/builtin/<name>-<spec_hash>``: it is written to a temporary folder
 beside that one, gets a ``.complete`` marker last and is moved into place with ``os.replace``; when two processes
@@ -25,11 +38,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from brandtune.errors import ModelResolutionError
+from brandtune.models.family import Family
 from brandtune.models.revision import REVISION_FILE, cached_revision
-from brandtune.models.tokenizer import MODEL_MAX_LENGTH, corpus_digest, write_clip_tokenizer_files
+from brandtune.models.tokenizer import (
+    MODEL_MAX_LENGTH,
+    T5_MAX_LENGTH,
+    corpus_digest,
+    t5_digest,
+    write_clip_tokenizer_files,
+    write_t5_tokenizer_files,
+)
 from brandtune.provenance import config_hash
 from brandtune.settings import Settings
 
@@ -109,6 +130,63 @@ _TINY_SCHEDULER: dict[str, Any] = {
     # up in DDIM's first steps as an epsilon model does (x0 = (x_t - sigma * eps) / alpha, alpha ~ 0.06 at t=961).
     "prediction_type": "v_prediction",
 }
+# The flow-matching families. Their VAE: _TINY_VAE's shape without the quant convs (as FLUX.1's and SD3's VAEs),
+# with each family's latent normalization, ``(latent - shift_factor) * scaling_factor``.
+_TINY_FLOW_VAE: dict[str, Any] = {**_TINY_VAE, "use_quant_conv": False, "use_post_quant_conv": False}
+# T5 v1.1 (FLUX.1's and SD3's T5-XXL encoder) in miniature: gated-GELU feed-forward, and tie_word_embeddings=False,
+# which transformers 5 reads as v1.1's "no decoder output scaling" (it stores True: T5 always ties the embeddings).
+_TINY_T5: dict[str, Any] = {
+    "d_model": 32,
+    "d_ff": 37,
+    "d_kv": 8,
+    "num_layers": 2,
+    "num_heads": 4,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "feed_forward_proj": "gated-gelu",
+    "dropout_rate": 0.1,
+    "layer_norm_epsilon": 1e-6,
+    "tie_word_embeddings": False,
+}
+_T5_TOKENIZER: dict[str, Any] = {"model_max_length": T5_MAX_LENGTH}
+# The folder each flow family keeps its T5 tokenizer in (its other tokenizer folders hold CLIP ones).
+_T5_TOKENIZER_FOLDER: dict[Family, str] = {"flux": "tokenizer_2", "sd3": "tokenizer_3"}
+_FLUX_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 1,
+    # The pipeline packs 2x2 latent patches into one token: 4 x the VAE's latent channels.
+    "in_channels": 4 * _TINY_FLOW_VAE["latent_channels"],
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": _TINY_T5["d_model"],  # T5's hidden states are the text tokens
+    "pooled_projection_dim": _TINY_CLIP["hidden_size"],  # CLIP-L's pooled output
+    "axes_dims_rope": [4, 4, 8],  # sums to attention_head_dim
+}
+
+
+def _flux_config(guidance_embeds: bool, scheduler: Mapping[str, Any]) -> dict[str, Any]:
+    """The components of a tiny FLUX.1 model: dev (``guidance_embeds=True``) or schnell."""
+    return {
+        "transformer": {**_FLUX_TRANSFORMER, "guidance_embeds": guidance_embeds},
+        "vae": {**_TINY_FLOW_VAE, "shift_factor": 0.1159, "scaling_factor": 0.3611},
+        "text_encoder": _TINY_CLIP,
+        "text_encoder_2": _TINY_T5,
+        "tokenizer_2": _T5_TOKENIZER,
+        "scheduler": {
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "num_train_timesteps": 1000,
+            **scheduler,
+        },
+    }
+
+
+# SD3 pads the concatenated CLIP-L + CLIP-G hidden states to T5's width, so together they must not exceed it.
+_SD3_CLIP: dict[str, Any] = {
+    **_TINY_CLIP,
+    "hidden_size": _TINY_T5["d_model"] // 2,
+    "projection_dim": _TINY_T5["d_model"] // 2,
+}
 
 
 @dataclass(frozen=True)
@@ -125,7 +203,7 @@ class BuiltinSpec:
 
     name: str
     description: str
-    family: Literal["sd1", "sdxl"]
+    family: Family
     config: Mapping[str, Any]
     asset: str
 
@@ -195,6 +273,65 @@ _SPECS: dict[str, BuiltinSpec] = {
                 },
             },
         ),
+        BuiltinSpec(
+            name="builtin:tiny-flux",
+            description="FLUX.1-dev architecture (MMDiT, CLIP-L + T5, guidance embedding), 64 px, random weights",
+            family="flux",
+            asset="builtin_tiny_flux",
+            # FLUX.1-dev's scheduler: the shift grows with the image's token count, 0.5 at 256 to 1.15 at 4096.
+            config=_flux_config(
+                guidance_embeds=True,
+                scheduler={
+                    "shift": 3.0,
+                    "use_dynamic_shifting": True,
+                    "base_shift": 0.5,
+                    "max_shift": 1.15,
+                    "base_image_seq_len": 256,
+                    "max_image_seq_len": 4096,
+                },
+            ),
+        ),
+        BuiltinSpec(
+            name="builtin:tiny-flux-schnell",
+            description="FLUX.1-schnell architecture (as tiny-flux, no guidance embedding), 64 px, random weights",
+            family="flux",
+            asset="builtin_tiny_flux_schnell",
+            config=_flux_config(
+                guidance_embeds=False, scheduler={"shift": 1.0, "use_dynamic_shifting": False}
+            ),
+        ),
+        BuiltinSpec(
+            name="builtin:tiny-sd3",
+            description="SD3/3.5 architecture (MMDiT, CLIP-L + CLIP-G + T5), 64 px, random weights",
+            family="sd3",
+            asset="builtin_tiny_sd3",
+            config={
+                "transformer": {
+                    "sample_size": 32,  # the latent grid: 64 px / the VAE's factor 2
+                    "patch_size": 2,
+                    "in_channels": _TINY_FLOW_VAE["latent_channels"],
+                    "out_channels": _TINY_FLOW_VAE["latent_channels"],
+                    "num_layers": 2,
+                    "attention_head_dim": 8,
+                    "num_attention_heads": 4,
+                    "caption_projection_dim": 32,  # = attention_head_dim x num_attention_heads, as in SD3
+                    "joint_attention_dim": _TINY_T5["d_model"],
+                    # the pooled text is CLIP-L's and CLIP-G's text_embeds side by side
+                    "pooled_projection_dim": 2 * _SD3_CLIP["projection_dim"],
+                    "pos_embed_max_size": 96,
+                },
+                "vae": {**_TINY_FLOW_VAE, "shift_factor": 0.0609, "scaling_factor": 1.5305},
+                "text_encoder": _SD3_CLIP,
+                "text_encoder_2": {**_SD3_CLIP, "hidden_act": "gelu"},  # CLIP-G is an OpenCLIP model
+                "text_encoder_3": _TINY_T5,
+                "tokenizer_3": _T5_TOKENIZER,
+                "scheduler": {
+                    "_class_name": "FlowMatchEulerDiscreteScheduler",
+                    "num_train_timesteps": 1000,
+                    "shift": 3.0,
+                },
+            },
+        ),
     )
 }
 
@@ -240,6 +377,10 @@ def spec_hash(spec: BuiltinSpec) -> str:
         "build_version": _BUILD_VERSION,
         "seed": _SEED,
     }
+    if (
+        spec.family in _T5_TOKENIZER_FOLDER
+    ):  # only these have a T5 tokenizer (and the older hashes stay as they were)
+        payload["t5_tokenizer"] = t5_digest()
     return config_hash(payload, length=12)
 
 
@@ -324,8 +465,9 @@ def _build(spec: BuiltinSpec, dest: Path) -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
+    makers = {"sd1": _make_sd, "sdxl": _make_sdxl, "flux": _make_flux, "sd3": _make_sd3}
     with torch.random.fork_rng(devices=[]):
-        pipe = _make_sdxl(spec) if spec.family == "sdxl" else _make_sd(spec)
+        pipe = makers[spec.family](spec)
     bar_was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bar, noise for a 300 kB file
     try:
@@ -333,10 +475,31 @@ def _build(spec: BuiltinSpec, dest: Path) -> None:
     finally:
         if bar_was_on:
             hf_logging.enable_progress_bar()
-    # transformers 5 saves tokenizer.json only; the classic files keep the folder loadable by older stacks.
-    for name in ("tokenizer", "tokenizer_2"):
-        if (dest / name).is_dir():
+    # transformers 5 saves tokenizer.json only; the classic files keep a CLIP folder loadable by older stacks.
+    # A T5 folder gets brandtune's own tokenizer.json and tokenizer_config.json back, byte for byte.
+    t5_folder = _T5_TOKENIZER_FOLDER.get(spec.family)
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        if not (dest / name).is_dir():
+            continue
+        if name == t5_folder:
+            write_t5_tokenizer_files(dest / name, spec.config[name]["model_max_length"])
+        else:
             write_clip_tokenizer_files(dest / name)
+            if t5_folder is not None:  # the flow families only: the older builds' bytes stay as they were
+                _drop_load_time_keys(dest / name / "tokenizer_config.json")
+
+
+# Keys transformers 5 copies from from_pretrained's arguments into a saved tokenizer_config.json: they describe how
+# the tokenizer was loaded (local_files_only follows HF_HUB_OFFLINE), not the tokenizer, and would make the build's
+# bytes depend on the environment.
+_LOAD_TIME_KEYS = ("is_local", "local_files_only")
+
+
+def _drop_load_time_keys(path: Path) -> None:
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in _LOAD_TIME_KEYS:
+        config.pop(key, None)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _tokenizer() -> Any:
@@ -345,6 +508,14 @@ def _tokenizer() -> Any:
     with tempfile.TemporaryDirectory(prefix="brandtune-tokenizer-") as folder:
         write_clip_tokenizer_files(Path(folder))
         return CLIPTokenizer.from_pretrained(folder, model_max_length=MODEL_MAX_LENGTH)
+
+
+def _t5_tokenizer(config: Mapping[str, Any]) -> Any:
+    from transformers import T5TokenizerFast
+
+    with tempfile.TemporaryDirectory(prefix="brandtune-t5-tokenizer-") as folder:
+        write_t5_tokenizer_files(Path(folder), config["model_max_length"])
+        return T5TokenizerFast.from_pretrained(folder)
 
 
 def _seeded(factory: Any, *args: Any, **kwargs: Any) -> Any:
@@ -362,6 +533,18 @@ def _text_config(tokenizer: Any, config: Mapping[str, Any]) -> Any:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **config,
+    )
+
+
+def _t5_config(tokenizer: Any, config: Mapping[str, Any]) -> Any:
+    from transformers import T5Config
+
+    return T5Config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
         **config,
     )
 
@@ -406,5 +589,44 @@ def _make_sdxl(spec: BuiltinSpec) -> Any:
         text_encoder_2=_seeded(CLIPTextModelWithProjection, _text_config(tokenizer_2, cfg["text_encoder_2"])),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
+        scheduler=_scheduler(cfg["scheduler"]),
+    )
+
+
+def _make_flux(spec: BuiltinSpec) -> Any:
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    cfg = spec.config
+    tokenizer = _tokenizer()
+    tokenizer_2 = _t5_tokenizer(cfg["tokenizer_2"])
+    return FluxPipeline(
+        transformer=_seeded(FluxTransformer2DModel, **cfg["transformer"]),
+        vae=_seeded(AutoencoderKL, **cfg["vae"]),
+        text_encoder=_seeded(CLIPTextModel, _text_config(tokenizer, cfg["text_encoder"])),
+        text_encoder_2=_seeded(T5EncoderModel, _t5_config(tokenizer_2, cfg["text_encoder_2"])),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        scheduler=_scheduler(cfg["scheduler"]),
+    )
+
+
+def _make_sd3(spec: BuiltinSpec) -> Any:
+    from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+
+    cfg = spec.config
+    tokenizer = _tokenizer()
+    tokenizer_2 = _tokenizer()
+    tokenizer_3 = _t5_tokenizer(cfg["tokenizer_3"])
+    return StableDiffusion3Pipeline(
+        transformer=_seeded(SD3Transformer2DModel, **cfg["transformer"]),
+        vae=_seeded(AutoencoderKL, **cfg["vae"]),
+        text_encoder=_seeded(CLIPTextModelWithProjection, _text_config(tokenizer, cfg["text_encoder"])),
+        text_encoder_2=_seeded(CLIPTextModelWithProjection, _text_config(tokenizer_2, cfg["text_encoder_2"])),
+        text_encoder_3=_seeded(T5EncoderModel, _t5_config(tokenizer_3, cfg["text_encoder_3"])),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        tokenizer_3=tokenizer_3,
         scheduler=_scheduler(cfg["scheduler"]),
     )

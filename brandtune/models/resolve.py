@@ -22,9 +22,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from brandtune.config import TrainingDefaults
+from brandtune.config.train import ATTENTION_TRANSFORMER_TARGETS
 from brandtune.errors import ModelResolutionError
 from brandtune.models.builtin import BUILTIN_PREFIX, builtin_refs, builtin_revision, ensure_builtin
-from brandtune.models.family import PIPELINE_CLASS, Family, detect_family, read_json
+from brandtune.models.family import FAMILY_INFO, PIPELINE_CLASS, Family, detect_family, read_json
 from brandtune.models.revision import cached_revision
 from brandtune.settings import Settings
 
@@ -33,7 +34,14 @@ logger = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")
 # What a training base needs from a hub repo: configs, tokenizer files and safetensors weights of the full-precision
 # components. Variants, pickles, single-file checkpoints and the safety checker (never used) are left out.
-HUB_ALLOW_PATTERNS: tuple[str, ...] = ("model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors")
+# T5 tokenizers (FLUX, SD3) also keep a sentencepiece ``spiece.model`` (protobuf, not a pickle).
+HUB_ALLOW_PATTERNS: tuple[str, ...] = (
+    "model_index.json",
+    "*/*.json",
+    "*/*.txt",
+    "*/*.model",
+    "*/*.safetensors",
+)
 HUB_IGNORE_PATTERNS: tuple[str, ...] = (
     "*.fp16.*",
     "*.bf16.*",
@@ -47,31 +55,49 @@ HUB_IGNORE_PATTERNS: tuple[str, ...] = (
     "*.h5",
     "*.onnx",
 )
-_WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+_WEIGHT_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 #: A base's recommendation for LoRA fine-tunes on it, shipped in its folder (see :class:`TrainingDefaults`).
 TRAINING_DEFAULTS_FILE = "brandtune_training.json"
 _VALID_FOLDER = (
-    "a diffusers folder holds model_index.json plus unet/, vae/, text_encoder/ (and text_encoder_2/ for SDXL) "
-    "with config.json and *.safetensors weights, tokenizer/ and scheduler/"
+    "a diffusers folder holds model_index.json plus unet/ (transformer/ for FLUX and SD3), vae/, text_encoder/ "
+    "(and text_encoder_2/ for SDXL and FLUX, text_encoder_3/ for SD3) with config.json and *.safetensors weights, "
+    "the matching tokenizer folders and scheduler/"
 )
 
-#: What a base without its own ``brandtune_training.json`` recommends.
+#: What a UNet base (SD 1.x/2.x, SDXL) without its own ``brandtune_training.json`` recommends.
 GENERIC_TRAINING_DEFAULTS = TrainingDefaults()
+#: What a FLUX or SD3 base without one recommends: LoRA on the joint attention (both streams), the learning rate
+#: and batch of diffusers' FLUX/SD3 DreamBooth LoRA scripts (1e-4, one image per step; a 12B transformer).
+FLOW_TRAINING_DEFAULTS = TrainingDefaults(
+    target_modules=ATTENTION_TRANSFORMER_TARGETS,
+    learning_rate=1e-4,
+    train_batch_size=1,
+    source="brandtune's generic defaults for flow-matching transformers",
+)
 
 
-def read_training_defaults(folder: Path) -> TrainingDefaults:
-    """The recommendation a base folder ships in ``brandtune_training.json``, else the generic one.
+def generic_training_defaults(family: Family) -> TrainingDefaults:
+    """The recommendation of a base of ``family`` that ships none."""
+    return FLOW_TRAINING_DEFAULTS if FAMILY_INFO[family].flow_matching else GENERIC_TRAINING_DEFAULTS
+
+
+def read_training_defaults(folder: Path, family: Family = "sd1") -> TrainingDefaults:
+    """The recommendation a base folder ships in ``brandtune_training.json``, else the family's generic one.
+
+    Fields the file leaves out take the family's generic values.
 
     Raises:
         ModelResolutionError: the file exists but is not valid JSON or holds an unknown key or a bad value.
     """
     path = folder / TRAINING_DEFAULTS_FILE
+    generic = generic_training_defaults(family)
     if not path.is_file():
-        return GENERIC_TRAINING_DEFAULTS
+        return generic
     data = read_json(path)  # names the file when it is not a JSON object
     shipped = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys are notes
     try:
-        return TrainingDefaults.model_validate({"source": str(path), **shipped})
+        base = generic.model_dump(exclude={"source"})
+        return TrainingDefaults.model_validate({**base, "source": str(path), **shipped})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "file"
@@ -89,9 +115,9 @@ class ResolvedBase:
         ref: The reference as the user gave it.
         name: A portable name: ``"builtin:tiny"``, the hub id, or a local folder's name.
         path: The local diffusers folder.
-        family: ``"sd1"``, ``"sd2"`` or ``"sdxl"``.
+        family: ``"sd1"``, ``"sd2"``, ``"sdxl"``, ``"flux"`` or ``"sd3"``.
         revision: ``"sha256:<hex>"`` content hash for builtin and local folders, the commit sha for hub ids.
-        resolution: Native image size in pixels (UNet sample size x VAE scale factor).
+        resolution: Native image size in pixels (the denoiser's sample size x VAE scale factor).
         pipeline_class: The diffusers text-to-image pipeline class name for this family.
         training_defaults: What the base recommends for a LoRA fine-tune (targets, learning rate, schedule,
             steps, batch); TrainConfig fields left empty take these.
@@ -123,7 +149,8 @@ def resolve_base(ref: str, *, settings: Settings | None = None) -> ResolvedBase:
 
     Raises:
         ModelResolutionError: The reference names nothing usable (the message says what would be).
-        UnsupportedModelError: The model resolved but is not an SD 1.x/2.x or SDXL model.
+        UnsupportedModelError: The model resolved but is not of a supported family (SD 1.x/2.x, SDXL, FLUX.1,
+            SD3/3.5).
     """
     settings = settings or Settings.from_env()
     text = ref.strip()
@@ -155,23 +182,32 @@ def resolve_base(ref: str, *, settings: Settings | None = None) -> ResolvedBase:
         path=folder,
         family=family,
         revision=revision,
-        resolution=native_resolution(folder),
+        resolution=native_resolution(folder, family),
         pipeline_class=PIPELINE_CLASS[family],
-        training_defaults=read_training_defaults(folder),
+        training_defaults=read_training_defaults(folder, family),
     )
     logger.debug("resolved %r to %s", ref, resolved)
     return resolved
 
 
-def native_resolution(folder: Path) -> int:
-    """The image size a diffusers folder generates by default: UNet sample size x VAE scale factor."""
-    unet = read_json(folder / "unet" / "config.json")
+def native_resolution(folder: Path, family: Family = "sd1") -> int:
+    """The image size a diffusers folder generates by default: the denoiser's sample size x VAE scale factor.
+
+    A FLUX transformer has no sample size in its config; its pipeline defaults to 128 latent rows (1024 px on
+    FLUX.1's 8x VAE), and so does this.
+    """
+    denoiser = FAMILY_INFO[family].denoiser
+    config = read_json(folder / denoiser / "config.json")
     vae = read_json(folder / "vae" / "config.json")
-    sample_size: Any = unet.get("sample_size", 64)
+    sample_size: Any = config.get("sample_size", 128 if family == "flux" else 64)
     if isinstance(sample_size, list | tuple):
         sample_size = sample_size[0]
-    scale = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
-    return int(sample_size) * scale
+    return int(sample_size) * vae_scale_factor(vae)
+
+
+def vae_scale_factor(vae_config: dict[str, Any]) -> int:
+    """How many pixels one latent cell spans: 2 per VAE down block after the first."""
+    return 2 ** (len(vae_config.get("block_out_channels", [0, 0, 0, 0])) - 1)
 
 
 def _local_revision(folder: Path, settings: Settings) -> str:

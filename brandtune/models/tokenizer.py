@@ -1,11 +1,20 @@
-"""A small CLIP tokenizer that brandtune builds itself, for the built-in tiny models.
+"""The small CLIP and T5 tokenizers that brandtune builds itself, for the built-in tiny models.
 
-The vocabulary follows CLIP's layout so that ``transformers.CLIPTokenizer`` loads it unchanged: the 256 byte
-symbols of GPT-2's byte-to-unicode table, the same 256 with the end-of-word suffix ``</w>``, then one token per
-learned merge, then ``<|startoftext|>`` and ``<|endoftext|>``. Because every byte is in the vocabulary, any text
-tokenizes (unknown words fall back to smaller pieces). Merges are learned on a fixed built-in word list by a
-small BPE trainer here with a total order on ties (the ``tokenizers`` trainer breaks ties by hash-map order and
-gives different merges from run to run), so the files are byte-identical on every build.
+CLIP (every family's CLIP text encoders): the vocabulary follows CLIP's layout so that
+``transformers.CLIPTokenizer`` loads it unchanged: the 256 byte symbols of GPT-2's byte-to-unicode table, the
+same 256 with the end-of-word suffix ``</w>``, then one token per learned merge, then ``<|startoftext|>`` and
+``<|endoftext|>``. Because every byte is in the vocabulary, any text tokenizes (unknown words fall back to smaller
+pieces). Merges are learned on a fixed built-in word list by a small BPE trainer here with a total order on ties
+(the ``tokenizers`` trainer breaks ties by hash-map order and gives different merges from run to run), so the
+files are byte-identical on every build.
+
+T5 (the T5 encoder of the FLUX.1 and SD3 tiny models): a SentencePiece-style Unigram model in T5's layout, ``<pad>``
+= 0, ``</s>`` = 1, ``<unk>`` = 2, then one piece per word of the same word list (``▁word``, scored by its
+log-frequency), the word boundary ``▁`` and single characters (printable ASCII, Latin-1 letters and a few common
+typographic marks), so that any Latin-script text tokenizes and other characters become ``<unk>`` as in T5.
+transformers 5 rebuilds ``T5TokenizerFast`` from the Unigram pieces of ``tokenizer.json`` when it loads a folder
+(pre-tokenizer, decoder and ``</s>`` post-processor included), so the files here are what it would rebuild. The
+pieces and scores are fixed (no trainer), so the files are byte-identical on every build too.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +33,13 @@ BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 END_OF_WORD = "</w>"
 MODEL_MAX_LENGTH = 77
+
+T5_PAD_TOKEN = "<pad>"
+T5_EOS_TOKEN = "</s>"
+T5_UNK_TOKEN = "<unk>"
+# The tiny T5 encoders' sequence length: tests and training use short captions (FLUX.1 uses 512, SD3 256).
+T5_MAX_LENGTH = 64
+WORD_BOUNDARY = "\u2581"  # SentencePiece's "▁", which marks the start of a word
 
 # Words a brand's captions and prompts are made of: product kinds, colours, materials, settings, styles and the
 # common words around them. Each line is one caption-like phrase; order does not matter for the result's content,
@@ -52,6 +69,13 @@ _CORPUS: tuple[str, ...] = (
 )
 # Learn merges until every word of the corpus is one token (training stops early when no pair is left).
 _MAX_MERGES = 1500
+# The T5 tokenizer's single characters beyond printable ASCII and Latin-1: dashes, curly quotes, ellipsis and
+# the like, which captions copied from the web carry.
+_T5_EXTRA_CHARACTERS = "\u2013\u2014\u2018\u2019\u201c\u201d\u2026\u2022\u20ac\u2122"
+# Unigram log-probabilities of the pieces that are not corpus words: far below any word's, so a corpus word is
+# always one piece and anything else is spelled out a character at a time.
+_T5_BOUNDARY_SCORE = -12.0
+_T5_CHARACTER_SCORE = -14.0
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -75,6 +99,15 @@ def bytes_to_unicode() -> dict[int, str]:
 def corpus_digest() -> str:
     """A short hash of the built-in word list and merge budget (part of the builtin models' config hash)."""
     payload = json.dumps({"corpus": _CORPUS, "max_merges": _MAX_MERGES})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def t5_digest() -> str:
+    """A short hash of what the T5 tokenizer is made of (part of the FLUX.1 and SD3 models' config hash).
+
+    The corpus itself is covered by :func:`corpus_digest`; this covers the T5 vocabulary built from it.
+    """
+    payload = json.dumps({"vocab": build_t5_vocab()}, ensure_ascii=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -152,3 +185,82 @@ def write_clip_tokenizer_files(dest: Path) -> None:
     lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
     (dest / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     logger.debug("wrote a CLIP tokenizer with %d tokens and %d merges to %s", len(vocab), len(merges), dest)
+
+
+def _t5_characters() -> list[str]:
+    """The T5 tokenizer's single-character pieces: printable ASCII, Latin-1's printable characters (but the soft
+    hyphen) and :data:`_T5_EXTRA_CHARACTERS`, in code-point order."""
+    ascii_printable = [chr(c) for c in range(0x21, 0x7F)]
+    latin1 = [chr(c) for c in range(0xA1, 0x100) if c != 0xAD]
+    return ascii_printable + latin1 + sorted(_T5_EXTRA_CHARACTERS)
+
+
+def build_t5_vocab() -> list[tuple[str, float]]:
+    """Build the T5-layout Unigram vocabulary.
+
+    Returns:
+        ``(piece, log-probability)`` pairs in id order: the special tokens (``<pad>``, ``</s>``, ``<unk>``), the
+        corpus words as ``▁word`` (most frequent first, ties alphabetical), ``▁`` and the single characters.
+    """
+    counts = Counter(word for line in _CORPUS for word in line.lower().split())
+    total = sum(counts.values())
+    vocab: list[tuple[str, float]] = [(T5_PAD_TOKEN, 0.0), (T5_EOS_TOKEN, 0.0), (T5_UNK_TOKEN, 0.0)]
+    for word in sorted(counts, key=lambda w: (-counts[w], w)):
+        vocab.append((WORD_BOUNDARY + word, round(math.log(counts[word] / total), 4)))
+    vocab.append((WORD_BOUNDARY, _T5_BOUNDARY_SCORE))
+    vocab += [(char, _T5_CHARACTER_SCORE) for char in _t5_characters()]
+    return vocab
+
+
+def write_t5_tokenizer_files(folder: Path, model_max_length: int = T5_MAX_LENGTH) -> None:
+    """Write ``tokenizer.json`` and ``tokenizer_config.json`` for ``T5TokenizerFast.from_pretrained(folder)``.
+
+    The files are byte-identical on every call with the same arguments (and ``tokenizers`` version). No sentinel
+    ``<extra_id_*>`` tokens: the tiny models' T5 is an encoder only.
+
+    Args:
+        folder: An existing folder; the two files are written into it (replacing any already there).
+        model_max_length: The tokenizer's ``model_max_length``.
+
+    Raises:
+        ValueError: ``model_max_length`` is not a positive integer.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+
+    if isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length < 1:
+        raise ValueError(f"model_max_length must be a positive integer, got {model_max_length!r}.")
+    vocab = build_t5_vocab()
+    unk_id = next(i for i, (piece, _) in enumerate(vocab) if piece == T5_UNK_TOKEN)
+    eos_id = next(i for i, (piece, _) in enumerate(vocab) if piece == T5_EOS_TOKEN)
+    tokenizer = Tokenizer(Unigram(vocab, unk_id=unk_id, byte_fallback=False))
+    # As transformers' T5Tokenizer sets them up (it rebuilds these on load and keeps the post-processor).
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement=WORD_BOUNDARY, prepend_scheme="always", split=True),
+        ]
+    )
+    tokenizer.decoder = decoders.Metaspace(replacement=WORD_BOUNDARY, prepend_scheme="always", split=True)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=["$A", T5_EOS_TOKEN],
+        pair=["$A", T5_EOS_TOKEN, "$B", T5_EOS_TOKEN],
+        special_tokens=[(T5_EOS_TOKEN, eos_id)],
+    )
+    tokenizer.add_special_tokens(
+        [
+            AddedToken(tok, special=True, normalized=False)
+            for tok in (T5_PAD_TOKEN, T5_EOS_TOKEN, T5_UNK_TOKEN)
+        ]
+    )
+    config = {
+        "tokenizer_class": "T5Tokenizer",
+        "pad_token": T5_PAD_TOKEN,
+        "eos_token": T5_EOS_TOKEN,
+        "unk_token": T5_UNK_TOKEN,
+        "extra_ids": 0,
+        "model_max_length": model_max_length,
+    }
+    (folder / "tokenizer.json").write_text(tokenizer.to_str(pretty=True) + "\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    logger.debug("wrote a T5 tokenizer with %d pieces to %s", len(vocab), folder)

@@ -1,7 +1,7 @@
 """Training data: reading a dataset folder, encoding it once, and caching the result on disk.
 
-The cache holds VAE latent distributions (mean and std, so every step still samples fresh latents) and text
-embeddings. Its key covers everything the encoded values depend on: dataset fingerprint (which covers every pixel and
+The cache holds VAE latent distributions (mean and std, so every step still samples fresh latents) and the
+family's text conditioning. Its key covers everything the encoded values depend on: dataset fingerprint (which covers every pixel and
 caption), base-model revision, resolution, flip augmentation, family and whether the text encoder is trained. Change
 any of them and a new cache is made; the old one is never read for the new inputs.
 """
@@ -22,11 +22,12 @@ from brandtune.fsutil import canonical_json, sha256_bytes
 if TYPE_CHECKING:
     import torch
 
+    from brandtune.config import TrainConfig
     from brandtune.models import BaseComponents
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: conditioning by name (FLUX, SD3), latents shifted as well as scaled
 
 
 @dataclass(frozen=True)
@@ -60,20 +61,31 @@ def read_dataset(folder: Path) -> list[Example]:
 
 @dataclass
 class Encoded:
-    """Encoded training examples, all tensors on the CPU, first dimension = example."""
+    """Encoded training examples, all tensors on the CPU, first dimension = example.
 
-    latent_mean: torch.Tensor  # (N, C, h, w), already multiplied by the VAE scaling factor
-    latent_std: torch.Tensor  # (N, C, h, w)
-    prompt_embeds: torch.Tensor | None  # (N, L, D); None when the text encoder is trained
-    input_ids: torch.Tensor  # (N, E, L): token ids per text encoder E
-    pooled_embeds: torch.Tensor | None  # (N, D2), SDXL only
-    time_ids: torch.Tensor | None  # (N, 6), SDXL only
+    Attributes:
+        latent_mean: ``(N, C, h, w)`` VAE latent means, shifted and scaled as the denoiser takes them.
+        latent_std: ``(N, C, h, w)`` the latent distributions' std, scaled alike.
+        conditioning: What the denoiser is conditioned on, per example, as the family's
+            :class:`~brandtune.training.families.FamilyOps` made it: ``prompt_embeds`` (absent when the text
+            encoders are trained; then ``input_ids``, ``(N, E, L)``, are run each step), ``pooled_embeds`` (SDXL,
+            FLUX, SD3), ``time_ids`` (SDXL micro-conditioning).
+    """
+
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+    conditioning: dict[str, torch.Tensor]
 
     def __len__(self) -> int:
         return self.latent_mean.shape[0]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in vars(self).items() if v is not None}
+        return {"latent_mean": self.latent_mean, "latent_std": self.latent_std, **self.conditioning}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> Encoded:
+        rest = {k: v for k, v in tensors.items() if k not in {"latent_mean", "latent_std"}}
+        return cls(tensors["latent_mean"], tensors["latent_std"], rest)
 
 
 def cache_key(**parts: object) -> str:
@@ -107,92 +119,58 @@ def _time_ids(ex: Example, resolution: int) -> list[float]:
     return [h, w, top, left, resolution, resolution]
 
 
-def tokenize(components: BaseComponents, captions: list[str]) -> torch.Tensor:
-    """Token ids, ``(N, E, L)`` for E text encoders."""
-    import torch
-
-    ids = [
-        tok(
-            captions,
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        for tok in components.tokenizers
-    ]
-    return torch.stack(ids, dim=1)
-
-
-def encode_text(
-    components: BaseComponents, input_ids: torch.Tensor, text_encoders: tuple | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Prompt embeddings ``(N, L, D)`` and, for SDXL, pooled embeddings ``(N, D2)``.
-
-    SD 1.x/2.x use the last hidden state; SDXL concatenates both encoders' penultimate hidden states and takes the
-    pooled projection of the second, as its pipeline does.
-    """
-    import torch
-
-    encoders = text_encoders or components.text_encoders
-    if components.resolved.family != "sdxl":
-        enc = encoders[0]
-        return enc(input_ids[:, 0].to(enc.device))[0], None
-    hidden, pooled = [], None
-    for i, enc in enumerate(encoders):
-        out = enc(input_ids[:, i].to(enc.device), output_hidden_states=True)
-        hidden.append(out.hidden_states[-2])
-        pooled = out[0]  # the last encoder's projected pooled output
-    return torch.cat(hidden, dim=-1), pooled
-
-
 def encode_examples(
     components: BaseComponents,
     examples: list[Example],
     resolution: int,
+    config: TrainConfig,
     *,
     flip: bool,
     with_text: bool,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> Encoded:
-    """Run the VAE (and text encoders) over the examples once; ``flip`` appends mirrored copies.
+    """Run the VAE and the family's text conditioning over the examples once; ``flip`` appends mirrored copies.
 
     The VAE runs on ``device`` in fp32 (an SD VAE overflows in fp16); where it is when ``device`` is None.
     ``batch_size`` defaults to as many images as make two 512 px ones (at most 8): an SD VAE's fp32 encoder
     activations grow with the pixel count, to several GB per 1024 px image, and the UNet is on the GPU already.
+    Latents are ``(mean - shift_factor) * scaling_factor`` (FLUX's and SD3's VAEs have a shift, SD's none).
     """
     import torch
+
+    from brandtune.training.families import family_ops
 
     if batch_size is None:
         batch_size = min(8, max(1, 2 * 512 * 512 // (resolution * resolution)))
     vae = components.vae
     if device is not None:
         vae.to(device, dtype=torch.float32)
+    scale = vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
     means, stds = [], []
     sets = [False, True] if flip else [False]
     rows = [(ex, f) for f in sets for ex in examples]
+    ops = family_ops(components.resolved.family)
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             pixels = torch.cat([_load_pixels([ex], resolution, f) for ex, f in chunk])
             dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
             # contiguous: a freshly encoded batch must be laid out exactly like one read back from the cache,
-            # or the UNet's kernels may take another path and results drift in the last bits.
-            means.append((dist.mean.float().cpu() * vae.config.scaling_factor).contiguous())
-            stds.append((dist.std.float().cpu() * vae.config.scaling_factor).contiguous())
+            # or the denoiser's kernels may take another path and results drift in the last bits.
+            mean = dist.mean.float().cpu()
+            means.append(((mean - shift) * scale if shift else mean * scale).contiguous())
+            stds.append((dist.std.float().cpu() * scale).contiguous())
         captions = [ex.caption for ex, _ in rows]
-        input_ids = tokenize(components, captions)
-        embeds, pooled = (None, None)
-        if with_text:
-            embeds, pooled = encode_text(components, input_ids)
-            embeds = embeds.float().cpu()
-            pooled = pooled.float().cpu() if pooled is not None else None
-    time_ids = None
+        conditioning = ops.encode_captions(components, captions, config, with_text=with_text)
     if components.resolved.family == "sdxl":
         # Centre crops are symmetric, so mirrored copies share their originals' crop offsets.
-        time_ids = torch.tensor([_time_ids(ex, resolution) for ex, _ in rows], dtype=torch.float32)
-    return Encoded(torch.cat(means), torch.cat(stds), embeds, input_ids, pooled, time_ids)
+        conditioning["time_ids"] = torch.tensor(
+            [_time_ids(ex, resolution) for ex, _ in rows], dtype=torch.float32
+        )
+    conditioning = {k: v.contiguous() for k, v in conditioning.items()}
+    return Encoded(torch.cat(means), torch.cat(stds), conditioning)
 
 
 def load_or_encode(
@@ -200,6 +178,7 @@ def load_or_encode(
     examples: list[Example],
     resolution: int,
     cache_file: Path | None,
+    config: TrainConfig,
     *,
     flip: bool,
     with_text: bool,
@@ -215,8 +194,10 @@ def load_or_encode(
     if cache_file is not None and cache_file.is_file():
         tensors = load_file(cache_file)
         logger.info("latent/text cache hit: %s", cache_file.name)
-        return Encoded(**{f: tensors.get(f) for f in Encoded.__dataclass_fields__}), True
-    encoded = encode_examples(components, examples, resolution, flip=flip, with_text=with_text, device=device)
+        return Encoded.from_tensors(tensors), True
+    encoded = encode_examples(
+        components, examples, resolution, config, flip=flip, with_text=with_text, device=device
+    )
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=cache_file.parent)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from brandtune.errors import TrainingError
 from brandtune.training import checkpoint as ckpt
-from brandtune.training.data import Encoded, encode_text
+from brandtune.training.data import Encoded
 from brandtune.training.plan import TrainPlan
 
 if TYPE_CHECKING:
@@ -83,40 +83,27 @@ def _gather(
 def diffusion_loss(
     plan: TrainPlan, models: Models, batch: dict[str, Any], gen: torch.Generator
 ) -> torch.Tensor:
-    """Denoising loss of one batch (prior-preservation halves weighted), with min-SNR and noise offset."""
+    """The loss of one batch: the family's objective (DDPM or flow matching), prior-preservation halves weighted.
+
+    Draws, in this order, from ``gen``: the latent sample, the noise, the noise offset (if any), then what the
+    objective samples (timesteps or noise levels).
+    """
     import torch
     import torch.nn.functional as F
-    from diffusers.training_utils import compute_snr
 
-    cfg, sched, unet = plan.config, plan.noise_scheduler, models.denoiser
+    cfg, ops = plan.config, plan.ops
     mean = batch["latent_mean"]
     latents = mean + batch["latent_std"] * torch.randn(mean.shape, generator=gen).to(mean.device)
     noise = torch.randn(latents.shape, generator=gen).to(latents.device)
     if cfg.noise_offset:
         noise += cfg.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=gen).to(latents.device)
+    noised = ops.noised(cfg, plan.noise_scheduler, latents, noise, gen)
+    cond = ops.conditioning(plan, models, batch)
+    pred = ops.predict(plan, models.denoiser, noised, cond, batch).float()
+    per_example = F.mse_loss(pred, noised.target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if noised.weight is not None:
+        per_example = per_example * noised.weight
     bsz = latents.shape[0]
-    timesteps = torch.randint(0, sched.config.num_train_timesteps, (bsz,), generator=gen).to(latents.device)
-    noisy = sched.add_noise(latents, noise, timesteps)
-    if "prompt_embeds" in batch:
-        embeds, pooled = batch["prompt_embeds"], batch.get("pooled_embeds")
-    else:
-        assert plan.components is not None
-        embeds, pooled = encode_text(plan.components, batch["input_ids"], models.text_encoders)
-    kwargs = {}
-    if plan.family == "sdxl":
-        kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": batch["time_ids"]}
-    dtype = plan.weight_dtype
-    pred = unet(noisy.to(dtype), timesteps, encoder_hidden_states=embeds.to(dtype), **kwargs).sample.float()
-    if sched.config.prediction_type == "v_prediction":
-        target = sched.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    per_example = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-    if cfg.snr_gamma is not None:
-        snr = compute_snr(sched, timesteps)
-        weight = torch.clamp(snr, max=cfg.snr_gamma)
-        weight = weight / (snr + 1) if sched.config.prediction_type == "v_prediction" else weight / snr
-        per_example = per_example * weight
     n_instance = batch.get("n_instance", bsz)
     loss = per_example[:n_instance].mean()
     if n_instance < bsz:

@@ -81,22 +81,32 @@ def _stringify(meta: dict[str, Any]) -> dict[str, str]:
 
 def save_adapter(
     dest: Path,
-    pipeline_class: str,
-    unet: torch.nn.Module,
+    family: str,
+    denoiser: torch.nn.Module,
     text_encoders: list[torch.nn.Module],
     provenance: dict[str, Any],
     export_kohya: bool = False,
 ) -> Path:
-    """Write the adapter folder ``dest`` atomically: weights, provenance, optional kohya export."""
+    """Write the adapter folder ``dest`` atomically: weights, provenance, optional kohya export.
+
+    The weights are what the family's pipeline ``save_lora_weights`` writes, with each module's LoRA config in the
+    file's metadata (so ``load_lora_weights`` restores a non-default alpha too).
+    """
     import diffusers
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    pipeline_cls = getattr(diffusers, pipeline_class)
-    layers: dict[str, dict[str, torch.Tensor]] = {"unet_lora_layers": lora_state_dict(unet)}
-    names = ["text_encoder_lora_layers", "text_encoder_2_lora_layers"]
-    for name, encoder in zip(names, text_encoders, strict=False):
-        layers[name] = lora_state_dict(encoder)
+    from brandtune.models.family import FAMILY_INFO
+
+    info = FAMILY_INFO[family]
+    pipeline_cls = getattr(diffusers, info.pipeline_class)
+    modules = {info.denoiser: denoiser}
+    modules.update({spec.folder: enc for spec, enc in zip(info.text_encoders, text_encoders, strict=False)})
+    layers: dict[str, Any] = {}
+    for name, module in modules.items():
+        layers[f"{name}_lora_layers"] = lora_state_dict(module)
+        if (peft_config := getattr(module, "peft_config", None)) is not None:
+            layers[f"{name}_lora_adapter_metadata"] = peft_config["default"].to_dict()
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
     try:
@@ -109,7 +119,12 @@ def save_adapter(
         save_file(tensors, weights, metadata=metadata)
         files = {WEIGHTS_NAME: sha256_file(weights)}
         if export_kohya:
-            files[KOHYA_NAME] = export_kohya_file(weights, staging / KOHYA_NAME, provenance)
+            if family == "flux":
+                from brandtune.training.kohya_flux import export_flux_kohya_file
+
+                files[KOHYA_NAME] = export_flux_kohya_file(weights, staging / KOHYA_NAME, provenance)
+            else:
+                files[KOHYA_NAME] = export_kohya_file(weights, staging / KOHYA_NAME, provenance)
         atomic_write_json(staging / PROVENANCE_NAME, {**provenance, "files": files})
         replace_dir(staging, dest)
     except BaseException:

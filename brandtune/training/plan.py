@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -14,10 +15,10 @@ from brandtune.config.train import BASE_RECOMMENDED
 from brandtune.errors import TrainingError
 from brandtune.provenance import config_hash
 from brandtune.training.data import Encoded, Example
+from brandtune.training.families import FamilyOps, family_ops
 
 if TYPE_CHECKING:
     import torch
-    from diffusers import DDPMScheduler
 
     from brandtune.models import BaseComponents, ResolvedBase
     from brandtune.settings import Settings
@@ -68,8 +69,8 @@ def resolve_job(config: TrainConfig, settings: Settings) -> TrainJob:
     dataset_dir = find_dataset(brand.name, config.dataset, settings)
     resolved = resolve_base(config.base_model or brand.base_model, settings=settings)
     resolution = config.resolution or dataset_resolution(dataset_dir)
-    check_resolution(resolved, resolution)
     filled = config.with_base_defaults(resolved.training_defaults)
+    family_ops(resolved.family).check(filled, resolved, resolution)
     taken = [f"{name}={getattr(filled, name)}" for name in BASE_RECOMMENDED if getattr(config, name) is None]
     if taken:
         logger.info("from %s's recommendation (%s): %s", resolved.name, resolved.training_defaults.source,
@@ -117,8 +118,13 @@ class TrainPlan:
     def family(self) -> str:
         return self.resolved.family
 
+    @functools.cached_property
+    def ops(self) -> FamilyOps:
+        """The family's training pieces (conditioning, objective, denoiser call)."""
+        return family_ops(self.resolved.family)
+
     @property
-    def noise_scheduler(self) -> DDPMScheduler:
+    def noise_scheduler(self) -> Any:
         assert self.components is not None
         return self.components.noise_scheduler
 
@@ -163,20 +169,6 @@ def run_identity(config: TrainConfig, fingerprint: str, resolved: ResolvedBase, 
         dataset=fingerprint, base_model=resolved.name, base_revision=resolved.revision, resolution=resolution
     )
     return config_hash(ident)
-
-
-def check_resolution(resolved: ResolvedBase, resolution: int) -> None:
-    """The resolution must map to a latent grid every UNet level can halve."""
-    unet_cfg = json.loads((resolved.path / "unet" / "config.json").read_text())
-    vae_cfg = json.loads((resolved.path / "vae" / "config.json").read_text())
-    vae_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0])) - 1)
-    multiple = vae_factor * 2 ** (len(unet_cfg.get("block_out_channels", [0])) - 1)
-    if resolution % multiple:
-        lower = max(multiple, resolution // multiple * multiple)
-        raise TrainingError(
-            f"resolution {resolution} is not divisible by {multiple} (VAE factor {vae_factor} x UNet downsampling) "
-            f"for {resolved.name}; use {lower} or {lower + multiple}"
-        )
 
 
 def check_precision(mixed_precision: str) -> None:

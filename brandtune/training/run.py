@@ -83,7 +83,8 @@ def _class_images(plan: TrainPlan, settings: Settings, device: torch.device) -> 
         plan.components,
         examples,
         plan.resolution,
-        folder / "encoded.safetensors",
+        folder / f"encoded-{cache_key(family=plan.family, text=plan.ops.text_key(plan.config))}.safetensors",
+        plan.config,
         flip=False,
         with_text=True,
         device=device,
@@ -102,6 +103,7 @@ def _encode(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> bo
         flip=cfg.random_flip,
         family=plan.family,
         text=not cfg.train_text_encoder,
+        conditioning=plan.ops.text_key(cfg),
     )
     cache_file = settings.cache_dir / "latents" / f"{key}.safetensors" if cfg.cache_latents else None
     with accelerator.main_process_first():
@@ -110,6 +112,7 @@ def _encode(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> bo
             plan.examples,
             plan.resolution,
             cache_file,
+            cfg,
             flip=cfg.random_flip,
             with_text=not cfg.train_text_encoder,
             device=accelerator.device,
@@ -133,8 +136,9 @@ def _setup_models(plan: TrainPlan, accelerator: Accelerator) -> Models:
     )
     components = load_components(plan.resolved)
     plan.components = components
-    add_lora(components.unet, cfg.rank, cfg.lora_alpha, cfg.dropout, cfg.target_modules, "UNet")
-    trained = [components.unet]
+    denoiser = components.denoiser
+    add_lora(denoiser, cfg.rank, cfg.lora_alpha, cfg.dropout, cfg.target_modules, components.info.denoiser)
+    trained = [denoiser]
     encoders = list(components.text_encoders)
     for enc in encoders:
         enc.requires_grad_(False)
@@ -143,11 +147,12 @@ def _setup_models(plan: TrainPlan, accelerator: Accelerator) -> Models:
                 enc, cfg.rank, cfg.lora_alpha, cfg.dropout, cfg.text_encoder_target_modules, "text encoder"
             )
             trained.append(enc)
-    for model in [components.unet, *encoders]:
+    for model in [denoiser, *encoders]:
         model.to(accelerator.device, dtype=plan.weight_dtype)
     cast_training_params(trained, dtype=torch.float32)
     if cfg.gradient_checkpointing:
-        components.unet.enable_gradient_checkpointing()
+        denoiser.enable_gradient_checkpointing()
+    plan.ops.prepare(components, cfg)
     return Models(trained=tuple(trained), text_encoders=tuple(encoders))
 
 
@@ -309,6 +314,7 @@ def _prepare(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> t
     import torch
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import free_memory
 
     config = plan.config
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
@@ -324,6 +330,9 @@ def _prepare(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> t
     # the loop runs the text encoders only when it trains them; else the prompt embeddings are cached
     encoders = models.text_encoders if config.train_text_encoder else ()
     plan.components = dataclasses.replace(plan.components, vae=None, text_encoders=encoders)
+    if not encoders:  # free the frozen text encoders (FLUX's and SD3's T5 alone is ~9 GB in bf16)
+        models = Models(trained=models.trained)
+        free_memory()
     optimizer = _optimizer(config, params)
     lr_scheduler = get_scheduler(
         config.lr_scheduler,
@@ -342,10 +351,10 @@ def _finish(plan: TrainPlan, state: TrainState, adapter_dir: Path) -> None:
     from brandtune.training.validation import log_validation
 
     accelerator = state.accelerator
-    unet = accelerator.unwrap_model(state.models.denoiser)
+    denoiser = accelerator.unwrap_model(state.models.denoiser)
     encoders = [accelerator.unwrap_model(m) for m in state.models.trained_text_encoders]
     save_adapter(
-        adapter_dir, plan.resolved.pipeline_class, unet, encoders, plan.provenance(), plan.config.export_kohya
+        adapter_dir, plan.resolved.family, denoiser, encoders, plan.provenance(), plan.config.export_kohya
     )
     log_validation(plan, state, plan.config.max_train_steps)
     if state.tracker is not None:

@@ -14,26 +14,29 @@ if TYPE_CHECKING:
     from brandtune.training.plan import TrainPlan
     from brandtune.training.state import TrainState
 
+from brandtune.models.family import FAMILY_INFO
+
 logger = logging.getLogger(__name__)
 
 
 def pipeline_with(
-    plan: TrainPlan, unet: torch.nn.Module, text_encoders: list[torch.nn.Module] | None = None
+    plan: TrainPlan, denoiser: torch.nn.Module, text_encoders: list[torch.nn.Module] | None = None
 ) -> DiffusionPipeline:
-    """The base pipeline, with the (LoRA-carrying) training UNet and text encoders swapped in.
+    """The base pipeline, with the (LoRA-carrying) training denoiser and text encoders swapped in.
 
-    The components loaded here (VAE, frozen text encoders) get the UNet's device and the training weight dtype,
-    as the training script's validation does; the swapped-in modules are used as they are.
+    The components loaded here (VAE, frozen text encoders) get the denoiser's device and the training weight
+    dtype, as the training scripts' validation does; the swapped-in modules are used as they are.
     """
     import diffusers
 
-    cls = getattr(diffusers, plan.resolved.pipeline_class)
-    kwargs: dict[str, Any] = {"unet": unet, "use_safetensors": True}
-    if plan.family != "sdxl":
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
-    for name, enc in zip(["text_encoder", "text_encoder_2"], text_encoders or [], strict=False):
-        kwargs[name] = enc
-    pipe = cls.from_pretrained(plan.resolved.path, dtype=plan.weight_dtype, **kwargs).to(unet.device)
+    from brandtune.models.loading import pipeline_extras
+
+    info = FAMILY_INFO[plan.resolved.family]
+    cls = getattr(diffusers, info.pipeline_class)
+    kwargs: dict[str, Any] = {info.denoiser: denoiser, "use_safetensors": True, **pipeline_extras(info.name)}
+    for spec, enc in zip(info.text_encoders, text_encoders or [], strict=False):
+        kwargs[spec.folder] = enc
+    pipe = cls.from_pretrained(plan.resolved.path, dtype=plan.weight_dtype, **kwargs).to(denoiser.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -43,7 +46,12 @@ def sample(
 ) -> list[Image.Image]:
     import torch
 
+    from brandtune.sampling import call_kwargs
+
     images = []
+    extra = call_kwargs(pipe)
+    if "max_sequence_length" in extra and plan.config.max_sequence_length is not None:
+        extra["max_sequence_length"] = plan.config.max_sequence_length  # as trained
     for i, prompt in enumerate(prompts):
         gens = [torch.Generator().manual_seed(1000 * i + j) for j in range(per_prompt)]
         out = pipe(
@@ -52,6 +60,7 @@ def sample(
             generator=gens,
             height=plan.resolution,
             width=plan.resolution,
+            **extra,
         )
         images += out.images
     return images
@@ -64,20 +73,20 @@ def log_validation(plan: TrainPlan, state: TrainState, step: int) -> Path:
     from brandtune.images import image_grid
 
     cfg, accelerator = plan.config, state.accelerator
-    unet = accelerator.unwrap_model(state.models.denoiser)
+    denoiser = accelerator.unwrap_model(state.models.denoiser)
     encoders = (
         [accelerator.unwrap_model(m) for m in state.models.text_encoders] if cfg.train_text_encoder else None
     )
-    was_training = unet.training
-    unet.eval()
+    was_training = denoiser.training
+    denoiser.eval()
     # autocast as in training: the LoRA weights stay fp32 and some pipelines hand fp32 latents to a bf16 VAE
     with torch.no_grad(), accelerator.autocast():
-        pipe = pipeline_with(plan, unet, encoders)
+        pipe = pipeline_with(plan, denoiser, encoders)
         images = sample(
             plan, pipe, plan.validation_prompts, cfg.num_validation_images, cfg.validation_inference_steps
         )
     if was_training:
-        unet.train()
+        denoiser.train()
     grid = image_grid(images, columns=cfg.num_validation_images, thumb=None)  # a row per prompt
     out = plan.run_dir / "validation" / f"step-{step:06d}.png"
     out.parent.mkdir(parents=True, exist_ok=True)

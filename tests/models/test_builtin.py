@@ -33,7 +33,7 @@ def test_import_is_light_and_touches_no_disk(tmp_path: Path) -> None:
 
 
 def test_builtin_tiny_resolves(tiny: ResolvedBase) -> None:
-    assert list(BUILTIN_MODELS) == ["tiny", "tiny-sdxl"]
+    assert list(BUILTIN_MODELS) == ["tiny", "tiny-sdxl", "tiny-flux", "tiny-flux-schnell", "tiny-sd3"]
     assert all(isinstance(desc, str) and desc for desc in BUILTIN_MODELS.values())
     assert tiny.ref == tiny.name == "builtin:tiny"
     assert tiny.family == "sd1"
@@ -107,5 +107,5 @@ def test_builtin_tiny_sdxl_generates(tiny_sdxl: ResolvedBase) -> None:
     assert [type(m).__name__ for m in comps.text_encoders] == ["CLIPTextModel", "CLIPTextModelWithProjection"]
     assert len(comps.tokenizers) == 2
     hidden = sum(m.config.hidden_size for m in comps.text_encoders)
-    assert comps.unet.config.cross_attention_dim == hidden
+    assert comps.denoiser.config.cross_attention_dim == hidden
     assert type(comps.noise_scheduler).__name__ == "DDPMScheduler"

@@ -73,8 +73,6 @@ def test_detect_family_of_builtins(tiny: ResolvedBase, tiny_sdxl: ResolvedBase) 
 @pytest.mark.parametrize(
     ("class_name", "unet", "found"),
     [
-        ("FluxPipeline", None, "FluxPipeline"),
-        ("StableDiffusion3Pipeline", None, "StableDiffusion3Pipeline"),
         ("KandinskyV22Pipeline", None, "KandinskyV22Pipeline"),
         ("StableDiffusionPipeline", {"in_channels": 9}, "9 input channels"),
         ("StableDiffusionXLPipeline", {"cross_attention_dim": 2048}, "inconsistent"),
@@ -92,11 +90,75 @@ def test_detect_family_unsupported(
 
 
 def test_resolve_unsupported_local_folder(tmp_path: Path) -> None:
-    folder = _fake_model(tmp_path / "flux", "FluxPipeline")
-    with pytest.raises(
-        UnsupportedModelError, match=r"FluxPipeline.*SD 1\.x \(sd1\), SD 2\.x \(sd2\) and SDXL"
-    ):
+    folder = _fake_model(tmp_path / "kandinsky", "KandinskyV22Pipeline")
+    with pytest.raises(UnsupportedModelError, match=r"KandinskyV22Pipeline.*SD 1\.x \(sd1\).*FLUX.*SD3"):
         resolve_base(str(folder))
+
+
+_FLOW_PARTS: dict[str, dict[str, tuple[str, str]]] = {
+    "FluxPipeline": {
+        "transformer": ("diffusers", "FluxTransformer2DModel"),
+        "text_encoder": ("transformers", "CLIPTextModel"),
+        "tokenizer": ("transformers", "CLIPTokenizer"),
+        "text_encoder_2": ("transformers", "T5EncoderModel"),
+        "tokenizer_2": ("transformers", "T5TokenizerFast"),
+    },
+    "StableDiffusion3Pipeline": {
+        "transformer": ("diffusers", "SD3Transformer2DModel"),
+        "text_encoder": ("transformers", "CLIPTextModelWithProjection"),
+        "tokenizer": ("transformers", "CLIPTokenizer"),
+        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
+        "tokenizer_2": ("transformers", "CLIPTokenizer"),
+        "text_encoder_3": ("transformers", "T5EncoderModel"),
+        "tokenizer_3": ("transformers", "T5TokenizerFast"),
+    },
+}
+
+
+def _fake_flow_model(
+    root: Path, class_name: str, drop: str | None = None, in_channels: int | None = None
+) -> Path:
+    """A FLUX or SD3 folder with configs only: every component of the family (less ``drop``)."""
+    parts = {k: list(v) for k, v in _FLOW_PARTS[class_name].items() if k != drop}
+    root.mkdir(parents=True)
+    index = {"_class_name": class_name, "vae": ["diffusers", "AutoencoderKL"], **parts}
+    (root / "model_index.json").write_text(json.dumps(index))
+    latent = 16
+    default_in = latent * 4 if class_name == "FluxPipeline" else latent
+    for name in [*parts, "vae"]:
+        (root / name).mkdir()
+        config = {"latent_channels": latent} if name == "vae" else {}
+        if name == "transformer":
+            config = {"in_channels": in_channels or default_in}
+        (root / name / "config.json").write_text(json.dumps(config))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("class_name", "family"), [("FluxPipeline", "flux"), ("StableDiffusion3Pipeline", "sd3")]
+)
+def test_detect_flow_families(tmp_path: Path, class_name: str, family: str) -> None:
+    assert detect_family(_fake_flow_model(tmp_path / "m", class_name)) == family
+
+
+@pytest.mark.parametrize(
+    ("class_name", "drop", "found"),
+    [
+        ("FluxPipeline", "tokenizer_2", "without its T5 tokenizer"),
+        ("FluxPipeline", "text_encoder_2", "without text_encoder_2"),
+        ("FluxPipeline", "transformer", "without transformer"),
+        ("StableDiffusion3Pipeline", "tokenizer_3", "without its T5 tokenizer"),
+        ("StableDiffusion3Pipeline", "text_encoder_2", "without text_encoder_2"),
+    ],
+)
+def test_flow_folder_missing_a_component(tmp_path: Path, class_name: str, drop: str, found: str) -> None:
+    with pytest.raises(UnsupportedModelError, match=found):
+        detect_family(_fake_flow_model(tmp_path / "m", class_name, drop=drop))
+
+
+def test_flux_control_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedModelError, match=r"takes 384 input channels.*text-to-image"):
+        detect_family(_fake_flow_model(tmp_path / "fill", "FluxPipeline", in_channels=384))
 
 
 def test_resolve_refuses_pickle_only_weights(tmp_path: Path) -> None:

@@ -23,4 +23,4 @@ def test_tokenizer_covers_caption_words_and_any_text(tiny: ResolvedBase) -> None
     assert text_encoder.config.bos_token_id == tokenizer.bos_token_id
     assert text_encoder.config.vocab_size == len(tokenizer)
     assert type(comps.noise_scheduler).__name__ == "DDPMScheduler"
-    assert comps.unet.config.cross_attention_dim == text_encoder.config.hidden_size
+    assert comps.denoiser.config.cross_attention_dim == text_encoder.config.hidden_size

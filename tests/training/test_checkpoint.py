@@ -4,15 +4,10 @@ identical adapter, skipping a half-written one, and continues its MLflow run."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from training_helpers import quick
+from training_helpers import kill_after_checkpoint, quick
 
 from brandtune.training import TrainConfig, train
 
@@ -42,18 +37,8 @@ def test_kill_and_resume_gives_identical_adapter(tmp_path: Path, caplog: pytest.
     }
     reference = train(quick(tmp_path / "ref", **common))
     interrupted = quick(tmp_path / "killed", **common)
-    cfg_file = _write_config(tmp_path / "cfg.json", interrupted)
-    cmd = [sys.executable, "-m", "brandtune.training", "--config", str(cfg_file)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    kill_after_checkpoint(interrupted, tmp_path / "cfg.json", step=8)
     ckpts = interrupted.output_dir / "checkpoints"
-    deadline = time.monotonic() + 300
-    while not (ckpts / "checkpoint-00000008" / "COMPLETE").exists():
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (interrupted.output_dir / "adapter").exists()
     # A half-written newer checkpoint (no valid marker) must be skipped.
     broken = ckpts / "checkpoint-00000099"
     broken.mkdir(exist_ok=True)
