@@ -4,6 +4,7 @@ of an adapter folder's files."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 from importlib import metadata
@@ -66,3 +67,9 @@ def config_hash(config: Any, length: int = 16) -> str:
     """
     data = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
     return sha256_bytes(canonical_json(data).encode())[:length]
+
+
+def safetensors_metadata(provenance: dict[str, Any]) -> dict[str, str]:
+    """``provenance`` as ``brandtune.*`` safetensors metadata (strings as they are, everything else as JSON), as
+    every adapter file brandtune writes carries it."""
+    return {f"brandtune.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in provenance.items()}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from brandtune.errors import TrainingError
 from brandtune.fsutil import atomic_write_json, replace_dir, sha256_file
-from brandtune.provenance import PROVENANCE_NAME, WEIGHTS_NAME
+from brandtune.provenance import PROVENANCE_NAME, WEIGHTS_NAME, safetensors_metadata
 
 if TYPE_CHECKING:
     import torch
@@ -75,10 +75,6 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(model)
 
 
-def _stringify(meta: dict[str, Any]) -> dict[str, str]:
-    return {f"brandtune.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
-
-
 def save_adapter(
     dest: Path,
     family: str,
@@ -115,7 +111,7 @@ def save_adapter(
         with safe_open(weights, framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
         tensors = load_file(weights)
-        metadata.update(_stringify(provenance))
+        metadata.update(safetensors_metadata(provenance))
         save_file(tensors, weights, metadata=metadata)
         files = {WEIGHTS_NAME: sha256_file(weights)}
         if export_kohya:
@@ -143,7 +139,7 @@ def export_kohya_file(weights: Path, out: Path, provenance: dict[str, Any]) -> s
         "ss_network_dim": str(provenance.get("rank", "")),
         "ss_network_alpha": str(provenance.get("alpha", "")),
     }
-    meta.update(_stringify(provenance))
+    meta.update(safetensors_metadata(provenance))
     save_file({k: v.contiguous() for k, v in kohya.items()}, out, metadata=meta)
     return sha256_file(out)
 
