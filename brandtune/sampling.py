@@ -8,6 +8,7 @@ is one code path, and a generation manifest can name exactly what made an image.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -95,12 +96,27 @@ def native_size(pipe: Any) -> int:
     return int(sample_size * pipe.vae_scale_factor)
 
 
+#: The T5 length the adapter loaded into a pipeline was trained with (:func:`use_sequence_length`).
+_TRAINED_LENGTH: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def use_sequence_length(pipe: Any, length: int | None) -> None:
+    """Sample ``pipe`` with ``length`` T5 tokens per prompt (an adapter's, set when it is loaded); None: the default."""
+    if length is None:
+        _TRAINED_LENGTH.pop(pipe, None)
+    else:
+        _TRAINED_LENGTH[pipe] = int(length)
+
+
 def call_kwargs(pipe: Any) -> dict[str, Any]:
-    """What a pipeline call takes besides prompts and sampler settings: FLUX and SD3 get the T5 length that
-    training used (:func:`~brandtune.models.family.default_sequence_length`)."""
+    """What a pipeline call takes besides prompts and sampler settings: FLUX and SD3 get the T5 length of the
+    loaded adapter's training (:func:`use_sequence_length`), else the default training uses
+    (:func:`default_sequence_length`)."""
     kind = pipeline_kind(pipe)
     if kind == "unet":
         return {}
+    if pipe in _TRAINED_LENGTH:
+        return {"max_sequence_length": _TRAINED_LENGTH[pipe]}
     tokenizer = pipe.tokenizer_2 if kind.startswith("flux") else pipe.tokenizer_3
     family = "sd3" if kind == "sd3" else "flux"
     return {"max_sequence_length": default_sequence_length(family, tokenizer.model_max_length)}

@@ -30,7 +30,10 @@ def evaluate_cmd(
     seeds: Annotated[
         list[int] | None, typer.Option("--seed", help="Seeds (repeatable; default 0 1 2 3).")
     ] = None,
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Denoising steps. Default: the base family's (SD/SDXL 20, FLUX/SD3 28)."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="EvalConfig YAML (gate rules, sampler); flags override.")
     ] = None,

@@ -107,11 +107,20 @@ def generate_cmd(
     ] = None,
     variations: Annotated[int, typer.Option(help="Images per setting.")] = 10,
     model: Annotated[str, typer.Option(help="Alias, version number, or 'base'.")] = "champion",
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
-    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 4.0,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Denoising steps. Default: the base family's (SD/SDXL 20, FLUX/SD3 28)."),
+    ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option(help="Guidance scale. Default: the base family's (SD/SDXL 4, FLUX 3.5, SD3 5)."),
+    ] = None,
     scheduler: Annotated[
-        SchedulerName, typer.Option(help="Sampler ('default': the model's own); recorded in the manifest.")
-    ] = "ddim",
+        SchedulerName | None,
+        typer.Option(
+            help="Sampler ('default': the model's own; SD/SDXL default to ddim); recorded in the manifest."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first variation.")] = 0,
     negative_prompt: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     init_image: Annotated[Path | None, typer.Option(help="Product photo for img2img variations.")] = None,

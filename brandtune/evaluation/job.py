@@ -103,7 +103,7 @@ def _generate_all(
     from brandtune.models import load_base_pipeline
     from brandtune.models.loading import load_adapter
     from brandtune.registry import WEIGHTS_NAME, adapter_name, resolve_adapter_base
-    from brandtune.sampling import apply_scheduler, sample_batch
+    from brandtune.sampling import apply_scheduler, sample_batch, use_sequence_length
 
     cand = models[0].adapter
     assert cand is not None
@@ -133,6 +133,7 @@ def _generate_all(
             bar.update(len(chunk))
         if model.adapter is not None:
             pipe.unload_lora_weights()
+            use_sequence_length(pipe, None)
         made[model.key] = rows
     bar.close()
     return made, sampler

@@ -158,11 +158,14 @@ def adapter_components(weights: Path) -> set[str]:
     return {key.split(".", 1)[0] if "." in key else "" for key in keys}
 
 
-def check_adapter_family(pipe: DiffusionPipeline, folder: Path, components: set[str]) -> None:
+def check_adapter_family(pipe: DiffusionPipeline, folder: Path, components: set[str]) -> dict[str, Any]:
     """Refuse an adapter of one family on a base of another (an SDXL adapter on a FLUX base), before loading.
 
     The adapter's ``brandtune.json`` names the family it was trained on; a file without one (a plain diffusers
     LoRA) is checked by its key prefixes: the denoiser it adapts must be the pipeline's.
+
+    Returns:
+        The adapter's provenance (empty without a readable ``brandtune.json``).
 
     Raises:
         ConfigError: the adapter does not belong on this pipeline.
@@ -170,12 +173,14 @@ def check_adapter_family(pipe: DiffusionPipeline, folder: Path, components: set[
     import json
 
     pipe_class = type(pipe).__name__
-    family = None
+    provenance: dict[str, Any] = {}
     if (folder / PROVENANCE_NAME).is_file():
         try:
-            family = json.loads((folder / PROVENANCE_NAME).read_text(encoding="utf-8")).get("base_family")
-        except (OSError, ValueError, AttributeError):
-            family = None
+            provenance = json.loads((folder / PROVENANCE_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            provenance = {}
+    provenance = provenance if isinstance(provenance, dict) else {}
+    family = provenance.get("base_family")
     if family in FAMILY_INFO:
         info = FAMILY_INFO[family]
         compatible = (
@@ -192,6 +197,7 @@ def check_adapter_family(pipe: DiffusionPipeline, folder: Path, components: set[
             f"adapter {folder} adapts a {'/'.join(sorted(denoisers))}, which a {pipe_class} does not have: it was "
             "trained on a base of another family; use an adapter trained on this base's family"
         )
+    return provenance
 
 
 def load_adapter(
@@ -227,7 +233,11 @@ def load_adapter(
             "(or `brandtune pull`)"
         )
     components = adapter_components(weights)
-    check_adapter_family(pipe, Path(folder), components)
+    provenance = check_adapter_family(pipe, Path(folder), components)
+    from brandtune.sampling import use_sequence_length
+
+    length = provenance.get("max_sequence_length")  # FLUX, SD3: sample with the T5 length it was trained with
+    use_sequence_length(pipe, length if isinstance(length, int) and 0 < length <= 4096 else None)
     if components == {"unet"} and hasattr(pipe, "load_lora_into_unet"):
         from diffusers.loaders import lora_pipeline
 

@@ -137,7 +137,7 @@ class TrainPlan:
         from brandtune.provenance import brandtune_version, git_sha
 
         cfg = self.config
-        return {
+        info = {
             "brand": self.brand.name,
             "trigger": self.brand.trigger,
             "subject": self.brand.subject,
@@ -156,6 +156,10 @@ class TrainPlan:
             "git_sha": git_sha(),
             "mlflow_run_id": self.mlflow_run_id or "",
         }
+        if self.resolved.family in {"flux", "sd3"} and self.components is not None:
+            # the T5 length the adapter was trained with: generation samples with the same (sampling.call_kwargs)
+            info["max_sequence_length"] = self.ops.sequence_length(self.components, cfg)
+        return info
 
 
 def dataset_resolution(dataset_dir: Path) -> int:
