@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from brandtune.errors import ModelResolutionError
-from brandtune.models import ResolvedBase, resolve_base
+from brandtune.models import resolve_base
 
 pytestmark = pytest.mark.usefixtures("torch_threads", "from_config")
 
@@ -52,22 +52,28 @@ def test_hub_id_offline_fails_clearly_without_network(
     assert "local diffusers folder" in message and "brandtune base export" in message
 
 
+@pytest.mark.parametrize(
+    ("builtin", "family"),
+    [("builtin:tiny", "sd1"), ("builtin:tiny-flux", "flux"), ("builtin:tiny-sd3", "sd3")],
+)
 def test_hub_id_from_local_hub_cache(
-    tiny: ResolvedBase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    builtin: str, family: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The hub path end to end, offline: a snapshot already in the HF cache resolves to its commit."""
+    """The hub path end to end, offline: a snapshot already in the HF cache resolves to its commit, whatever the
+    family (a FLUX or SD3 repo with its T5 encoder and tokenizer)."""
     import huggingface_hub.constants
 
+    source = resolve_base(builtin)
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--acme-labs--tiny-sd"
-    shutil.copytree(tiny.path, repo / "snapshots" / commit, ignore=shutil.ignore_patterns(".*"))
+    repo = tmp_path / "hub" / "models--acme-labs--tiny-base"
+    shutil.copytree(source.path, repo / "snapshots" / commit, ignore=shutil.ignore_patterns(".*"))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
 
-    resolved = resolve_base("acme-labs/tiny-sd")
-    assert resolved.name == "acme-labs/tiny-sd"
+    resolved = resolve_base("acme-labs/tiny-base")
+    assert resolved.name == "acme-labs/tiny-base"
     assert resolved.revision == commit
-    assert resolved.family == "sd1"
-    assert resolve_base(f"acme-labs/tiny-sd@{commit}").path == resolved.path
+    assert resolved.family == family and resolved.pipeline_class == source.pipeline_class
+    assert resolve_base(f"acme-labs/tiny-base@{commit}").path == resolved.path

@@ -14,14 +14,16 @@ from brandtune.training import train
 pytestmark = pytest.mark.usefixtures("torch_threads", "acme_dataset")
 
 
-def test_latent_cache_reused_and_invalidated(tmp_path: Path, acme_dataset: Path) -> None:
+@pytest.mark.parametrize("base", [None, "builtin:tiny-flux"])
+def test_latent_cache_reused_and_invalidated(tmp_path: Path, acme_dataset: Path, base: str | None) -> None:
+    """For the UNet families and the flow-matching ones alike (FLUX: T5 and pooled CLIP embeddings cached)."""
     from PIL import Image
 
     from brandtune.config import load_brand
     from brandtune.ingest import ingest
 
-    first = train(quick(tmp_path / "a", max_train_steps=1, resolution=32))
-    second = train(quick(tmp_path / "b", max_train_steps=1, resolution=32))
+    first = train(quick(tmp_path / "a", max_train_steps=1, resolution=32, base_model=base))
+    second = train(quick(tmp_path / "b", max_train_steps=1, resolution=32, base_model=base))
     assert not first.cache_hit and second.cache_hit
     # Change one image: a new dataset fingerprint, so the cache is not reused.
     photos = tmp_path / "photos"
@@ -32,8 +34,12 @@ def test_latent_cache_reused_and_invalidated(tmp_path: Path, acme_dataset: Path)
     arr[:20, :20] = 0
     Image.fromarray(arr).save(victim)
     changed = ingest(load_brand("acme"), photos, progress=False)
-    third = train(quick(tmp_path / "c", max_train_steps=1, resolution=32, dataset=changed.fingerprint))
+    third = train(
+        quick(tmp_path / "c", max_train_steps=1, resolution=32, dataset=changed.fingerprint, base_model=base)
+    )
     assert not third.cache_hit
     # Back to the original dataset: its cache is still there.
-    fourth = train(quick(tmp_path / "d", max_train_steps=1, resolution=32, dataset=acme_dataset.name))
+    fourth = train(
+        quick(tmp_path / "d", max_train_steps=1, resolution=32, dataset=acme_dataset.name, base_model=base)
+    )
     assert fourth.cache_hit
