@@ -5,6 +5,10 @@
     # GPU, UNets of the real architectures built from config with random weights (only the UNet loop matters):
     .venv/bin/python bench/train.py --arch sd15 --device cuda --mixed-precision bf16 --resolution 512 --batch-size 1
     bench/train_gpu.sh OUTDIR                            # the whole GPU matrix (SD 1.5 and SDXL, 512/1024 px, batch 1/4)
+    # the flow-matching transformers: FLUX.1-dev / SD3.5-medium from config (GPU), or their tiny built-ins (CPU):
+    .venv/bin/python bench/train.py --arch flux --device cuda --mixed-precision bf16 --resolution 1024 --gradient-checkpointing
+    .venv/bin/python bench/train.py --arch sd3 --tiny --threads 1                # builtin:tiny-sd3, 64 px, on the CPU
+    ROWS=flow bench/train_gpu.sh OUTDIR                  # FLUX.1-dev and SD3.5-medium, 512/1024 px, checkpointing off/on
 
 Two variants, each in a fresh child process of this script (``--only reference|brandtune``) so that peak RSS is per
 variant; the parent prints the table.
@@ -24,6 +28,24 @@ loading, brandtune's one-off encode and MLflow set-up, and the reference's save.
 ``ru_maxrss``; "loop RSS +" is how far RSS rose during the loop above its value at the loop's start (sampled every
 20 ms). On a GPU, peak memory is ``torch.cuda.max_memory_allocated``, for the loop alone and for the whole run.
 Exits non-zero only when something fails.
+
+``--arch flux|sd3`` times the training step alone, on the FLUX.1-dev or SD3.5-medium transformer built from its
+published config with random weights in the training dtype, in each child (``--tiny``: the transformer of
+builtin:tiny-flux / builtin:tiny-sd3, small enough for a CPU). There is no VAE or text encoder: both variants start
+from the same random "cache" of latent distributions (16 channels at 1/8 of the image size) and prompt embeddings
+of the real shapes (FLUX: T5 ``(B, 512, 4096)``, pooled CLIP ``(B, 768)``; SD3: ``(B, 77 + 256, 4096)``, pooled
+``(B, 2048)``), the same transformer weights and LoRA init (same seed), rank 16 on brandtune's flow defaults
+(``ATTENTION_TRANSFORMER_TARGETS``), learning rate 1e-4, the same timestep density (logit-normal) and loss weight.
+
+- **reference**: the step of diffusers' ``train_dreambooth_lora_flux.py`` / ``train_dreambooth_lora_sd3.py`` with
+  ``--cache_latents`` and the prompts encoded before the loop (:func:`run_flow_reference`).
+- **brandtune**: brandtune's own ``run_loop`` (its ``optimizer_step``, ``diffusion_loss`` and ``FlowOps``) over a
+  plan-like object, with the optimizer, LoRA, accelerator and set-up of ``brandtune.training.run``
+  (:func:`run_flow_brandtune`).
+
+"s/step" is the mean over the timed steps after ``--warmup-steps`` untimed ones (each step from its batch to the
+loss read back, which waits for the GPU); on a GPU "loop peak GPU MiB" is ``torch.cuda.max_memory_allocated``
+over the loop. A CUDA out-of-memory is reported as "OOM" in the table, not as a failure.
 """
 
 from __future__ import annotations
@@ -41,8 +63,10 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 from typing import Any  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +167,135 @@ def build_arch(arch: str, dest: Path, dtype_name: str, device: str) -> Path:
         f"built {arch} UNet ({n / 1e6:.0f}M parameters, {dtype_name}) in {time.perf_counter() - started:.0f} s"
     )
     return dest
+
+
+# The flow-matching transformers, built from their published configs with random weights in the training dtype,
+# in each child (no VAE or text encoders: latents and prompt embeddings are random tensors of the real shapes).
+# FLUX.1-dev's transformer/config.json (black-forest-labs/FLUX.1-dev; axes_dims_rope is diffusers' default, which
+# the file leaves out): 19 double-stream and 38 single-stream blocks, 24 heads x 128; 11.9B parameters.
+FLUX_DEV_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 64,  # 2x2 packed patches of the 16-channel latents
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,  # T5-XXL's hidden size
+    "pooled_projection_dim": 768,  # CLIP-L's pooled output
+    "guidance_embeds": True,
+    "axes_dims_rope": [16, 56, 56],
+}
+# FLUX.1-dev's scheduler/scheduler_config.json: dynamic shifting, so training draws from the unshifted sigmas.
+FLUX_DEV_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+}
+# stabilityai/stable-diffusion-3.5-medium's transformer/config.json (SD3Transformer2DModel; MMDiT-X: the first 13
+# blocks also have a second, image-only attention): 24 layers, 24 heads x 64; 2.24B parameters here.
+SD35_MEDIUM_TRANSFORMER: dict[str, Any] = {
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "out_channels": 16,
+    "num_layers": 24,
+    "attention_head_dim": 64,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048,  # CLIP-L's and CLIP-G's text_embeds side by side
+    "pos_embed_max_size": 384,
+    "dual_attention_layers": list(range(13)),
+    "qk_norm": "rms_norm",
+}
+# stable-diffusion-3.5-medium's scheduler/scheduler_config.json.
+SD35_MEDIUM_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0}
+FLOW_ARCHS: dict[str, dict[str, Any]] = {
+    "flux": {
+        "family": "flux",
+        "name": "FLUX.1-dev",
+        "transformer": FLUX_DEV_TRANSFORMER,
+        "scheduler": FLUX_DEV_SCHEDULER,
+        # FLUX.1's VAE (vae/config.json): 16 latent channels at 1/8 of the image size
+        "latent_channels": 16,
+        "vae_factor": 8,
+        "shift_factor": 0.1159,
+        "scaling_factor": 0.3611,
+        "text_tokens": 512,  # T5 tokens (FluxPipeline's max_sequence_length for dev)
+        "text_dim": 4096,
+        "pooled_dim": 768,
+        "tiny": "builtin:tiny-flux",
+    },
+    "sd3": {
+        "family": "sd3",
+        "name": "SD3.5-medium",
+        "transformer": SD35_MEDIUM_TRANSFORMER,
+        "scheduler": SD35_MEDIUM_SCHEDULER,
+        # SD3's VAE (vae/config.json)
+        "latent_channels": 16,
+        "vae_factor": 8,
+        "shift_factor": 0.0609,
+        "scaling_factor": 1.5305,
+        "text_tokens": 77 + 256,  # CLIP-L+G's 77 tokens (padded to 4096) then 256 T5 tokens
+        "text_dim": 4096,
+        "pooled_dim": 2048,
+        "tiny": "builtin:tiny-sd3",
+    },
+}
+FLOW_EXAMPLES = 8  # examples in the random "dataset": batches cycle over them
+#: The SD3 script's ``--precondition_outputs`` (default 1: EDM preconditioning, target x0). 0 trains what brandtune
+#: trains (target eps - x0), so both loops minimise the same loss; the difference is one multiply-add.
+SD3_PRECONDITION_OUTPUTS = False
+
+
+def flow_arch(arch: str, tiny: bool) -> dict[str, Any]:
+    """``arch``'s transformer, scheduler and data shapes; ``tiny``: the same read from its built-in tiny base."""
+    if not tiny:
+        return FLOW_ARCHS[arch]
+    from brandtune.models.builtin import builtin_spec
+    from brandtune.models.tokenizer import MODEL_MAX_LENGTH, T5_MAX_LENGTH
+    from brandtune.sampling import default_sequence_length
+
+    real = FLOW_ARCHS[arch]
+    spec = builtin_spec(real["tiny"])
+    cfg = spec.config
+    transformer = dict(cfg["transformer"])
+    vae = cfg["vae"]
+    t5_tokens = default_sequence_length(spec.family, T5_MAX_LENGTH)  # what the tiny T5 tokenizer gives
+    return {
+        "family": spec.family,
+        "name": spec.name,
+        "transformer": transformer,
+        "scheduler": {k: v for k, v in cfg["scheduler"].items() if k != "_class_name"},
+        "latent_channels": vae["latent_channels"],
+        "vae_factor": 2 ** (len(vae["block_out_channels"]) - 1),
+        "shift_factor": vae["shift_factor"],
+        "scaling_factor": vae["scaling_factor"],
+        "text_tokens": t5_tokens + (MODEL_MAX_LENGTH if spec.family == "sd3" else 0),
+        "text_dim": transformer["joint_attention_dim"],
+        "pooled_dim": transformer["pooled_projection_dim"],
+        "tiny": spec.name,
+    }
+
+
+def build_transformer(spec: dict[str, Any], device: Any, dtype: Any) -> Any:
+    """The transformer of ``spec`` with random weights, made directly on ``device`` in ``dtype`` (seconds for 12B)."""
+    import diffusers
+    import torch
+
+    cls = diffusers.FluxTransformer2DModel if spec["family"] == "flux" else diffusers.SD3Transformer2DModel
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = cls(**spec["transformer"])
+    finally:
+        torch.set_default_dtype(previous)
+    return model.to(device, dtype=dtype)  # buffers made in fp32 too, as the scripts' .to(weight_dtype)
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -293,6 +446,8 @@ def run_reference(args: argparse.Namespace, base: Path, dataset_dir: Path) -> di
     lora = LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
                       target_modules=list(DEFAULT_UNET_TARGETS))  # fmt: skip
     unet.add_adapter(lora)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     cast_training_params(unet, dtype=torch.float32)
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=BENCH_LR, betas=(defaults.adam_beta1, defaults.adam_beta2),
@@ -425,6 +580,7 @@ def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dic
         target_modules=list(DEFAULT_UNET_TARGETS),
         lr_scheduler="constant",
         lr_warmup_steps=0,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     if args.arch:  # only the UNet loop matters here: one short validation image instead of 4 x 20 steps
         config = config.model_copy(update={"validation_prompts": ["a photo of acme bottle"],
@@ -440,6 +596,339 @@ def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dic
     return _finish(out, args)
 
 
+# ------------------------------------------------------------------------------- flow-matching transformers
+
+
+def _weight_dtype(mixed_precision: str) -> Any:
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def flow_data(spec: dict[str, Any], resolution: int, seed: int) -> dict[str, Any]:
+    """A random "encoded dataset" of :data:`FLOW_EXAMPLES` examples in the shapes the real models take.
+
+    Latent means and stds as brandtune's latent cache holds them (already shifted and scaled), prompt embeddings
+    ``(N, text_tokens, text_dim)`` and pooled ones ``(N, pooled_dim)``; fp32 on the CPU. Its own generator, so the
+    global RNG (weights, LoRA init) is the same in both variants.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 1_000_003)
+    side = resolution // spec["vae_factor"]
+    shape = (FLOW_EXAMPLES, spec["latent_channels"], side, side)
+    return {
+        "latent_mean": torch.randn(shape, generator=gen),
+        "latent_std": 0.02 + 0.03 * torch.rand(shape, generator=gen),
+        "prompt_embeds": torch.randn(FLOW_EXAMPLES, spec["text_tokens"], spec["text_dim"], generator=gen),
+        "pooled_embeds": torch.randn(FLOW_EXAMPLES, spec["pooled_dim"], generator=gen),
+    }
+
+
+def flow_train_config(args: argparse.Namespace) -> Any:
+    """The TrainConfig both flow variants train with: brandtune's defaults for a FLUX/SD3 base, the bench's size."""
+    from brandtune.config import TrainConfig
+    from brandtune.models.resolve import FLOW_TRAINING_DEFAULTS
+
+    config = TrainConfig(
+        brand="acme",
+        rank=args.rank,
+        max_train_steps=args.warmup_steps + args.steps,
+        train_batch_size=args.batch_size,
+        resolution=args.resolution,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        num_threads=args.threads,
+        seed=args.seed,
+        checkpointing_steps=0,
+        validation_steps=0,
+    )
+    # target_modules ATTENTION_TRANSFORMER_TARGETS, learning rate 1e-4, constant schedule
+    return config.with_base_defaults(FLOW_TRAINING_DEFAULTS)
+
+
+@dataclass
+class FlowBenchPlan:
+    """What brandtune's loop reads of a :class:`~brandtune.training.plan.TrainPlan` (``run_loop``, ``Batches``,
+    ``make_batch``, ``diffusion_loss`` and ``FlowOps.noised``/``predict``), and nothing else: a training plan
+    without a brand, dataset folder or run folder."""
+
+    config: Any
+    ops: Any
+    components: Any  # .denoiser (unwrapped: FlowOps reads its config) and .noise_scheduler
+    encoded: Any
+    weight_dtype: Any
+    rank: int = 0
+    world: int = 1
+    class_encoded: Any = None
+
+    @property
+    def noise_scheduler(self) -> Any:
+        return self.components.noise_scheduler
+
+
+class StepLog:
+    """Stands in for brandtune's MLflow tracker in ``run_loop``: keeps each step's ``step_time_s``."""
+
+    def __init__(self) -> None:
+        self.step_times: list[float] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.step_times.append(metrics["step_time_s"])
+
+
+def _flow_loop(args: argparse.Namespace, out: dict[str, Any], loop: Any) -> None:
+    """Run ``loop()`` (returns step times and the last loss) with the RSS sampler and the GPU peak around it."""
+    _sync(args.device)
+    _reset_gpu_peak(args.device, out)
+    try:
+        with RssSampler() as rss:
+            started = time.perf_counter()
+            out["step_times"], out["final_loss"] = loop()
+            _sync(args.device)
+            out["loop_s"] = time.perf_counter() - started
+        out["loop_rss_rise_mib"] = (rss.peak - rss.start) / MIB
+    finally:
+        out["loop_peak_gpu_mib"] = _gpu_peak_mib(args.device)
+
+
+def _count_params(out: dict[str, Any], model: Any) -> None:
+    out["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    out["lora_params_m"] = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
+    out["gradient_checkpointing"] = bool(model.is_gradient_checkpointing)
+
+
+def run_flow_brandtune(args: argparse.Namespace, spec: dict[str, Any], out: dict[str, Any]) -> None:
+    """brandtune's training step on ``spec``'s transformer: its ``run_loop`` (``optimizer_step``,
+    ``diffusion_loss``, ``FlowOps``) over a plan-like object, with the LoRA, optimizer, schedule, accelerator
+    and set-up order of ``brandtune.training.run``; the latent cache is ``spec``'s random tensors."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+
+    from brandtune.training.data import Encoded
+    from brandtune.training.families import FlowOps
+    from brandtune.training.loop import run_loop
+    from brandtune.training.lora import add_lora
+    from brandtune.training.run import _optimizer
+    from brandtune.training.state import Models, TrainState
+
+    started = time.perf_counter()
+    cfg = flow_train_config(args)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps
+    )
+    torch.set_num_threads(args.threads)
+    if accelerator.device.type == "cpu":  # as brandtune's _prepare does
+        torch.set_flush_denormal(True)
+    set_seed(cfg.seed)
+    weight_dtype = _weight_dtype(cfg.mixed_precision)
+    transformer = build_transformer(spec, accelerator.device, weight_dtype)
+    add_lora(transformer, cfg.rank, cfg.lora_alpha, cfg.dropout, cfg.target_modules, "transformer")
+    cast_training_params([transformer], dtype=torch.float32)
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    scheduler = FlowMatchEulerDiscreteScheduler(**spec["scheduler"])
+    components = SimpleNamespace(denoiser=transformer, noise_scheduler=scheduler)
+    ops = FlowOps(spec["family"])
+    ops.prepare(components, cfg)
+    encoded = Encoded.from_tensors(flow_data(spec, args.resolution, args.seed))
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = _optimizer(cfg, params)
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                 num_training_steps=cfg.max_train_steps)  # fmt: skip
+    prepared, optimizer = accelerator.prepare(transformer, optimizer)
+    log = StepLog()
+    state = TrainState(accelerator, Models(trained=(prepared,)), optimizer, lr_scheduler, tracker=log)
+    plan = FlowBenchPlan(cfg, ops, components, encoded, weight_dtype)
+    _count_params(out, transformer)
+    out["setup_s"] = time.perf_counter() - started
+
+    def loop() -> tuple[list[float], float]:
+        loss = run_loop(plan, state, 0, None)
+        return log.step_times, loss
+
+    _flow_loop(args, out, loop)
+    accelerator.end_training()
+
+
+def run_flow_reference(args: argparse.Namespace, spec: dict[str, Any], out: dict[str, Any]) -> None:
+    """The step of diffusers' ``train_dreambooth_lora_flux.py`` / ``train_dreambooth_lora_sd3.py`` with
+    ``--cache_latents`` and pre-encoded prompts: ``latent_dist.sample()`` from the cache, shift and scale,
+    ``compute_density_for_timestep_sampling``, the index into the scheduler copy's timesteps and ``get_sigmas``'
+    lookup of each timestep in them, FLUX's ``_pack_latents``/``_prepare_latent_image_ids``/guidance tensor/
+    ``_unpack_latents``, the weighted loss, ``clip_grad_norm_`` over all the transformer's parameters, torch AdamW
+    (not fused), under an ``accelerate.Accelerator``; the same LoRA and hyper-parameters as brandtune's variant."""
+    import copy
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import (
+        cast_training_params,
+        compute_density_for_timestep_sampling,
+        compute_loss_weighting_for_sd3,
+    )
+    from peft import LoraConfig
+
+    started = time.perf_counter()
+    cfg = flow_train_config(args)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    torch.set_num_threads(args.threads)
+    set_seed(cfg.seed)
+    device = accelerator.device
+    noise_scheduler_copy = copy.deepcopy(FlowMatchEulerDiscreteScheduler(**spec["scheduler"]))
+    weight_dtype = _weight_dtype(cfg.mixed_precision)
+    transformer = build_transformer(spec, device, weight_dtype)
+    transformer.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.dropout,
+                                       init_lora_weights="gaussian", target_modules=list(cfg.target_modules)))  # fmt: skip
+    cast_training_params([transformer], dtype=torch.float32)
+    _count_params(out, transformer)
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": params, "lr": cfg.learning_rate}], betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)  # fmt: skip
+    # --cache_latents: one latent distribution per batch, on the device in the weight dtype (the VAE's raw latents:
+    # the same distributions as brandtune's cache, before the shift and scale); prompt embeddings computed before the
+    # loop and kept on the device, as the script does when the text encoders are not trained.
+    data = flow_data(spec, args.resolution, args.seed)
+    shift, scale = spec["shift_factor"], spec["scaling_factor"]
+    raw = torch.cat([data["latent_mean"] / scale + shift, 2 * torch.log(data["latent_std"] / scale)], dim=1)
+    bs = args.batch_size
+    cache = []
+    for b in range(max(1, FLOW_EXAMPLES // bs)):
+        idx = [(b * bs + j) % FLOW_EXAMPLES for j in range(bs)]
+        cache.append((DiagonalGaussianDistribution(raw[idx].to(device, weight_dtype)),
+                      data["prompt_embeds"][idx].to(device, weight_dtype),
+                      data["pooled_embeds"][idx].to(device, weight_dtype)))  # fmt: skip
+    text_ids = torch.zeros(spec["text_tokens"], 3).to(device=device, dtype=weight_dtype)
+    vae_scale_factor = spec["vae_factor"]
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                 num_training_steps=cfg.max_train_steps)  # fmt: skip
+    transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
+    flux = spec["family"] == "flux"
+    guidance_embeds = flux and accelerator.unwrap_model(transformer).config.guidance_embeds
+    out["setup_s"] = time.perf_counter() - started
+
+    def get_sigmas(
+        timesteps: torch.Tensor, n_dim: int = 4, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        sigmas = noise_scheduler_copy.sigmas.to(device=device, dtype=dtype)
+        schedule_timesteps = noise_scheduler_copy.timesteps.to(device)
+        timesteps = timesteps.to(device)
+        step_indices = [(schedule_timesteps == t).nonzero().item() for t in timesteps]
+        sigma = sigmas[step_indices].flatten()
+        while len(sigma.shape) < n_dim:
+            sigma = sigma.unsqueeze(-1)
+        return sigma
+
+    def loop() -> tuple[list[float], float]:
+        times: list[float] = []
+        loss_value = float("nan")
+        transformer.train()
+        for step in range(cfg.max_train_steps):
+            t_step = time.perf_counter()
+            latent_dist, prompt_embeds, pooled_prompt_embeds = cache[step % len(cache)]
+            with accelerator.accumulate(transformer):
+                model_input = latent_dist.sample()
+                model_input = (model_input - shift) * scale
+                model_input = model_input.to(dtype=weight_dtype)
+                noise = torch.randn_like(model_input)
+                bsz = model_input.shape[0]
+                u = compute_density_for_timestep_sampling(weighting_scheme=cfg.weighting_scheme, batch_size=bsz,
+                                                          logit_mean=cfg.logit_mean, logit_std=cfg.logit_std,
+                                                          mode_scale=cfg.mode_scale)  # fmt: skip
+                indices = (u * noise_scheduler_copy.config.num_train_timesteps).long()
+                timesteps = noise_scheduler_copy.timesteps[indices].to(device=model_input.device)
+                sigmas = get_sigmas(timesteps, n_dim=model_input.ndim, dtype=model_input.dtype)
+                noisy_model_input = (1.0 - sigmas) * model_input + sigmas * noise
+                if flux:
+                    _, channels, height, width = model_input.shape
+                    latent_image_ids = FluxPipeline._prepare_latent_image_ids(bsz, height // 2, width // 2, device,
+                                                                              weight_dtype)  # fmt: skip
+                    packed = FluxPipeline._pack_latents(noisy_model_input, bsz, channels, height, width)
+                    guidance = None
+                    if guidance_embeds:
+                        guidance = torch.tensor([cfg.guidance], device=device).expand(bsz)
+                    model_pred = transformer(hidden_states=packed, timestep=timesteps / 1000, guidance=guidance,
+                                             pooled_projections=pooled_prompt_embeds,
+                                             encoder_hidden_states=prompt_embeds, txt_ids=text_ids,
+                                             img_ids=latent_image_ids, return_dict=False)[0]  # fmt: skip
+                    model_pred = FluxPipeline._unpack_latents(model_pred, height=height * vae_scale_factor,
+                                                              width=width * vae_scale_factor,
+                                                              vae_scale_factor=vae_scale_factor)  # fmt: skip
+                    target = noise - model_input
+                else:
+                    model_pred = transformer(hidden_states=noisy_model_input, timestep=timesteps,
+                                             encoder_hidden_states=prompt_embeds,
+                                             pooled_projections=pooled_prompt_embeds, return_dict=False)[0]  # fmt: skip
+                    if SD3_PRECONDITION_OUTPUTS:
+                        model_pred = model_pred * (-sigmas) + noisy_model_input
+                    target = model_input if SD3_PRECONDITION_OUTPUTS else noise - model_input
+                weighting = compute_loss_weighting_for_sd3(
+                    weighting_scheme=cfg.weighting_scheme, sigmas=sigmas
+                )
+                loss = torch.mean((weighting.float() * (model_pred.float() - target.float()) ** 2)
+                                  .reshape(target.shape[0], -1), 1).mean()  # fmt: skip
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(transformer.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            loss_value = loss.detach().item()  # the script logs the loss every step
+            times.append(time.perf_counter() - t_step)
+        return times, loss_value
+
+    _flow_loop(args, out, loop)
+    accelerator.end_training()
+
+
+def run_flow(args: argparse.Namespace) -> dict[str, Any]:
+    """One flow variant (``args.only``) on ``args.arch``; a CUDA out-of-memory is a result ("OOM"), not a failure."""
+    import torch
+
+    spec = flow_arch(args.arch, args.tiny)
+    out: dict[str, Any] = {}
+    runner = run_flow_brandtune if args.only == "brandtune" else run_flow_reference
+    try:
+        runner(args, spec, out)
+    except torch.cuda.OutOfMemoryError as exc:
+        out["oom"] = str(exc).splitlines()[0][:300]
+        out["loop_peak_gpu_mib"] = _gpu_peak_mib(args.device)
+    return _finish_flow(out, args)
+
+
+def _finish_flow(out: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    nan = float("nan")
+    out["end_to_end_s"] = time.perf_counter() - _T_PROCESS
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB
+    times = out.get("step_times") or []
+    measured = sorted(times[args.warmup_steps :])
+    out["first_step_s"] = times[0] if times else nan
+    out["s_per_step"] = sum(measured) / len(measured) if measured else nan
+    out["median_step_s"] = measured[len(measured) // 2] if measured else nan
+    out["min_step_s"] = measured[0] if measured else nan
+    out["images_per_s"] = args.batch_size / out["s_per_step"] if measured else nan
+    if args.device == "cuda":
+        peaks = (
+            out.get("pre_loop_peak_gpu_mib", 0.0),
+            out.get("loop_peak_gpu_mib", 0.0),
+            _gpu_peak_mib(args.device),
+        )
+        out["peak_gpu_mib"] = max(peaks)
+    out.setdefault("final_loss", nan)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- parent
 
 
@@ -447,11 +936,11 @@ def _child_args(args: argparse.Namespace, variant: str, result: Path) -> list[st
     flags = ["--steps", args.steps, "--batch-size", args.batch_size, "--resolution", args.resolution,
              "--rank", args.rank, "--threads", args.threads, "--base", args.base, "--seed", args.seed,
              "--device", args.device, "--mixed-precision", args.mixed_precision, "--workdir", args.workdir,
-             "--only", variant, "--result", result]  # fmt: skip
+             "--warmup-steps", args.warmup_steps, "--only", variant, "--result", result]  # fmt: skip
     if args.arch:
         flags += ["--arch", args.arch]
-    if args.flush_denormal:
-        flags.append("--flush-denormal")
+    flags += [f"--{name}" for name in ("flush-denormal", "gradient-checkpointing", "tiny")
+              if getattr(args, name.replace("-", "_"))]  # fmt: skip
     return [sys.executable, str(Path(__file__).resolve()), *map(str, flags)]
 
 
@@ -487,17 +976,39 @@ def _machine() -> str:
     return f"{platform.system()} {platform.machine()}, {cpu}, os.cpu_count()={os.cpu_count()}"
 
 
-def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
-    import torch
+def _versions() -> str:
+    """Library versions, read without importing them (the parent stays light)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "none"
+    found = []
+    for name in ("torch", "diffusers", "peft", "accelerate"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} -")
+    return ", ".join(found)
+
+
+def _print_header(args: argparse.Namespace) -> None:
+    gpu = "none"
+    if args.device == "cuda":
+        import torch
+
+        gpu = torch.cuda.get_device_name()
     print(f"\ndate: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {_machine()}; GPU: {gpu}; load average at end: {os.getloadavg()[0]:.1f}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, torch threads {args.threads} "
+    print(f"python {platform.python_version()}, {_versions()}; torch threads {args.threads} "
           f"(set with torch.set_num_threads; {', '.join(f'{v}={os.environ.get(v)}' for v in THREAD_VARS)})")  # fmt: skip
+
+
+def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
+    if args.arch in FLOW_ARCHS:
+        print_flow_table(args, results)
+        return
+    _print_header(args)
     print(f"base {args.arch or args.base}, {args.resolution} px, batch {args.batch_size}, rank {args.rank}, "
           f"{args.steps} steps, mixed precision {args.mixed_precision}, device {args.device}, "
-          f"flush denormals {args.flush_denormal}\n")  # fmt: skip
+          f"gradient checkpointing {args.gradient_checkpointing}, flush denormals {args.flush_denormal}\n")  # fmt: skip
     cols = ["variant", "loop steps/s", "images/s", "median step s", "min step s", "loop s", "setup s", "encode s",
             "MLflow start s", "save+validation s", "end-to-end s", "peak RSS MiB", "loop RSS + MiB",
             "final loss"]  # fmt: skip
@@ -525,16 +1036,75 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) ->
               f"peak RSS {bt['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x")  # fmt: skip
 
 
+def print_flow_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
+    """The flow-matching table: s/step over the steps after the warm-up, and peak memory, per variant."""
+    spec = flow_arch(args.arch, args.tiny)
+    _print_header(args)
+    sizes = next((r for r in results.values() if "params_m" in r), {})
+    print(f"model {spec['name']} transformer ({sizes.get('params_m', float('nan')):,.1f}M parameters, random "
+          f"weights), LoRA rank {args.rank} on {', '.join(flow_train_config(args).target_modules)} "
+          f"({sizes.get('lora_params_m', float('nan')):.2f}M trainable); {args.resolution} px "
+          f"(latents {spec['latent_channels']}x{args.resolution // spec['vae_factor']}x"
+          f"{args.resolution // spec['vae_factor']}), text ({args.batch_size}, {spec['text_tokens']}, "
+          f"{spec['text_dim']}) + pooled ({args.batch_size}, {spec['pooled_dim']}); batch {args.batch_size}, "
+          f"{args.warmup_steps} warm-up + {args.steps} timed steps, mixed precision {args.mixed_precision}, "
+          f"device {args.device}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}\n")  # fmt: skip
+    cols = ["variant", "s/step", "images/s", "median step s", "min step s", "first step s", "setup s",
+            "end-to-end s", "peak RSS MiB", "loop RSS + MiB"]  # fmt: skip
+    if args.device == "cuda":
+        cols += ["loop peak GPU MiB", "peak GPU MiB"]
+    cols.append("final loss")
+    print("| " + " | ".join(cols) + " |")
+    print("| --- " + "| ---: " * (len(cols) - 1) + "|")
+    for name, r in results.items():
+        if "oom" in r:  # the step ran out of GPU memory: the peak it had reached, no timings
+            row = [name] + ["OOM"] * 5 + [f"{r.get('setup_s', float('nan')):.1f}", f"{r['end_to_end_s']:.1f}",
+                                          f"{r['peak_rss_mib']:.0f}", "-"]  # fmt: skip
+            if args.device == "cuda":
+                row += [
+                    f"{r.get('loop_peak_gpu_mib', float('nan')):.0f}",
+                    f"{r.get('peak_gpu_mib', float('nan')):.0f}",
+                ]
+            row.append("-")
+        else:
+            row = [name, f"{r['s_per_step']:.4f}", f"{r['images_per_s']:.2f}", f"{r['median_step_s']:.4f}",
+                   f"{r['min_step_s']:.4f}", f"{r['first_step_s']:.3f}", f"{r['setup_s']:.1f}",
+                   f"{r['end_to_end_s']:.1f}", f"{r['peak_rss_mib']:.0f}", f"{r['loop_rss_rise_mib']:.1f}"]  # fmt: skip
+            if args.device == "cuda":
+                row += [f"{r['loop_peak_gpu_mib']:.0f}", f"{r['peak_gpu_mib']:.0f}"]
+            row.append(f"{r['final_loss']:.4f}")
+        print("| " + " | ".join(row) + " |")
+    for name, r in results.items():
+        if "oom" in r:
+            print(f"\n{name} ran out of GPU memory: {r['oom']}")
+    if set(VARIANTS) <= results.keys() and not any("oom" in r for r in results.values()):
+        ref, bt = results["reference"], results["brandtune"]
+        line = (f"\nbrandtune / reference: s/step {ref['s_per_step'] / bt['s_per_step']:.2f}x faster, "
+                f"median step {ref['median_step_s'] / bt['median_step_s']:.2f}x faster, "
+                f"peak RSS {bt['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x")  # fmt: skip
+        if args.device == "cuda":
+            line += f", loop peak GPU memory {bt['loop_peak_gpu_mib'] / ref['loop_peak_gpu_mib']:.2f}x"
+        print(line)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--steps", type=int, default=None, help="Timed steps (default 200; flux/sd3: 10)")
+    p.add_argument("--batch-size", type=int, default=None, help="Default 4; flux/sd3: 1")
+    p.add_argument("--resolution", type=int, default=None, help="Default 64; flux/sd3: 512 (--tiny: 64)")
+    p.add_argument("--rank", type=int, default=None, help="Default 8; flux/sd3: 16")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each child (and OMP_*)")
     p.add_argument("--base", default="builtin:tiny")
-    p.add_argument("--arch", choices=sorted(ARCH_CONFIGS), default=None,
-                   help="Use a UNet of this architecture with random weights instead of --base")  # fmt: skip
+    p.add_argument("--arch", choices=sorted(ARCH_CONFIGS) + sorted(FLOW_ARCHS), default=None,
+                   help="sd15/sdxl: a UNet of this architecture with random weights instead of --base; flux/sd3: "
+                        "the FLUX.1-dev or SD3.5-medium transformer, random weights, random latents and "
+                        "text embeddings of the real shapes")  # fmt: skip
+    p.add_argument("--tiny", action="store_true",
+                   help="flux/sd3: builtin:tiny-flux's / builtin:tiny-sd3's transformer instead (runs on a CPU)")  # fmt: skip
+    p.add_argument("--warmup-steps", type=int, default=2,
+                   help="flux/sd3: untimed steps before the timed ones (first-step set-up, allocator)")  # fmt: skip
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="Recompute activations in the backward pass, in both variants")  # fmt: skip
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument(
@@ -550,7 +1120,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    flow = args.arch in FLOW_ARCHS
+    if args.tiny and not flow:
+        p.error("--tiny goes with --arch flux or --arch sd3")
+    defaults = {"steps": 10, "batch_size": 1, "resolution": 64 if args.tiny else 512, "rank": 16} if flow else {
+        "steps": 200, "batch_size": 4, "resolution": 64, "rank": 8}  # fmt: skip
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if flow:
+        spec = flow_arch(args.arch, args.tiny)
+        multiple = 2 * spec["vae_factor"]  # FLUX packs 2x2 latents into a token; SD3 patches them 2x2
+        if args.resolution % multiple:
+            p.error(f"--resolution {args.resolution} is not a multiple of {multiple} for --arch {args.arch}"
+                    f"{' --tiny' if args.tiny else ''} (VAE factor {spec['vae_factor']} x 2x2 patches); "
+                    f"use {max(multiple, args.resolution // multiple * multiple)}")  # fmt: skip
+    if args.warmup_steps < 0 or args.steps < 1:
+        p.error("--steps must be at least 1 and --warmup-steps at least 0")
+    return args
 
 
 def child(args: argparse.Namespace) -> int:
@@ -560,6 +1148,9 @@ def child(args: argparse.Namespace) -> int:
         raise SystemExit("--device cuda: no CUDA device is visible")
     if args.flush_denormal:
         torch.set_flush_denormal(True)
+    if args.arch in FLOW_ARCHS:
+        args.result.write_text(json.dumps(run_flow(args)))
+        return 0
     base, dataset_dir = args.base, None
     from brandtune.ingest import find_dataset
 
@@ -590,11 +1181,16 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     args.workdir = str(home / "bench-work")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    prepare(args)
-    print(f"BRANDTUNE_HOME={home}; dataset and base ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.arch not in FLOW_ARCHS:  # the flow variants build their transformer and data in each child
+        t0 = time.perf_counter()
+        prepare(args)
+        print(
+            f"BRANDTUNE_HOME={home}; dataset and base ready in {time.perf_counter() - t0:.1f} s", flush=True
+        )
     default = ["brandtune"] if args.arch == "sdxl" else list(VARIANTS)
     variants = args.variants.split(",") if args.variants else default
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        raise SystemExit(f"--variants {','.join(unknown)}: unknown; use {' and/or '.join(VARIANTS)}")
     if args.arch == "sdxl" and "reference" in variants:
         raise SystemExit("the reference loop is SD 1.x-shaped; for --arch sdxl use --variants brandtune")
     results: dict[str, dict[str, Any]] = {}

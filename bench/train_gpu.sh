@@ -1,32 +1,78 @@
 #!/usr/bin/env bash
-# The GPU matrix of bench/train.py: SD-1.5- and SDXL-architecture models built from config with random weights,
-# 512 and 1024 px, bf16, batch 1 and 4, LoRA rank 16, in order of interest, each run under its own time limit.
+# The GPU matrix of bench/train.py, in order of interest, each run under its own time limit:
+#   - SD-1.5- and SDXL-architecture models built from config with random weights, 512 and 1024 px, bf16, batch 1
+#     and 4, LoRA rank 16;
+#   - after them, the FLUX.1-dev (11.9B) and SD3.5-medium (2.24B) transformers built from their published configs
+#     with random bf16 weights (random latents and text embeddings of the real shapes), 512 and 1024 px, batch 1,
+#     LoRA rank 16 on brandtune's flow defaults, gradient checkpointing off and on.
 #
 #   bench/train_gpu.sh OUTDIR [STEPS]        # writes OUTDIR/train_gpu.log (the tables) and OUTDIR/train_gpu.jsonl
+#   ROWS=flow bench/train_gpu.sh OUTDIR      # only the FLUX.1 / SD3.5 rows: about 6 minutes on one H200
 #
-# Environment: PYTHON (default python3), DEVICE (default cuda), MIXED_PRECISION (default bf16), RUN_LIMIT_S (default
-# 240, per run), MATRIX (default below; "arch:px:batch" words). One BRANDTUNE_HOME serves all runs, so the sample
-# dataset is ingested once and each architecture is built once.
+# Environment: PYTHON (default python3), DEVICE (default cuda), MIXED_PRECISION (default bf16), ROWS (sd, flow or
+# all; default all), RUN_LIMIT_S (default 240, per SD run), MATRIX (default below; "arch:px:batch[:gc]" words, gc =
+# gradient checkpointing on). For the flow rows: FLOW_STEPS (timed steps, default 10), FLOW_WARMUP (untimed steps
+# before them, default 2), FLOW_LIMIT_S (per run, default 150), FLOW_BUDGET_S (default 570: a flow row is skipped,
+# and says so, once it might end past this many seconds after the first flow row started). One BRANDTUNE_HOME
+# serves all runs, so the sample dataset is ingested once and each SD architecture is built once; the flow runs
+# build their transformer in each child process (seconds on the GPU) and need neither. TINY=1 gives the flow
+# rows --tiny (builtin:tiny-flux's / tiny-sd3's transformer): a check of this script on a CPU, e.g.
+#   TINY=1 ROWS=flow DEVICE=cpu MIXED_PRECISION=no FLOW_STEPS=2 MATRIX="flux:64:1 sd3:64:1:gc" bench/train_gpu.sh OUT
+#
+# Flow rows, estimated on an H200 from FLOPs (not yet run): a FLUX.1-dev step is ~0.2 s at 512 px and ~0.6-0.9 s at
+# 1024 px, an SD3.5-medium step under 0.3 s; each child spends ~15 s importing and building first, so a FLUX row
+# (two children, 12 steps each) takes ~40-60 s and an SD3.5 row ~30 s: all eight fit in ~6 minutes. FLUX.1-dev at
+# 1024 px without checkpointing needs an estimated ~100 GB and comes last: where it does not fit, its table says
+# OOM (a result, not a failure). None is skipped by default; FLOW_BUDGET_S skips the tail if the machine is slower.
 set -u
 out=${1:?usage: bench/train_gpu.sh OUTDIR [STEPS]}
 steps=${2:-30}
 py=${PYTHON:-python3}
-matrix=${MATRIX:-"sd15:512:1 sd15:512:4 sdxl:1024:1 sdxl:1024:4 sd15:1024:1 sd15:1024:4 sdxl:512:1 sdxl:512:4"}
+sd_rows="sd15:512:1 sd15:512:4 sdxl:1024:1 sdxl:1024:4 sd15:1024:1 sd15:1024:4 sdxl:512:1 sdxl:512:4"
+flow_rows="flux:512:1 flux:1024:1:gc sd3:512:1 sd3:1024:1 flux:512:1:gc sd3:512:1:gc sd3:1024:1:gc flux:1024:1"
+case ${ROWS:-all} in
+    sd) default=$sd_rows ;;
+    flow) default=$flow_rows ;;
+    all) default="$sd_rows $flow_rows" ;;
+    *) echo "ROWS=${ROWS}: use sd, flow or all" >&2; exit 2 ;;
+esac
+matrix=${MATRIX:-$default}
 home=$(mktemp -d "${TMPDIR:-/tmp}/brandtune-bench-gpu-XXXXXX")
 mkdir -p "$out"
 log="$out/train_gpu.log"
 failed=0
+flow_started=
 for cell in $matrix; do
-    IFS=: read -r arch px bs <<<"$cell"
-    echo "=== $arch ${px}px batch $bs: $(date -u +%H:%M:%S)" | tee -a "$log"
-    timeout "${RUN_LIMIT_S:-240}" "$py" bench/train.py --arch "$arch" --device "${DEVICE:-cuda}" \
+    IFS=: read -r arch px bs gc <<<"$cell"
+    name="$arch ${px}px batch $bs${gc:+ gradient checkpointing}"
+    extra=()
+    [ "${gc:-}" = gc ] && extra+=(--gradient-checkpointing)
+    limit=${RUN_LIMIT_S:-240}
+    run_steps=$steps
+    case $arch in
+        flux | sd3)
+            limit=${FLOW_LIMIT_S:-150}
+            run_steps=${FLOW_STEPS:-10}
+            extra+=(--warmup-steps "${FLOW_WARMUP:-2}")
+            [ -n "${TINY:-}" ] && extra+=(--tiny)
+            now=$(date +%s)
+            flow_started=${flow_started:-$now}
+            if [ $((now - flow_started + limit)) -gt "${FLOW_BUDGET_S:-570}" ]; then
+                echo "=== $name skipped: it might end past FLOW_BUDGET_S=${FLOW_BUDGET_S:-570} s" | tee -a "$log"
+                continue
+            fi
+            ;;
+    esac
+    echo "=== $name: $(date -u +%H:%M:%S)" | tee -a "$log"
+    rm -f "$home/result.json"
+    timeout "$limit" "$py" bench/train.py --arch "$arch" --device "${DEVICE:-cuda}" \
         --mixed-precision "${MIXED_PRECISION:-bf16}" --resolution "$px" --batch-size "$bs" --rank 16 \
-        --steps "$steps" --threads 8 --home "$home" --json "$home/result.json" >>"$log" 2>&1
+        --steps "$run_steps" --threads 8 --home "$home" --json "$home/result.json" ${extra[@]+"${extra[@]}"} >>"$log" 2>&1
     rc=$?
     if [ $rc -eq 0 ]; then
         cat "$home/result.json" >>"$out/train_gpu.jsonl" && echo >>"$out/train_gpu.jsonl"
     else
-        echo "=== $arch ${px}px batch $bs failed: exit $rc" | tee -a "$log"
+        echo "=== $name failed: exit $rc" | tee -a "$log"
         failed=1
     fi
 done
