@@ -57,3 +57,12 @@ def test_retrain_and_campaign_on_a_flux_base(
     assert manifest["model"]["version"] == version
     assert manifest["sampler"]["num_inference_steps"] == 2 and manifest["sampler"]["guidance_scale"] == 3.5
     assert {img["size"] == [64, 64] for img in manifest["images"]} == {True}
+
+    # what downstream generators pull: the FLUX pipeline with the champion loaded, and the plain files
+    import brandtune
+    from brandtune.registry import pull
+
+    pipe = brandtune.load_pipeline("models:/acme-lora@champion")
+    assert type(pipe).__name__ == "FluxPipeline" and pipe.get_active_adapters()
+    pulled = json.loads((pull("acme", "champion", tmp_path / "pulled") / "adapter.json").read_text())
+    assert pulled["base_family"] == "flux" and pulled["pipeline_class"] == "FluxPipeline"

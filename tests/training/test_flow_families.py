@@ -210,3 +210,23 @@ def test_flow_defaults_come_from_the_family() -> None:
 
     job = resolve_job(TrainConfig(brand="acme", base_model=SD3, max_train_steps=1), Settings.from_env())
     assert job.resolved.family == "sd3" and job.config.weighting_scheme == "logit_normal"
+
+
+def test_bf16_with_gradient_checkpointing(tmp_path: Path) -> None:
+    """The GPU settings (bf16 weights, fp32 LoRA, recomputed activations) run the same loop; here on the CPU."""
+    from accelerate.state import AcceleratorState
+    from safetensors.torch import load_file
+
+    AcceleratorState._reset_state(
+        reset_partial_state=True
+    )  # one state per process; this test changes precision
+    try:
+        cfg = quick(
+            tmp_path, base_model=FLUX, max_train_steps=2, mixed_precision="bf16", gradient_checkpointing=True
+        )
+        result = train(cfg)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert np.isfinite(result.final_loss)
+    weights = load_file(result.adapter_dir / "pytorch_lora_weights.safetensors")
+    assert {str(v.dtype) for v in weights.values()} == {"torch.float32"}  # the trained LoRA stays in fp32

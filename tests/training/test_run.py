@@ -154,7 +154,7 @@ def test_sdxl_architecture_trains(tmp_path: Path) -> None:
     assert _generate(pipe).shape[-1] == 3
 
 
-@pytest.mark.parametrize("base", ["builtin:tiny", "builtin:tiny-sdxl"])
+@pytest.mark.parametrize("base", ["builtin:tiny", "builtin:tiny-sdxl", "builtin:tiny-sd3"])
 def test_bf16_mixed_precision_trains_and_validates(tmp_path: Path, base: str) -> None:
     """The GPU setting end to end on the CPU: bf16 base weights, fp32 LoRA weights and VAE encode, validation
     images drawn by a bf16 pipeline under autocast."""
