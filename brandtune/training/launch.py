@@ -29,6 +29,8 @@ from brandtune.settings import Settings
 from brandtune.training.result import TrainResult, read_result_file
 
 if TYPE_CHECKING:
+    from accelerate.commands.config.config_args import ClusterConfig
+
     from brandtune.training.plan import TrainJob
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,9 @@ def build_command(
     Several CPU processes (no config and no GPUs, or a config with ``distributed_type: MULTI_CPU`` / ``use_cpu``)
     are started with ``torch.distributed.run``: ``accelerate launch`` starts only one process for multi-CPU unless
     an MPI hostfile is configured. Run that command with ``ACCELERATE_USE_CPU=true`` (see :func:`cpu_world_size`)
-    so that each process's Accelerator joins the gloo group.
+    so that each process's Accelerator joins the gloo group. An FSDP config always goes through ``accelerate
+    launch``, which hands its ``fsdp_config`` to the processes (and is refused where it cannot run, see
+    :func:`cpu_world_size`).
     """
     train = ["-m", "brandtune.training", "--config", str(config_file), "--result-file", str(result_file)]
     cpu_world = cpu_world_size(num_processes, accelerate_config)
@@ -62,7 +66,12 @@ def build_command(
 
 
 def cpu_world_size(num_processes: int = 1, accelerate_config: Path | None = None) -> int:
-    """How many CPU training processes a launch starts (0 when it does not train on several CPU processes)."""
+    """How many CPU training processes a launch starts (0 when it does not train on several CPU processes).
+
+    Raises:
+        TrainingError: the config cannot be read, asks for multi-node CPU training, or asks for FSDP where it
+            cannot run (see :func:`check_fsdp`).
+    """
     if accelerate_config is None:
         return num_processes if num_processes > 1 and _cuda_count() < num_processes else 0
     from accelerate.commands.config.config_args import load_config_from_file
@@ -72,7 +81,11 @@ def cpu_world_size(num_processes: int = 1, accelerate_config: Path | None = None
     except (OSError, ValueError, TypeError) as exc:
         raise TrainingError(f"accelerate config {accelerate_config} cannot be read: {exc}") from exc
     world = num_processes if num_processes > 1 else getattr(cfg, "num_processes", 1)
-    cpu = str(getattr(cfg.distributed_type, "value", cfg.distributed_type)) == "MULTI_CPU" or cfg.use_cpu
+    kind = str(getattr(cfg.distributed_type, "value", cfg.distributed_type))
+    if kind == "FSDP":
+        check_fsdp(cfg, world, accelerate_config)
+        return 0
+    cpu = kind == "MULTI_CPU" or cfg.use_cpu
     if not cpu or world <= 1:
         return 0
     if getattr(cfg, "num_machines", 1) > 1:
@@ -81,6 +94,45 @@ def cpu_world_size(num_processes: int = 1, accelerate_config: Path | None = None
             "launcher; use one machine (num_machines: 1) or GPUs"
         )
     return world
+
+
+def check_fsdp(cfg: ClusterConfig, world: int, path: Path) -> None:
+    """Refuse an FSDP config that cannot train here, before any process starts.
+
+    brandtune trains FSDP2 only (``fsdp_version: 2``: every parameter a ``DTensor`` shard, which the LoRA
+    weights, their optimizer state and the saved adapter are gathered from), and on GPUs only: accelerate 1.15
+    builds its FSDP state only for GPU-like processes. Started on CPU processes (``use_cpu``, or no GPU for a
+    process) it silently trains DDP instead, or, without ``ACCELERATE_USE_CPU``, as many separate one-process
+    trainings (tests/training/test_fsdp.py checks that this is still so).
+
+    Args:
+        cfg: The config as accelerate reads it (``load_config_from_file``).
+        world: Training processes in all.
+        path: The config file, for the message.
+
+    Raises:
+        TrainingError: not FSDP2, ``use_cpu``, or fewer GPUs visible than processes on this machine.
+    """
+    import accelerate
+
+    version = str((getattr(cfg, "fsdp_config", None) or {}).get("fsdp_version", 1))
+    if version != "2":
+        raise TrainingError(
+            f"accelerate config {path}: fsdp_version {version}: brandtune trains FSDP2 only; set "
+            "fsdp_config.fsdp_version: 2 (see configs/accelerate/fsdp.yaml)"
+        )
+    if getattr(cfg, "use_cpu", False):
+        raise TrainingError(
+            f"accelerate config {path}: FSDP with use_cpu: true does not shard: accelerate "
+            f"{accelerate.__version__} runs FSDP only on GPUs and trains CPU processes as DDP; to train on CPUs "
+            "use configs/accelerate/cpu_2proc.yaml"
+        )
+    local = max(1, world // max(1, getattr(cfg, "num_machines", 1) or 1))
+    if (gpus := _cuda_count()) < local:
+        raise TrainingError(
+            f"accelerate config {path}: FSDP needs a GPU per process: {local} processes on this machine but "
+            f"{gpus} GPU(s) visible; lower num_processes, or train on CPUs with configs/accelerate/cpu_2proc.yaml"
+        )
 
 
 def _cuda_count() -> int:
@@ -139,8 +191,10 @@ def launch(
 
     Raises:
         RunDirLockedError: another training holds the run folder (named, with its holder).
-        TrainingError: the child failed (the message carries its last error line) or wrote no valid result, or
-            the finished training a retry gets back has no valid ``result.json``.
+        TrainingError: ``accelerate_config`` cannot run here (unreadable; FSDP without a GPU per process, see
+            :func:`check_fsdp`: refused before anything is written), the child failed (the message carries its
+            last error line) or wrote no valid result, or the finished training a retry gets back has no valid
+            ``result.json``.
     """
     import dataclasses
 
@@ -148,6 +202,7 @@ def launch(
     from brandtune.training.plan import resolve_job
     from brandtune.training.rundir import CHOICE_ENV, choose_run_dir, claim, new_invocation_id, read_result
 
+    cpu_world_size(num_processes, accelerate_config)  # a launch that cannot run is refused before any claim
     settings = settings or Settings.from_env()
     job = job or resolve_job(config, settings)
     if config.invocation_id is None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from brandtune.errors import TrainingError
 from brandtune.training import checkpoint as ckpt
+from brandtune.training import fsdp
 from brandtune.training.data import Encoded
 from brandtune.training.plan import TrainPlan
 
@@ -136,6 +137,7 @@ def run_loop(plan: TrainPlan, state: TrainState, start_step: int, resume_ckpt: P
     from brandtune.training.validation import log_validation
 
     cfg, accelerator = plan.config, state.accelerator
+    sharded = fsdp.is_sharded(accelerator)  # then every process validates: the sharded forward is collective
     trainable = state.models.trainable_parameters()
     batches, class_batches = Batches.for_plan(plan)
     bar = tqdm(
@@ -166,7 +168,7 @@ def run_loop(plan: TrainPlan, state: TrainState, start_step: int, resume_ckpt: P
         _log_step(plan, state, global_step, loss_value, elapsed)
         if _every(cfg.checkpointing_steps, global_step) and global_step < cfg.max_train_steps:
             last_good = save_checkpoint(plan, state, global_step)
-        if _every(cfg.validation_steps, global_step) and accelerator.is_main_process:
+        if _every(cfg.validation_steps, global_step) and (accelerator.is_main_process or sharded):
             log_validation(plan, state, global_step)
     bar.close()
     return loss_value
@@ -221,23 +223,24 @@ def _log_step(
 
 
 def save_checkpoint(plan: TrainPlan, state: TrainState, step: int) -> Path | None:
-    """Write a checkpoint of ``step`` (main process; every process hands its RNG state over); returns its folder
-    on the main process."""
+    """Write a checkpoint of ``step`` (main process; every process hands its RNG state over, and under FSDP its
+    shards of the weights and optimizer state); returns its folder on the main process."""
     from accelerate.utils import gather_object
 
     accelerator = state.accelerator
     rngs = gather_object([(plan.rank, ckpt.rng_state())])
     path = None
+    trainable = {}
+    for i, model in enumerate(state.models.trained):
+        weights = fsdp.trainable_weights(accelerator.unwrap_model(model))
+        trainable.update({f"{i}/{n}": p for n, p in weights.items()})
+    optimizer_state = fsdp.whole_optimizer_state(state.optimizer.state_dict())
     if accelerator.is_main_process:
-        trainable = {}
-        for i, model in enumerate(state.models.trained):
-            unwrapped = accelerator.unwrap_model(model)
-            trainable.update({f"{i}/{n}": p for n, p in unwrapped.named_parameters() if p.requires_grad})
         path = ckpt.write_checkpoint(
             plan.run_dir / "checkpoints",
             step,
             trainable,
-            state.optimizer.state_dict(),
+            optimizer_state,
             state.lr_scheduler.state_dict(),
             {
                 "config_hash": plan.run_hash,
@@ -267,8 +270,9 @@ def restore_checkpoint(plan: TrainPlan, state: TrainState, folder: Path) -> int:
             for name, value in data["trainable"].items():
                 idx, pname = name.split("/", 1)
                 if int(idx) == i:
-                    params[pname].copy_(value)
+                    params[pname].copy_(fsdp.like(value, params[pname]))
     state.optimizer.load_state_dict(data["optimizer"])
+    fsdp.shard_optimizer_state(state.optimizer)
     state.lr_scheduler.load_state_dict(data["scheduler"])
     ckpt.set_rng_state(*data["rng"])
     gc.collect()

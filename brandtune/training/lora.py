@@ -62,8 +62,11 @@ def add_lora(
         inject_adapter_in_model(config, model)
 
 
-def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA weights of a peft-adapted model in peft's key layout (``lora_A``/``lora_B``).
+def lora_state_dict(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The LoRA weights of a peft-adapted model in peft's key layout (``lora_A``/``lora_B``), read from
+    ``state_dict`` (e.g. the weights gathered whole under FSDP) when given, else from the model.
 
     diffusers' ``load_lora_weights`` reads that layout as it is. Its older layout (``lora.down``/``lora.up``, what
     ``convert_state_dict_to_diffusers`` makes) covers only the attention projections: a LoRA that also targets
@@ -72,7 +75,7 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """
     from peft.utils import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(model)
+    return get_peft_model_state_dict(model, state_dict=state_dict)
 
 
 def save_adapter(
@@ -82,11 +85,13 @@ def save_adapter(
     text_encoders: list[torch.nn.Module],
     provenance: dict[str, Any],
     export_kohya: bool = False,
+    weights: list[dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write the adapter folder ``dest`` atomically: weights, provenance, optional kohya export.
 
     The weights are what the family's pipeline ``save_lora_weights`` writes, with each module's LoRA config in the
-    file's metadata (so ``load_lora_weights`` restores a non-default alpha too).
+    file's metadata (so ``load_lora_weights`` restores a non-default alpha too). ``weights`` are the modules'
+    trainable weights by parameter name, denoiser first (what FSDP's shards gathered give); None: the modules' own.
     """
     import diffusers
     from safetensors import safe_open
@@ -99,8 +104,8 @@ def save_adapter(
     modules = {info.denoiser: denoiser}
     modules.update({spec.folder: enc for spec, enc in zip(info.text_encoders, text_encoders, strict=False)})
     layers: dict[str, Any] = {}
-    for name, module in modules.items():
-        layers[f"{name}_lora_layers"] = lora_state_dict(module)
+    for i, (name, module) in enumerate(modules.items()):
+        layers[f"{name}_lora_layers"] = lora_state_dict(module, weights[i] if weights else None)
         if (peft_config := getattr(module, "peft_config", None)) is not None:
             layers[f"{name}_lora_adapter_metadata"] = peft_config["default"].to_dict()
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from brandtune.config import TrainConfig
 from brandtune.errors import TrainingError
 from brandtune.settings import Settings
 from brandtune.training.data import cache_key, load_or_encode, read_dataset
+from brandtune.training.fsdp import is_sharded, trainable_weights
 from brandtune.training.loop import restore_checkpoint, run_loop
 from brandtune.training.plan import TrainJob, TrainPlan, check_disk, check_precision, resolve_job
 from brandtune.training.result import TrainResult
@@ -284,7 +285,8 @@ def _train(
     try:
         loss = run_loop(plan, state, start, resume_from)
         adapter_dir = plan.run_dir / "adapter"
-        if accelerator.is_main_process:
+        # FSDP: every process takes part in gathering the adapter and in validating
+        if accelerator.is_main_process or is_sharded(accelerator):
             _finish(plan, state, adapter_dir)
         accelerator.wait_for_everyone()
         status = "FINISHED"
@@ -346,18 +348,23 @@ def _prepare(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> t
 
 
 def _finish(plan: TrainPlan, state: TrainState, adapter_dir: Path) -> None:
-    """Save the adapter, draw the last validation images and log the adapter to MLflow (main process)."""
+    """Save the adapter, draw the last validation images and log the adapter to MLflow (main process; under FSDP
+    every process runs this, and only the main process writes)."""
     from brandtune.training.lora import save_adapter
     from brandtune.training.validation import log_validation
 
     accelerator = state.accelerator
     denoiser = accelerator.unwrap_model(state.models.denoiser)
     encoders = [accelerator.unwrap_model(m) for m in state.models.trained_text_encoders]
-    save_adapter(
-        adapter_dir, plan.resolved.family, denoiser, encoders, plan.provenance(), plan.config.export_kohya
-    )
+    weights = [trainable_weights(m) for m in [denoiser, *encoders]] if is_sharded(accelerator) else None
+    if accelerator.is_main_process:
+        save_adapter(
+            adapter_dir, plan.resolved.family, denoiser, encoders, plan.provenance(), plan.config.export_kohya,
+            weights,
+        )  # fmt: skip
     log_validation(plan, state, plan.config.max_train_steps)
     if state.tracker is not None:
         state.tracker.log_artifact(adapter_dir, "adapter")
         state.tracker.set_tags({"brandtune.adapter_dir": str(adapter_dir)})
-    logger.info("adapter written to %s", adapter_dir)
+    if accelerator.is_main_process:
+        logger.info("adapter written to %s", adapter_dir)

@@ -67,7 +67,10 @@ def sample(
 
 
 def log_validation(plan: TrainPlan, state: TrainState, step: int) -> Path:
-    """Sample the validation prompts, save a grid under ``<run>/validation/`` and log it to MLflow."""
+    """Sample the validation prompts, save a grid under ``<run>/validation/`` and log it to MLflow.
+
+    Under FSDP every process samples (the sharded denoiser's forward is a collective) and the main process saves.
+    """
     import torch
 
     from brandtune.images import image_grid
@@ -87,8 +90,10 @@ def log_validation(plan: TrainPlan, state: TrainState, step: int) -> Path:
         )
     if was_training:
         denoiser.train()
-    grid = image_grid(images, columns=cfg.num_validation_images, thumb=None)  # a row per prompt
     out = plan.run_dir / "validation" / f"step-{step:06d}.png"
+    if not accelerator.is_main_process:
+        return out
+    grid = image_grid(images, columns=cfg.num_validation_images, thumb=None)  # a row per prompt
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     if state.tracker is not None:
