@@ -60,7 +60,8 @@ def resolve_sampler(sampler: SamplerConfig, pipe: Any) -> SamplerConfig:
         ConfigError: a UNet scheduler asked of a flow-matching pipeline.
     """
     kind = pipeline_kind(pipe)
-    filled = {k: v for k, v in SAMPLER_DEFAULTS[kind].items() if getattr(sampler, k) is None}
+    empty = {"scheduler": "auto", "num_inference_steps": None, "guidance_scale": None}
+    filled = {k: v for k, v in SAMPLER_DEFAULTS[kind].items() if getattr(sampler, k) == empty[k]}
     size = native_size(pipe)
     filled.update(width=sampler.width or size, height=sampler.height or size)
     resolved = sampler.model_copy(update=filled)

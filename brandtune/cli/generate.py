@@ -116,11 +116,12 @@ def generate_cmd(
         typer.Option(help="Guidance scale. Default: the base family's (SD/SDXL 4, FLUX 3.5, SD3 5)."),
     ] = None,
     scheduler: Annotated[
-        SchedulerName | None,
+        SchedulerName,
         typer.Option(
-            help="Sampler ('default': the model's own; SD/SDXL default to ddim); recorded in the manifest."
+            help="Sampler ('default': the model's own; 'auto': ddim on SD/SDXL, the model's own on FLUX/SD3); "
+            "recorded in the manifest."
         ),
-    ] = None,
+    ] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the first variation.")] = 0,
     negative_prompt: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     init_image: Annotated[Path | None, typer.Option(help="Product photo for img2img variations.")] = None,

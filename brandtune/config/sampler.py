@@ -8,16 +8,16 @@ from pydantic import Field
 
 from brandtune.config._base import StrictModel
 
-SchedulerName = Literal["default", "ddim", "euler", "dpm++"]
+SchedulerName = Literal["auto", "default", "ddim", "euler", "dpm++"]
 
 
 class SamplerConfig(StrictModel):
     """How images are sampled; recorded with every image so it can be made again."""
 
-    scheduler: SchedulerName | None = Field(
-        default=None,
-        description="Sampler: ddim, euler, dpm++ (SD, SDXL) or the model's default. Empty: ddim for SD and "
-        "SDXL, the model's flow-matching Euler for FLUX and SD3.",
+    scheduler: SchedulerName = Field(
+        default="auto",
+        description="Sampler: ddim, euler, dpm++ (SD, SDXL) or the model's default; auto: ddim for SD and SDXL, "
+        "the model's own (flow-matching Euler) for FLUX and SD3.",
     )
     num_inference_steps: int | None = Field(
         default=None,

@@ -31,7 +31,7 @@ def test_defaults_then_file_then_flags(tmp_path: Path) -> None:
     assert (cfg.sampler.num_inference_steps, cfg.sampler.guidance_scale, cfg.sampler.scheduler) == (
         2,
         2.5,
-        None,  # the default: the base family's sampler
+        "auto",  # the default: the base family's sampler
     )
     assert job_config(GenerateConfig, None, {"brand": "acme", "prompt": "p"}) == GenerateConfig(
         brand="acme", prompt="p"

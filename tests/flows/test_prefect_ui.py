@@ -104,13 +104,15 @@ def test_run_form_shows_parameters_with_descriptions(
         "evaluation (Optional) Seeds, sampler and the promotion gate's rules.",
         "Seeds (Optional) Fixed seeds per prompt.",
         "Sampler (Optional) Sampler settings, the same for every model compared.",
-        "Scheduler (Optional) Sampler: ddim, euler, dpm++ or the model's default.",
+        "Scheduler (Optional) Sampler: ddim, euler, dpm++ (SD, SDXL) or the model's default; auto:",
         "Num Inference Steps (Optional) Denoising steps per image.",
         "promote (Optional) Make the new adapter @champion",
     ):
         assert expected in text, f"{expected!r} not on the run form:\n{text[:4000]}"
     # dropdowns: the choices of a Literal are listed
     assert "no fp16 bf16" in text and "multi_gpu_ddp" in text
-    assert "default ddim euler dpm++" in text  # the evaluation sampler's scheduler, nested two levels down
+    assert (
+        "auto default ddim euler dpm++" in text
+    )  # the evaluation sampler's scheduler, nested two levels down
     assert shot.is_file() and shot.stat().st_size > 20_000
     print(f"screenshot: {shot}")

@@ -130,8 +130,8 @@ def test_evaluation_parameters_nest_the_sampler_with_its_dropdown() -> None:
     assert evaluation["sampler"]["$ref"].endswith("/SamplerConfig") and evaluation["sampler"]["description"]
     sampler = schema["definitions"]["SamplerConfig"]["properties"]
     # empty means the base family's default (ddim/20/4.0 for SD, 28 steps for FLUX.1-dev and SD3, ...)
-    scheduler, steps = sampler["scheduler"]["anyOf"], sampler["num_inference_steps"]["anyOf"]
-    assert scheduler[0]["enum"] == ["default", "ddim", "euler", "dpm++"] and {"type": "null"} in scheduler
+    assert sampler["scheduler"]["enum"] == ["auto", "default", "ddim", "euler", "dpm++"]
+    steps = sampler["num_inference_steps"]["anyOf"]
     assert (steps[0]["minimum"], steps[0]["maximum"]) == (1, 200) and {"type": "null"} in steps
     assert evaluation["seeds"]["maxItems"] == 64
     # what the deployments set reaches the evaluation's sampler

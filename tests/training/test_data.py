@@ -22,8 +22,9 @@ def test_latent_cache_reused_and_invalidated(tmp_path: Path, acme_dataset: Path,
     from brandtune.config import load_brand
     from brandtune.ingest import ingest
 
-    first = train(quick(tmp_path / "a", max_train_steps=1, resolution=32, base_model=base))
-    second = train(quick(tmp_path / "b", max_train_steps=1, resolution=32, base_model=base))
+    original = {"max_train_steps": 1, "resolution": 32, "dataset": acme_dataset.name, "base_model": base}
+    first = train(quick(tmp_path / "a", **original))
+    second = train(quick(tmp_path / "b", **original))
     assert not first.cache_hit and second.cache_hit
     # Change one image: a new dataset fingerprint, so the cache is not reused.
     photos = tmp_path / "photos"
@@ -39,7 +40,5 @@ def test_latent_cache_reused_and_invalidated(tmp_path: Path, acme_dataset: Path,
     )
     assert not third.cache_hit
     # Back to the original dataset: its cache is still there.
-    fourth = train(
-        quick(tmp_path / "d", max_train_steps=1, resolution=32, dataset=acme_dataset.name, base_model=base)
-    )
+    fourth = train(quick(tmp_path / "d", **original))
     assert fourth.cache_hit
