@@ -14,9 +14,9 @@ from brandtune.training import train
 pytestmark = pytest.mark.usefixtures("torch_threads", "acme_dataset")
 
 
-@pytest.mark.parametrize("base", [None, "builtin:tiny-flux"])
+@pytest.mark.parametrize("base", [None, "builtin:tiny-flux", "builtin:tiny-sd3"])
 def test_latent_cache_reused_and_invalidated(tmp_path: Path, acme_dataset: Path, base: str | None) -> None:
-    """For the UNet families and the flow-matching ones alike (FLUX: T5 and pooled CLIP embeddings cached)."""
+    """For the UNet families and the flow-matching ones alike (FLUX, SD3: T5 and pooled CLIP embeddings cached)."""
     from PIL import Image
 
     from brandtune.config import load_brand

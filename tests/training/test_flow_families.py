@@ -127,12 +127,13 @@ def test_kill_and_resume_gives_identical_adapter(tmp_path: Path, base: str) -> N
         assert (ref[key] == got[key]).all(), key
 
 
-def test_two_process_flux_training(tmp_path: Path) -> None:
+@pytest.mark.parametrize("base", [FLUX, SD3])
+def test_two_process_training(tmp_path: Path, base: str) -> None:
     from brandtune.training import launch
 
     lines: list[str] = []
     result = launch(
-        quick(tmp_path, base_model=FLUX, max_train_steps=2), num_processes=2, on_line=lines.append
+        quick(tmp_path, base_model=base, max_train_steps=2), num_processes=2, on_line=lines.append
     )
     assert result.steps == 2 and np.isfinite(result.final_loss)
     assert (result.adapter_dir / "pytorch_lora_weights.safetensors").is_file()
