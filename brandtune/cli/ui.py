@@ -34,15 +34,13 @@ def mlflow_ui_cmd(
 ) -> None:
     """Start an MLflow server (UI + registry) on the project's local store; Ctrl-C stops it."""
     from brandtune.procs import stop_process_group
-    from brandtune.services import server_command, stop_signals_interrupt
+    from brandtune.services import server_command, server_env, stop_signals_interrupt
 
     cmd = server_command(port)
     url = f"http://127.0.0.1:{port}"
     console.print(f"[bold green]MLflow[/] at {url}  (store {cmd[cmd.index('--backend-store-uri') + 1]})")
     console.print(f"  other shells: export MLFLOW_TRACKING_URI={url}   stop: Ctrl-C")
-    proc = subprocess.Popen(
-        cmd, start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    )
+    proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, **server_env()})
     try:
         with stop_signals_interrupt():  # also when started with SIGINT ignored (a shell's background job)
             code = proc.wait()

@@ -16,6 +16,7 @@ import pytest
 from registry_helpers import REPO_ROOT, clone_run, generate, reference_pipeline, train_acme
 
 from brandtune.errors import RegistryError
+from brandtune.services import server_env
 from brandtune.settings import Settings
 
 pytestmark = [pytest.mark.usefixtures("torch_threads"), pytest.mark.slow]
@@ -71,7 +72,13 @@ class Server:
         ]  # fmt: skip
         log = self.root / "server.log"
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **server_env()},
+            )
         wait_healthy(self.uri, self.proc, log)
 
     def stop(self) -> None:
