@@ -1,4 +1,5 @@
-"""Stopping child processes that run in their own process group (``start_new_session=True``).
+"""Child processes: how many threads one takes, and stopping those that run in their own process group
+(``start_new_session=True``).
 
 Training children, the MLflow and Prefect servers of ``brandtune ui`` and ``brandtune mlflow-ui`` all stop the same
 way: SIGTERM to the whole group, a grace period, then SIGKILL to what is left.
@@ -13,6 +14,15 @@ import signal
 import subprocess
 
 logger = logging.getLogger(__name__)
+
+
+def default_threads(world: int) -> int:
+    """torch threads of one training process when ``num_threads`` is empty: ``OMP_NUM_THREADS`` where it is set
+    (torch's own convention), else the machine's cores shared by the ``world`` processes."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return max(1, (os.cpu_count() or 1) // world)
 
 
 def signal_group(pid: int, sig: signal.Signals) -> None:

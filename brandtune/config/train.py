@@ -239,7 +239,9 @@ class TrainConfig(StrictModel):
         default=True, description="Encode images and captions once and cache them on disk (much faster)."
     )
     num_threads: int | None = Field(
-        default=None, ge=1, description="CPU threads for torch. Empty: all cores."
+        default=None,
+        ge=1,
+        description="CPU threads for torch. Empty: OMP_NUM_THREADS where set, else all cores (shared by the processes).",
     )
     seed: int = Field(default=0, ge=0, description="Seed for data order, noise, timesteps and LoRA init.")
     # Validation, checkpoints, outputs.

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from brandtune.config import TrainConfig
 from brandtune.errors import TrainingError
-from brandtune.procs import stop_process_group
+from brandtune.procs import default_threads, stop_process_group
 from brandtune.settings import Settings
 from brandtune.training.result import TrainResult, read_result_file
 
@@ -238,8 +238,11 @@ def _run_child(
         cmd = build_command(config_file, result_file, num_processes, accelerate_config)
         logger.info("launching: %s", " ".join(cmd))
         child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        if cpu_world_size(num_processes, accelerate_config) > 1:
+        cpu_world = cpu_world_size(num_processes, accelerate_config)
+        if cpu_world > 1:
             child_env["ACCELERATE_USE_CPU"] = "true"  # the workers' Accelerator then uses gloo on the CPU
+            # torchrun would set 1 thread a process where this is unset; each takes its share of the cores
+            child_env.setdefault("OMP_NUM_THREADS", str(default_threads(cpu_world)))
         proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from brandtune.config import TrainConfig
 from brandtune.errors import TrainingError
+from brandtune.procs import default_threads
 from brandtune.settings import Settings
 from brandtune.training.data import cache_key, load_or_encode, read_dataset
 from brandtune.training.fsdp import is_sharded, trainable_weights
@@ -320,7 +321,7 @@ def _prepare(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> t
 
     config = plan.config
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
-    torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // plan.world))
+    torch.set_num_threads(config.num_threads or default_threads(plan.world))
     if accelerator.device.type == "cpu":
         # tiny weights and gradients can hit denormal floats, which are several times slower on x86
         torch.set_flush_denormal(True)
