@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from threads import THREADS
 
 # Keep libraries quiet and local before anything imports them.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch's default thread count in this process and in every process a test starts: the worker's share
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,12 +36,19 @@ def brandtune_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
             os.environ[key] = value
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked slow first, each kept whole and in file order: pytest-xdist hands out whole modules
+    (``--dist loadfile``) in this order, so the longest start first and no worker is left with one at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 @pytest.fixture(scope="session")
 def torch_threads() -> None:
-    """Pin torch to two threads so timings and results do not depend on the machine's load."""
+    """Pin torch to the worker's share of the cores so results do not depend on the machine's load."""
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +132,7 @@ def trained_versions(
                 seed=seed,
                 checkpointing_steps=0,
                 validation_inference_steps=2,
-                num_threads=2,
+                num_threads=THREADS,
                 output_dir=out / f"run{seed}",
             )
             made.append(register("acme", train(cfg).mlflow_run_id).version)

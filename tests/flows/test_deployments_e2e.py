@@ -1,17 +1,24 @@
-"""End to end through a real Prefect server: deploy prefect.yaml, run `retrain` from the API, cancel a training.
+"""End to end through a real Prefect server: deploy prefect.yaml, see the UI's run form, run `retrain` from the API,
+cancel a training.
 
 Starts `prefect server` and `mlflow server` on free loopback ports, then runs the README's "Scaling out" commands as
 written (only their `<...>` placeholders filled in): create the `brandtune-local` process work pool,
-`prefect --no-prompt deploy --all`, start a worker with BRANDTUNE_REPO, BRANDTUNE_HOME and MLFLOW_TRACKING_URI. Then
-it triggers deployments as the UI does (the API). Every process started here is stopped by PID (process group, then
-SIGKILL) at the end, also when a test fails.
+`prefect --no-prompt deploy --all`, start a worker with BRANDTUNE_REPO, BRANDTUNE_HOME and MLFLOW_TRACKING_URI. The
+UI's run form of `weekly-retrain` is rendered in Debian's headless `chromium` (`--virtual-time-budget` lets the JS
+app fetch and render before the DOM is dumped and the screenshot taken); the test installs chromium with apt when it
+is missing and skips, naming the reason, only when that install fails. Then it triggers deployments as the UI does
+(the API). Every process started here is stopped by PID (process group, then SIGKILL) at the end, also when a test
+fails.
 """
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,16 +26,52 @@ from typing import Any
 
 import psutil
 import pytest
+from threads import THREADS
 
 from brandtune import services
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1400,3200",
+    "--virtual-time-budget=30000",
+]
+
+
+def chromium() -> str:
+    """Path of a chromium binary, installing Debian's package when missing (skip only if that fails)."""
+    for name in ("chromium", "chromium-browser"):
+        if found := shutil.which(name):
+            return found
+    try:
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"chromium is not installed and `apt-get install -y chromium` failed: {exc}")
+    found = shutil.which("chromium")
+    if not found:
+        pytest.skip("`apt-get install chromium` ran but no chromium binary is on PATH")
+    return found
+
+
 TINY_TRAINING = {
     "max_train_steps": 2,
     "train_batch_size": 2,
-    "num_threads": 2,
+    "num_threads": THREADS,
     "validation_inference_steps": 2,
 }
 
@@ -158,6 +201,53 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, brandtune_home: Path) -> 
 
 def _worker_log(deployed: dict[str, Any]) -> str:
     return services.tail(deployed["worker"].log_path, 40)
+
+
+def test_run_form_shows_parameters_with_descriptions(deployed: dict[str, Any], tmp_path: Path) -> None:
+    """The Prefect UI's run form of the deployed `weekly-retrain`, rendered in headless Chromium: every field with
+    its description, and the choice lists."""
+    import json
+    import urllib.request
+
+    browser = chromium()
+    url = str(deployed["api"].url)
+    with urllib.request.urlopen(f"{url}/api/deployments/name/retrain/weekly-retrain", timeout=30) as r:
+        deployment_id = json.load(r)["id"]
+    shot = tmp_path / "retrain-run-form.png"
+    page = f"{url}/deployments/deployment/{deployment_id}/run"
+    done = subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+         "--dump-dom", page],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", done.stdout, flags=re.S))
+    text = html.unescape(re.sub(r"\s+", " ", text))
+    (tmp_path / "retrain-run-form.txt").write_text(text)
+    assert "weekly-retrain" in text and "Parameters" in text, text[:2000]
+    for expected in (
+        "brand (Optional) Brand slug",
+        "training (Optional) Training settings",
+        "Max Train Steps (Optional) Optimizer steps to train for.",
+        "Mixed Precision (Optional) Mixed precision: fp16 needs a GPU",
+        "Accelerate Config (Optional)",
+        "evaluation (Optional) Seeds, sampler and the promotion gate's rules.",
+        "Seeds (Optional) Fixed seeds per prompt.",
+        "Sampler (Optional) Sampler settings, the same for every model compared.",
+        "Scheduler (Optional) Sampler: ddim, euler, dpm++ (SD, SDXL) or the model's default; auto:",
+        "Num Inference Steps (Optional) Denoising steps per image.",
+        "promote (Optional) Make the new adapter @champion",
+    ):
+        assert expected in text, f"{expected!r} not on the run form:\n{text[:4000]}"
+    # dropdowns: the choices of a Literal are listed
+    assert "no fp16 bf16" in text and "multi_gpu_ddp" in text
+    assert (
+        "auto default ddim euler dpm++" in text
+    )  # the evaluation sampler's scheduler, nested two levels down
+    assert shot.is_file() and shot.stat().st_size > 20_000
+    print(f"screenshot: {shot}")
 
 
 def test_readme_worker_runs_a_deployment(deployed: dict[str, Any]) -> None:

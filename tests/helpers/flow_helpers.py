@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from threads import THREADS
 
 TINY_TRAINING = {
     "max_train_steps": 2,
     "train_batch_size": 2,
-    "num_threads": 2,
+    "num_threads": THREADS,
     "checkpointing_steps": 1,
     "validation_inference_steps": 2,
 }

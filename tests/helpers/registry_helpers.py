@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threads import THREADS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a photo of acme bottle on a beach"
@@ -29,7 +30,7 @@ def train_acme(out: Path) -> Any:
         validation_inference_steps=2,
         learning_rate=1e-2,
         lr_warmup_steps=0,
-        num_threads=2,
+        num_threads=THREADS,
         output_dir=out,
     )
     return train(cfg)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from threads import THREADS
+
 from brandtune.training import TrainConfig
 
 QUICK = {
     "brand": "acme",
     "checkpointing_steps": 0,
     "validation_inference_steps": 2,
-    "num_threads": 2,
+    "num_threads": THREADS,
     "train_batch_size": 4,
 }
 

@@ -16,7 +16,7 @@ from training_helpers import kill_after_checkpoint, quick
 from brandtune.errors import ConfigError, TrainingError
 from brandtune.training import TrainConfig, train
 
-pytestmark = pytest.mark.usefixtures("torch_threads", "acme_dataset")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_threads", "acme_dataset")]
 
 FLUX, SD3 = "builtin:tiny-flux", "builtin:tiny-sd3"
 PROMPT = "a photo of acme bottle on a beach"

@@ -222,10 +222,12 @@ def test_kohya_file_generates_what_the_diffusers_file_does(case: str, flux_dir: 
     assert _lora_layers(trained) <= _lora_layers(from_kohya)
 
     # The kohya file's LoRA is the same product split differently (stacked downs, scale folded into the weights
-    # by diffusers' reader), so floats may differ in the last bits and a pixel by one level where it rounds.
+    # by diffusers' reader), so floats may differ in the last bits and a pixel by one level where it rounds. The
+    # bound is relative to the output's scale: with the top-level layers trained, outputs reach ~500, and float32
+    # rounding of those terms leaves ~1e-4 on an element near 1 (it depends on the thread count).
     for other in (diffusers_outputs, kohya_outputs):
         for got, want in zip(other, trained_outputs, strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
     assert np.abs(kohya_image.astype(int) - diffusers_image.astype(int)).max() <= 1
     assert np.abs(kohya_image.astype(int) - trained_image.astype(int)).max() <= 1
     assert np.abs(kohya_image.astype(int) - base_image.astype(int)).max() > 8, "the adapter changes the image"

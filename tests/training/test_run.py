@@ -20,7 +20,7 @@ from training_helpers import QUICK, quick
 from brandtune.errors import ConfigError, TrainingError
 from brandtune.training import TrainConfig, train
 
-pytestmark = pytest.mark.usefixtures("torch_threads", "acme_dataset")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_threads", "acme_dataset")]
 
 
 @pytest.fixture(scope="module")
