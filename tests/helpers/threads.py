@@ -1,8 +1,7 @@
 """How many torch threads a test's training or sampling takes: its pytest-xdist worker's share of the cores.
 
-Two workers on two cores each take one thread. Oversubscribed torch threads spin on each other and run several
-times slower, and one thread a worker also keeps reruns bit-identical. Never more than two: the tiny models gain
-nothing from more.
+Two workers on two cores each take one thread: oversubscribed torch threads spin on each other and run several
+times slower. Never more than two: the tiny models gain nothing from more.
 """
 
 from __future__ import annotations
