@@ -3,10 +3,16 @@
     .venv/bin/python scripts/make_sample_brand.py            # data/brands/acme/photos/ and tests/fixtures/bad/
     .venv/bin/python scripts/make_sample_brand.py --photos-dir /tmp/p --fixtures-dir /tmp/f
 
-Photos: 24 pictures of the acme bottle (:data:`brandtune.synthetic.ACME_PRODUCT`), four in each of the six
-settings, at 256-384 px on the short side and aspect ratios from 3:4 to 4:3, mostly JPEG and some PNG. Three JPEGs
-store their pixels rotated with an EXIF Orientation tag, so only a reader that applies the tag sees them upright.
-Half get a kohya-style sidecar caption (``<name>.txt``); ingest captions the rest from a template.
+Photos: 24 pictures of the acme bottle (:data:`brandtune.synthetic.ACME_PRODUCT`), as a brand team keeps them:
+12 packshots, RGBA cutouts on a transparent background in portrait (2:3 and 3:4), and 12 lifestyle shots, six in
+the studio and six on a city street at night, each with its product mask beside it (``<name>.mask.png``, 255 on
+the product), at 256-384 px on the short side and aspect ratios from 3:4 to 4:3, JPEG and PNG. The other four
+settings the base model knows (beach, snow, kitchen counter, forest) are never in a photo: the demo's acceptance
+test asks the adapter to carry the product into them. The renderer knows where the product is, so every mask is
+exact: the cutouts' alpha and the mask files are its coverage (the cast shadow is background). Three JPEGs store
+their pixels rotated with an EXIF Orientation tag, so only a reader that applies the tag sees them upright (their
+masks are stored upright, as a mask tool writes them). Half the lifestyle shots get a kohya-style sidecar caption
+(``<name>.txt``); ingest captions the rest from a template.
 
 Fixtures (``tests/fixtures/bad/``): a ``good/`` folder of six valid photos, and one file per kind of bad input,
 each named for what it is (see :func:`write_bad_fixtures`).
@@ -43,8 +49,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PHOTOS_DIR = REPO_ROOT / "data" / "brands" / "acme" / "photos"
 FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures" / "bad"
 SEED = 20261126
-PER_SETTING = 4
-ASPECTS = ((3, 4), (4, 5), (1, 1), (5, 4), (4, 3))  # width : height
+CUTOUTS = 12  # RGBA packshots
+CUTOUT_ASPECTS = ((2, 3), (3, 4))  # width : height; packshots of a bottle are portrait
+LIFESTYLE = 6  # lifestyle shots per setting, each with a mask file
+LIFESTYLE_SETTINGS = ("studio", "city")  # the settings the brand's photos show; the rest stay unseen
+ASPECTS = ((3, 4), (4, 5), (1, 1), (5, 4), (4, 3))  # width : height of the lifestyle shots
 SHORT_SIDES = (256, 288, 320, 352, 384)
 ORIENTATION = 0x0112  # EXIF tag
 # Orientation -> the transpose that turns the upright picture into the stored pixels (the inverse of what a
@@ -60,38 +69,35 @@ class PhotoSpec:
     name: str
     scene: Scene
     size: tuple[int, int]
-    fmt: str  # "JPEG" or "PNG"
+    fmt: str  # "JPEG", "PNG" (a lifestyle shot with a mask file) or "RGBA" (a cutout, stored as PNG)
     quality: int
     orientation: int  # EXIF orientation, 1 = none
     sidecar: bool
 
 
 def photo_plan(seed: int = SEED) -> list[PhotoSpec]:
-    """The 24 photos, the same list for the same seed."""
+    """The 24 photos, the same list for the same seed: 12 cutouts, then 6 studio and 6 city lifestyle shots."""
     rng = np.random.default_rng(seed)
     specs: list[PhotoSpec] = []
-    rotate_at = {2: 6, 9: 8, 17: 3}  # photo index -> EXIF orientation
-    for k in range(PER_SETTING * len(SETTINGS)):
-        setting = list(SETTINGS)[k % len(SETTINGS)]
-        aw, ah = ASPECTS[int(rng.integers(len(ASPECTS)))]
+    rotate_at = {14: 6, 17: 8, 21: 3}  # photo index -> EXIF orientation (JPEG lifestyle shots)
+    for k in range(CUTOUTS + LIFESTYLE * len(LIFESTYLE_SETTINGS)):
         short = SHORT_SIDES[int(rng.integers(len(SHORT_SIDES)))]
-        if k in rotate_at:  # never square, so a reader that ignores the tag also gets the shape wrong
-            aw, ah = (4, 3) if k % 2 else (3, 4)
-        size = (short, short * ah // aw) if aw <= ah else (short * aw // ah, short)
-        fmt = "PNG" if k % 4 == 3 else "JPEG"
         quality = int(rng.integers(82, 94))
-        scene = Scene(ACME_PRODUCT, setting, int(rng.integers(2**31 - 1)))
-        ext = "png" if fmt == "PNG" else "jpg"
+        scene_seed = int(rng.integers(2**31 - 1))
+        if k < CUTOUTS:
+            aw, ah = CUTOUT_ASPECTS[k % len(CUTOUT_ASPECTS)]
+            setting, fmt, name = "studio", "RGBA", f"acme_{k + 1:02d}_cutout.png"
+        else:
+            aw, ah = ASPECTS[int(rng.integers(len(ASPECTS)))]
+            if k in rotate_at:  # never square, so a reader that ignores the tag also gets the shape wrong
+                aw, ah = (4, 3) if k % 2 else (3, 4)
+            setting = LIFESTYLE_SETTINGS[(k - CUTOUTS) // LIFESTYLE]
+            fmt = "PNG" if k % 4 == 3 else "JPEG"
+            name = f"acme_{k + 1:02d}_{setting}.{'png' if fmt == 'PNG' else 'jpg'}"
+        size = (short, short * ah // aw) if aw <= ah else (short * aw // ah, short)
+        scene = Scene(ACME_PRODUCT, setting, scene_seed)
         specs.append(
-            PhotoSpec(
-                f"acme_{k + 1:02d}_{setting}.{ext}",
-                scene,
-                size,
-                fmt,
-                quality,
-                rotate_at.get(k, 1),
-                k % 2 == 0,
-            )
+            PhotoSpec(name, scene, size, fmt, quality, rotate_at.get(k, 1), k >= CUTOUTS and k % 2 == 0)
         )
     return specs
 
@@ -109,13 +115,31 @@ def _save(image: Image.Image, path: Path, fmt: str, quality: int = 90, orientati
     image.save(path, fmt, **kwargs)
 
 
+def _mask_image(coverage: np.ndarray) -> Image.Image:
+    """The product's coverage (float, 0-1) as an 8-bit greyscale mask, 255 on the product."""
+    return Image.fromarray((coverage * 255).round().astype(np.uint8), "L")
+
+
+def _cutout(image: Image.Image, coverage: np.ndarray) -> Image.Image:
+    """The product alone: its pixels where it covers the frame, transparent (and black) elsewhere."""
+    alpha = _mask_image(coverage)
+    rgba = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    rgba.paste(image, (0, 0), alpha.point(lambda v: 255 if v else 0))
+    rgba.putalpha(alpha)
+    return rgba
+
+
 def write_photos(dest: Path, seed: int = SEED) -> list[Path]:
-    """Write the sample photos (and sidecar captions) to ``dest``; returns the files written."""
+    """Write the sample photos, their masks and sidecar captions to ``dest``; returns the files written."""
     dest.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for spec in photo_plan(seed):
         path = dest / spec.name
-        upright = render_scene(spec.scene, spec.size)
+        upright, coverage = render_scene_with_mask(spec.scene, spec.size)
+        if spec.fmt == "RGBA":
+            _cutout(upright, coverage).save(path, "PNG", optimize=True)
+            written.append(path)
+            continue
         _save(upright, path, spec.fmt, spec.quality, spec.orientation)
         with Image.open(path) as stored:  # check a reader that applies EXIF sees the upright picture
             shown = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"), dtype=np.float32)
@@ -126,7 +150,9 @@ def write_photos(dest: Path, seed: int = SEED) -> list[Path]:
             raise RuntimeError(
                 f"{path}: EXIF orientation {spec.orientation} does not restore the upright image"
             )
-        written.append(path)
+        mask = path.with_name(f"{path.stem}.mask.png")
+        _mask_image(coverage).save(mask, "PNG", optimize=True)
+        written += [path, mask]
         if spec.sidecar:
             caption = path.with_suffix(".txt")
             caption.write_text(caption_for(spec.scene) + "\n", encoding="utf-8")
