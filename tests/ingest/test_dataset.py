@@ -103,5 +103,5 @@ def test_dataset_loads_with_hf_datasets(brand: BrandSpec, settings: Settings, tm
     ds = load_dataset("imagefolder", data_dir=str(result.path), split="train", cache_dir=str(tmp_path / "hf"))
     assert len(ds) == 5
     assert set(ds.column_names) >= {"image", "text"}
-    assert ds[0]["image"].size == (64, 64)
+    assert ds[0]["image"].size == (72, 57)  # 160x128 at about 64*64 pixels
     assert all(t.startswith("a photo of acme bottle") for t in ds["text"])
