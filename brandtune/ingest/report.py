@@ -48,7 +48,8 @@ def _label(row: dict[str, Any]) -> str:
     mask = row.get("mask")
     if mask:
         return f"{mask['source']} {100 * mask['coverage']:.0f}%"
-    return "no mask"
+    note = str(row.get("mask_note") or "no mask").removeprefix("no mask: ")
+    return note.removeprefix("bad mask file (").removesuffix(")")[:20]
 
 
 def _data_uri(img: Image.Image) -> str:

@@ -169,11 +169,11 @@ def _masks_beside(photo: Path) -> list[Path]:
     found = [photo.with_name(photo.stem + suffix) for suffix, _ in MASK_SUFFIXES]
     kohya = photo.parent / KOHYA_MASK_DIR
     if kohya.is_dir():
-        found += sorted(p for p in kohya.glob(f"{glob_escape(photo.stem)}.*") if _is_candidate(p))
+        found += sorted(p for p in kohya.glob(f"{_glob_escape(photo.stem)}.*") if _is_candidate(p))
     return [p for p in found if p.is_file()]
 
 
-def glob_escape(text: str) -> str:
+def _glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
