@@ -114,6 +114,11 @@ class BrandSpec(StrictModel):
         le=2048,
         description="Training resolution in pixels (square). Photos are normalised to this size at ingest.",
     )
+    background: HexColour = Field(
+        default="#ffffff",
+        description="Colour that transparent photos (RGBA cutouts) are composited on at ingest; their alpha "
+        "channel is kept as the product mask.",
+    )
     caption_template: str = Field(
         default="a photo of {trigger} {subject}",
         description="Caption used for photos without a sidecar caption. Placeholders: {trigger}, {subject}.",

@@ -2,11 +2,22 @@
 
 Layout of ``<home>/datasets/<brand>/<fingerprint>/``:
 
-- ``<pixels-sha>.png`` the normalised images (content-named, so the order of the sources does not matter);
-- ``metadata.jsonl`` one ``{"file_name", "text", ...}`` line per image: ``datasets.load_dataset("imagefolder",
-  data_dir=...)`` loads the folder with its captions;
-- ``manifest.json`` per image: source path, source sha256, normalised sha256, original size, caption;
-- ``report.json`` every rejected file with its reason, and the notes on converted ones.
+- ``<pixels-sha20>.png`` the normalised images, 8-bit RGB (content-named, so the order of the sources does not
+  matter); by default at the photo's own aspect ratio with about ``resolution**2`` pixels (``crop: keep``);
+- ``<pixels-sha20>.mask.png`` beside an image that has a product mask: 8-bit greyscale, the image's size,
+  255 = product, 0 = background, soft edges kept (from the photo's alpha, a mask file, or computed on a plain
+  background: :mod:`brandtune.ingest.masks`);
+- ``metadata.jsonl`` one ``{"file_name", "text", "width", "height"}`` line per image (``width``/``height``: the
+  photo's size as displayed), plus ``"mask_file_name"`` (a name or null) on every line when any image has a mask:
+  ``datasets.load_dataset("imagefolder", data_dir=...)`` loads the folder with its captions (and a ``mask`` image
+  column);
+- ``manifest.json`` per image: source path, source sha256, normalised sha256, original size, caption, and ``mask``
+  (``source``, ``file``, ``sha256``, ``pixels_sha256``, ``coverage``) or ``null`` with a ``mask_note`` saying why;
+- ``report.json`` every rejected file with its reason, the notes on converted ones, and ``masks``: the count per
+  mask source, the bad mask files with their reason codes and the photos left without a mask;
+- ``report.html`` and ``masks.png`` a contact sheet of every image with its mask overlaid, to check at a glance.
+
+The fingerprint covers the normalised pixels, the captions, the mask pixels and the settings.
 
 The folder is built under a temporary name and renamed into place in one step, so a folder with the final name is
 always complete. ``<home>/datasets/<brand>/LATEST`` names the newest dataset of the brand.
@@ -34,6 +45,7 @@ from brandtune.config import BrandSpec, IngestConfig, ensure_trigger
 from brandtune.errors import IngestError
 from brandtune.fsutil import atomic_write_json, atomic_write_text, canonical_json, publish_dir, sha256_bytes
 from brandtune.ingest.images import Accepted, Rejected, process_photo
+from brandtune.ingest.report import write_contact_sheet
 from brandtune.ingest.sources import Candidate, SourceScan, collect
 from brandtune.provenance import brandtune_version
 from brandtune.settings import Settings
@@ -81,7 +93,7 @@ def _run_workers(
     bar = tqdm(total=len(candidates), desc="ingest", unit="img", disable=not progress)
     if workers == 1 or len(candidates) < SERIAL_BELOW:
         for i, cand in enumerate(candidates):
-            yield process_photo(i, cand.path, out_dir, cfg)
+            yield process_photo(i, cand.path, out_dir, cfg, cand.mask)
             bar.update()
     else:
         # spawn: ingest may run inside a process with threads (Prefect, MLflow); fork would be unsafe there.
@@ -95,6 +107,7 @@ def _run_workers(
                 paths,
                 [out_dir] * len(paths),
                 [cfg] * len(paths),
+                [c.mask for c in candidates],
                 chunksize=chunk,
             )
             for result in results:
@@ -130,8 +143,9 @@ def _dedupe(accepted: list[Accepted], cfg: IngestConfig) -> tuple[list[Accepted]
     return keep, dropped
 
 
-def compute_fingerprint(items: Sequence[tuple[str, str]], cfg: IngestConfig) -> str:
-    """Hash of the normalised pixels, captions and ingest settings; independent of file names and order."""
+def compute_fingerprint(items: Sequence[tuple[str, ...]], cfg: IngestConfig) -> str:
+    """Hash of the items (normalised pixels, caption, mask pixels) and ingest settings; independent of file names
+    and order."""
     payload = {"settings": cfg.fingerprint_fields(), "items": sorted(items)}
     return sha256_bytes(canonical_json(payload).encode())[:FINGERPRINT_LEN]
 
@@ -139,6 +153,39 @@ def compute_fingerprint(items: Sequence[tuple[str, str]], cfg: IngestConfig) -> 
 def _label(text: str, candidates: list[Candidate]) -> str:
     """Replace '#<index>' references in a reason with the source names people know."""
     return re.sub(r"#(\d+)", lambda m: candidates[int(m.group(1))].source, text)
+
+
+def _mask_entry(item: Accepted, name: str, staging: Path) -> dict[str, Any]:
+    """The manifest's ``mask`` (and ``mask_note``) of one image; moves its mask file into the dataset."""
+    if item.mask_tmp_path is None:
+        return {"mask": None, "mask_note": item.mask_note or "no mask"}
+    mask_name = name.removesuffix(".png") + ".mask.png"
+    os.replace(item.mask_tmp_path, staging / mask_name)
+    mask = {
+        "source": item.mask_source,
+        "file": mask_name,
+        "sha256": item.mask_file_sha256,
+        "pixels_sha256": item.mask_pixels_sha256,
+        "coverage": item.mask_coverage,
+    }
+    return {"mask": mask}
+
+
+def _mask_report(keep: list[Accepted], candidates: list[Candidate]) -> dict[str, Any]:
+    """report.json's ``masks``: the count per source, the bad mask files and the photos left without a mask."""
+    counts = {"file": 0, "alpha": 0, "auto": 0, "none": 0}
+    problems, notes = [], []
+    for item in keep:
+        cand = candidates[item.index]
+        counts[item.mask_source or "none"] += 1
+        if item.mask_problem is not None:
+            code, detail = item.mask_problem
+            problems.append(
+                {"source": cand.mask_source, "photo": cand.source, "reason": code, "detail": detail}
+            )
+        elif item.mask_tmp_path is None:
+            notes.append({"source": cand.source, "note": item.mask_note, "detail": item.mask_detail})
+    return {"counts": counts, "problems": problems, "without_mask": notes}
 
 
 def _write_dataset(
@@ -158,7 +205,9 @@ def _write_dataset(
         caption, caption_source, added = _caption(cand, cfg)
         name = f"{item.pixels_sha256[:20]}.png"
         os.replace(item.tmp_path, staging / name)
+        mask = _mask_entry(item, name, staging)
         rows.append({"file_name": name, "text": caption, "width": item.width, "height": item.height})
+        rows[-1]["mask_file_name"] = mask["mask"] and mask["mask"]["file"]
         images.append(
             {
                 "file_name": name,
@@ -173,8 +222,12 @@ def _write_dataset(
                 "caption_source": caption_source,
                 "trigger_added": added,
                 "notes": item.notes,
+                **mask,
             }
         )
+    if not any(r["mask_file_name"] for r in rows):  # the column only when some image has a mask
+        for r in rows:
+            del r["mask_file_name"]
     (staging / "metadata.jsonl").write_text("".join(canonical_json(r) + "\n" for r in rows), encoding="utf-8")
     common = {
         "brand": brand.name,
@@ -184,10 +237,15 @@ def _write_dataset(
         "settings": cfg.fingerprint_fields(),
         "sources": [str(s) for s in sources],
     }
-    atomic_write_json(
-        staging / "report.json",
-        {**common, "accepted": len(images), "rejected": rejected, "converted": notes},
-    )
+    report = {
+        **common,
+        "accepted": len(images),
+        "rejected": rejected,
+        "converted": notes,
+        "masks": _mask_report(keep, candidates),
+    }
+    atomic_write_json(staging / "report.json", report)
+    write_contact_sheet(staging, images, report)
     # The manifest is written last: a folder with a manifest is complete even before the rename.
     atomic_write_json(staging / "manifest.json", {**common, "resolution": cfg.resolution, "images": images})
 
@@ -204,6 +262,10 @@ def _screen(
             src = scan.candidates[result.index].source
             rejected.append({"source": src, "reason": result.reason, "detail": result.detail})
     accepted.sort(key=lambda a: a.index)
+    for item in accepted:
+        if item.mask_problem is not None:
+            cand = scan.candidates[item.index]
+            logger.warning("%s: mask %s not used (%s): %s", cand.source, cand.mask_source, *item.mask_problem)
     keep, dropped = _dedupe(accepted, cfg)
     for index, (reason, detail) in sorted(dropped.items()):
         src = scan.candidates[index].source
@@ -268,7 +330,10 @@ def ingest(
         notes = [{"source": scan.candidates[a.index].source, "notes": a.notes} for a in keep if a.notes]
         if len(keep) < cfg.min_images:
             raise _too_few(brand, brand_root, keep, rejected, cfg, sources)
-        items = [(a.pixels_sha256, _caption(scan.candidates[a.index], cfg)[0]) for a in keep]
+        items = [
+            (a.pixels_sha256, _caption(scan.candidates[a.index], cfg)[0], a.mask_pixels_sha256 or "")
+            for a in keep
+        ]
         fingerprint = compute_fingerprint(items, cfg)
         final = brand_root / fingerprint
         if (final / "manifest.json").is_file():

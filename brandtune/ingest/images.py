@@ -2,7 +2,9 @@
 
 Decoding is bounded before any pixel is read (declared size checked against the decompression-bomb limit);
 EXIF orientation is applied; CMYK, 16-bit, palette and alpha images are converted to 8-bit sRGB RGB (alpha is
-composited on the configured background); the result is resized and cropped to the training resolution.
+composited on the configured background); the result is resized to the training resolution: by default at its own
+aspect ratio (``crop: keep``, about ``resolution**2`` pixels), else cropped or padded to a square. The photo's mask
+(:mod:`brandtune.ingest.masks`) goes through exactly the same resize, LANCZOS, soft edges kept as 8-bit levels.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from brandtune.config import IngestConfig
+from brandtune.ingest.masks import PRODUCT_LEVEL, MaskChoice, choose_mask
 
 PNG_COMPRESS_LEVEL = 6
 EXIF_ORIENTATION = 0x0112
@@ -38,6 +41,14 @@ class Accepted:
     height: int
     format: str
     notes: list[str] = field(default_factory=list)
+    mask_tmp_path: Path | None = None  # the normalised mask PNG, same size as the image
+    mask_source: str | None = None  # "file", "alpha" or "auto"
+    mask_pixels_sha256: str | None = None  # hash of the mask's bytes: what the fingerprint covers
+    mask_file_sha256: str | None = None
+    mask_coverage: float | None = None  # mean mask level / 255: the product's share of the image
+    mask_note: str | None = None  # "no mask: ..." when there is none
+    mask_problem: tuple[str, str] | None = None  # (reason code, detail) of a bad mask file
+    mask_detail: str | None = None  # the measurement behind an automatic mask or its refusal
 
 
 @dataclass
@@ -51,8 +62,13 @@ def _hex_to_rgb(colour: str) -> tuple[int, int, int]:
     return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
 
 
-def _to_srgb(img: Image.Image, notes: list[str], background: str) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB, honouring an embedded ICC profile and transparency."""
+def _to_srgb(img: Image.Image, notes: list[str], background: str) -> tuple[Image.Image, Image.Image | None]:
+    """Convert any PIL mode to 8-bit RGB, honouring an embedded ICC profile and transparency.
+
+    Returns:
+        The RGB image and, for an image with transparency, its alpha channel ("L", the same size).
+    """
+    alpha = None
     icc = img.info.get("icc_profile")
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
@@ -64,6 +80,7 @@ def _to_srgb(img: Image.Image, notes: list[str], background: str) -> Image.Image
     )
     if has_alpha:
         rgba = img.convert("RGBA")
+        alpha = rgba.getchannel("A")
         base = Image.new("RGBA", rgba.size, (*_hex_to_rgb(background), 255))
         img = Image.alpha_composite(base, rgba).convert("RGB")
         notes.append(f"transparency composited on {background}")
@@ -79,14 +96,26 @@ def _to_srgb(img: Image.Image, notes: list[str], background: str) -> Image.Image
         notes.append("converted from CMYK")
     elif img.mode == "P":
         notes.append("converted from palette colours")
-    return img if img.mode == "RGB" else img.convert("RGB")
+    return (img if img.mode == "RGB" else img.convert("RGB")), alpha
 
 
-def _normalise(img: Image.Image, cfg: IngestConfig) -> Image.Image:
+def keep_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """The size ``crop: keep`` gives a ``width`` x ``height`` photo: its aspect ratio, about resolution**2 pixels."""
+    root = (width / height) ** 0.5
+    return max(1, round(resolution * root)), max(1, round(resolution / root))
+
+
+def _normalise(
+    img: Image.Image, shown: tuple[int, int], cfg: IngestConfig, fill: int | tuple[int, ...]
+) -> Image.Image:
+    """Resize (and crop or pad) to the training resolution; a mask given the same ``shown`` size and settings
+    gets exactly the image's geometry (``fill`` is the padding: the background colour, or 0 for a mask)."""
     size = cfg.resolution
+    if cfg.crop == "keep":
+        return img.resize(keep_size(*shown, size), Image.Resampling.LANCZOS)
     if cfg.crop == "center":
         return ImageOps.fit(img, (size, size), Image.Resampling.LANCZOS, centering=(0.5, 0.5))
-    return ImageOps.pad(img, (size, size), Image.Resampling.LANCZOS, color=_hex_to_rgb(cfg.background))
+    return ImageOps.pad(img, (size, size), Image.Resampling.LANCZOS, color=fill)
 
 
 @functools.cache
@@ -110,8 +139,19 @@ def _phash(img: Image.Image) -> int:
     return int("".join("1" if b else "0" for b in bits), 2)
 
 
-def process_photo(index: int, path: Path, out_dir: Path, cfg: IngestConfig) -> Accepted | Rejected:
-    """Validate and normalise one photo, writing ``<out_dir>/<index>.png`` when it is accepted."""
+def process_photo(
+    index: int, path: Path, out_dir: Path, cfg: IngestConfig, mask_file: Path | None = None
+) -> Accepted | Rejected:
+    """Validate and normalise one photo, writing ``<out_dir>/<index>.png`` (and ``<index>.mask.png`` when it has
+    a mask) when it is accepted.
+
+    Args:
+        index: The photo's number in the ingest (names its files, and its report entries).
+        path: The photo.
+        out_dir: Where the normalised files go.
+        cfg: Ingest settings.
+        mask_file: The photo's mask file, if one lies beside it.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -129,7 +169,7 @@ def process_photo(index: int, path: Path, out_dir: Path, cfg: IngestConfig) -> A
             if isinstance(loaded, Rejected):
                 return loaded
             img, width, height = loaded
-            rgb = _to_srgb(img, notes, cfg.background)
+            rgb, alpha = _to_srgb(img, notes, cfg.background)
     except Image.DecompressionBombError as exc:
         return Rejected(index, "decompression_bomb", str(exc))
     except UnidentifiedImageError:
@@ -139,8 +179,9 @@ def process_photo(index: int, path: Path, out_dir: Path, cfg: IngestConfig) -> A
         return Rejected(index, kind, f"the image data is {kind}: {exc}")
 
     phash = _phash(rgb)
-    tmp_path, pixels_sha, file_sha = _write_normalised(rgb, out_dir / f"{index:06d}.png", cfg)
-    return Accepted(
+    out = _normalise(rgb, (width, height), cfg, _hex_to_rgb(cfg.background))
+    tmp_path, pixels_sha, file_sha = _write_png(out, out_dir / f"{index:06d}.png")
+    accepted = Accepted(
         index=index,
         tmp_path=tmp_path,
         source_sha256=source_sha,
@@ -152,6 +193,34 @@ def process_photo(index: int, path: Path, out_dir: Path, cfg: IngestConfig) -> A
         format=fmt,
         notes=notes,
     )
+    choice = choose_mask(rgb, alpha, mask_file, (width, height), cfg)
+    _add_mask(accepted, choice, (width, height), out_dir / f"{index:06d}.mask.png", cfg)
+    return accepted
+
+
+def _add_mask(
+    accepted: Accepted, choice: MaskChoice, shown: tuple[int, int], tmp: Path, cfg: IngestConfig
+) -> None:
+    """Normalise the chosen mask like its image and write it; or record why the photo has none."""
+    accepted.mask_note, accepted.mask_problem, accepted.mask_detail = (
+        choice.note,
+        choice.problem,
+        choice.detail,
+    )
+    if choice.mask is None:
+        return
+    mask = _normalise(choice.mask, shown, cfg, 0)
+    levels = np.asarray(mask)
+    if not (levels >= PRODUCT_LEVEL).any():  # e.g. a product outside the centre crop
+        accepted.mask_note = "no mask: no product pixel left after resizing"
+        if choice.source == "file":
+            accepted.mask_note = "no mask: bad mask file (mask_empty)"
+            accepted.mask_problem = ("mask_empty", f"no product pixel left at {mask.width}x{mask.height}")
+        return
+    path, pixels_sha, file_sha = _write_png(mask, tmp)
+    accepted.mask_tmp_path, accepted.mask_source = path, choice.source
+    accepted.mask_pixels_sha256, accepted.mask_file_sha256 = pixels_sha, file_sha
+    accepted.mask_coverage = round(float(levels.mean()) / 255.0, 4)
 
 
 def _check_declared_size(index: int, img: Image.Image, cfg: IngestConfig) -> Rejected | None:
@@ -208,9 +277,8 @@ def _load_oriented(
     return img, width, height
 
 
-def _write_normalised(rgb: Image.Image, tmp_path: Path, cfg: IngestConfig) -> tuple[Path, str, str]:
-    """Resize/crop to the training resolution and write the PNG; returns its path, pixels sha256 and file sha256."""
-    out = _normalise(rgb, cfg)
+def _write_png(out: Image.Image, tmp_path: Path) -> tuple[Path, str, str]:
+    """Write the PNG; returns its path, pixels sha256 and file sha256."""
     pixels_sha = hashlib.sha256(out.tobytes()).hexdigest()
     buf = io.BytesIO()
     out.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)

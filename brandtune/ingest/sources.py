@@ -2,6 +2,12 @@
 
 A zip archive is unpacked into a private folder entry by entry; an entry whose name is absolute, climbs out with
 ``..``, or is a symbolic link is refused and listed in the report: nothing is ever written outside that folder.
+
+Mask files are never photos: they are attached to the photo they belong to (in folders and archives alike). Three
+conventions are read, the first found wins: ``<name>.mask.png`` beside ``<name>.<ext>`` (brandtune's own),
+``<name>-masklabel.png`` (OneTrainer), and ``mask/<name>.<any image ext>`` in a ``mask`` folder beside the photos
+(kohya). A mask file with no photo of that name is reported (``mask_orphan``), and so is a second mask file of a
+photo (``mask_ignored``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ logger = logging.getLogger(__name__)
 # Files that live beside photos but are never photos themselves.
 SIDECAR_SUFFIXES = {".txt", ".caption", ".json", ".jsonl", ".yaml", ".yml", ".md"}
 CAPTIONS_FILE = "captions.jsonl"
+# Mask-file conventions, in the order they win: (how the name ends, its convention's name).
+MASK_SUFFIXES = ((".mask.png", "brandtune"), ("-masklabel.png", "onetrainer"))
+KOHYA_MASK_DIR = "mask"
 MAX_ARCHIVE_BYTES = 8 << 30  # refuse archives that would unpack to more than 8 GiB
 
 
@@ -33,6 +42,8 @@ class Candidate:
     source: str  # how the user knows it: a path, or "archive.zip!inner/name.jpg"
     caption: str | None = None  # from a sidecar .txt or captions.jsonl, if any
     caption_source: str = "template"
+    mask: Path | None = None  # a mask file beside the photo, if any
+    mask_source: str | None = None  # how the user knows the mask file
 
 
 @dataclass
@@ -142,19 +153,99 @@ def _sidecar_caption(path: Path) -> str | None:
     return None
 
 
-def scan_folder(folder: Path, label_prefix: str = "") -> list[Candidate]:
-    """All candidate photos under ``folder`` (recursive, sorted), with sidecar or captions.jsonl captions."""
+def mask_owner(path: Path) -> tuple[Path, str, int] | None:
+    """If ``path`` is a mask file: the folder and stem of the photo it belongs to, and its rank (0 wins)."""
+    lower = path.name.lower()
+    for rank, (suffix, _) in enumerate(MASK_SUFFIXES):
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            return path.parent, path.name[: -len(suffix)], rank
+    if path.parent.name.lower() == KOHYA_MASK_DIR:
+        return path.parent.parent, path.stem, len(MASK_SUFFIXES)
+    return None
+
+
+def _masks_beside(photo: Path) -> list[Path]:
+    """The mask files on disk that belong to ``photo``, best first (for photos given one by one)."""
+    found = [photo.with_name(photo.stem + suffix) for suffix, _ in MASK_SUFFIXES]
+    kohya = photo.parent / KOHYA_MASK_DIR
+    if kohya.is_dir():
+        found += sorted(p for p in kohya.glob(f"{_glob_escape(photo.stem)}.*") if _is_candidate(p))
+    return [p for p in found if p.is_file()]
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _attach(
+    photos: list[tuple[Path, str]], masks: list[tuple[Path, str]], rejected: list[dict[str, str]]
+) -> list[tuple[Path, str, Path | None, str | None]]:
+    """Pair each photo ``(path, label)`` with its best mask ``(path, label)``; report orphans and extras."""
+    by_owner: dict[tuple[Path, str], list[tuple[int, Path, str]]] = {}
+    for path, label in masks:
+        owner = mask_owner(path)
+        if owner is not None:
+            by_owner.setdefault(owner[:2], []).append((owner[2], path, label))
+    used: set[tuple[Path, str]] = set()
+    out = []
+    for path, label in photos:
+        key = (path.parent, path.stem)
+        ranked = sorted(by_owner.get(key, []))
+        out.append((path, label, ranked[0][1] if ranked else None, ranked[0][2] if ranked else None))
+        if ranked and key not in used:
+            used.add(key)
+            for _, _, extra in ranked[1:]:
+                rejected.append(
+                    {
+                        "source": extra,
+                        "reason": "mask_ignored",
+                        "detail": f"{ranked[0][2]} is this photo's mask",
+                    }
+                )
+    for key, entries in by_owner.items():
+        if key not in used:
+            for _, _, label in sorted(entries):
+                detail = f"no photo named {key[1]!r} beside this mask file; name it like its photo"
+                rejected.append({"source": label, "reason": "mask_orphan", "detail": detail})
+                logger.warning("%s: %s", label, detail)
+    return out
+
+
+def scan_folder(folder: Path, label_prefix: str = "") -> tuple[list[Candidate], list[dict[str, str]]]:
+    """All candidate photos under ``folder`` (recursive, sorted), with sidecar or captions.jsonl captions and
+    their mask files; and the report entries of mask files that belong to no photo."""
     jsonl = folder / CAPTIONS_FILE
     listed = _read_captions_jsonl(jsonl) if jsonl.is_file() else {}
+
+    def label(path: Path) -> str:
+        return f"{label_prefix}{path.relative_to(folder).as_posix()}" if label_prefix else str(path)
+
+    files = sorted(p for p in folder.rglob("*") if _is_candidate(p))
+    masks = [(p, label(p)) for p in files if mask_owner(p) is not None]
+    photos = [(p, label(p)) for p in files if mask_owner(p) is None]
+    rejected: list[dict[str, str]] = []
     out = []
-    for path in sorted(p for p in folder.rglob("*") if _is_candidate(p)):
-        rel = path.relative_to(folder).as_posix()
+    for path, name, mask, mask_label in _attach(photos, masks, rejected):
         caption, origin = _sidecar_caption(path), "sidecar"
+        rel = path.relative_to(folder).as_posix()
         if caption is None and rel in listed:
             caption, origin = listed[rel].strip() or None, CAPTIONS_FILE
-        label = f"{label_prefix}{rel}" if label_prefix else str(path)
-        out.append(Candidate(path, label, caption, origin if caption else "template"))
-    return out
+        out.append(Candidate(path, name, caption, origin if caption else "template", mask, mask_label))
+    return out, rejected
+
+
+def _single_files(files: list[Path], scan: SourceScan) -> None:
+    """Photos given one by one: each with the mask file beside it on disk; a mask file given alone is reported
+    unless its photo is given too."""
+    photos = [(p, str(p)) for p in files if mask_owner(p) is None]
+    masks = [(p, str(p)) for p in files if mask_owner(p) is not None]
+    given = {p.resolve() for p, _ in masks}
+    masks += [(m, str(m)) for p, _ in photos for m in _masks_beside(p) if m.resolve() not in given]
+    for path, name, mask, mask_label in _attach(photos, masks, scan.rejected):
+        caption = _sidecar_caption(path)
+        scan.candidates.append(
+            Candidate(path, name, caption, "sidecar" if caption else "template", mask, mask_label)
+        )
 
 
 def collect(sources: Sequence[Path], unpack_root: Path) -> SourceScan:
@@ -166,12 +257,15 @@ def collect(sources: Sequence[Path], unpack_root: Path) -> SourceScan:
     if not sources:
         raise IngestError("no photo source given: pass a folder, a .zip archive or a list of image files")
     scan = SourceScan()
-    pending = [(Path(s), None) for s in sources]
+    pending: list[tuple[Path, str | None]] = [(Path(s), None) for s in sources]
+    singles: list[Path] = []
     number = 0
     while pending:
         src, label = pending.pop(0)
         if src.is_dir():
-            for cand in scan_folder(src):
+            found, orphans = scan_folder(src)
+            scan.rejected += orphans
+            for cand in found:
                 if cand.path.suffix.lower() == ".zip":  # archives inside a folder are unpacked too
                     pending.append((cand.path, cand.source))
                 else:
@@ -179,13 +273,14 @@ def collect(sources: Sequence[Path], unpack_root: Path) -> SourceScan:
         elif src.is_file() and src.suffix.lower() == ".zip":
             folder, refused = unpack_zip(src, unpack_root / f"archive-{number}")
             number += 1
-            scan.rejected += refused
-            scan.candidates += scan_folder(folder, label_prefix=f"{label or src.name}!")
+            found, orphans = scan_folder(folder, label_prefix=f"{label or src.name}!")
+            scan.rejected += refused + orphans
+            scan.candidates += found
         elif src.is_file():
-            caption = _sidecar_caption(src)
-            scan.candidates.append(Candidate(src, str(src), caption, "sidecar" if caption else "template"))
+            singles.append(src)
         else:
             raise IngestError(
                 f"photo source {src} does not exist; pass an existing folder, .zip or image file"
             )
+    _single_files(singles, scan)
     return scan

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from brandtune.config import BrandSpec, IngestConfig, load_brand, load_yaml_model
 from brandtune.errors import ConfigError
@@ -128,7 +129,7 @@ def test_yaml_overrides_apply_after_file(tmp_path: Path) -> None:
     path = tmp_path / "ingest.yaml"
     path.write_text("resolution: 128\nmin_images: 2\n")
     cfg = load_yaml_model(IngestConfig, path, {"resolution": 256, "crop": None})
-    assert cfg.resolution == 256 and cfg.min_images == 2 and cfg.crop == "center"
+    assert cfg.resolution == 256 and cfg.min_images == 2 and cfg.crop == "keep"
 
 
 def test_ingest_config_follows_brand() -> None:
@@ -137,6 +138,15 @@ def test_ingest_config_follows_brand() -> None:
     assert (cfg.resolution, cfg.trigger, cfg.subject, cfg.min_images) == (128, "acme", "bottle", 1)
     assert cfg.effective_min_side == 128
     assert "workers" not in cfg.fingerprint_fields()
+    assert cfg.background == "#ffffff" and cfg.masks == "auto"
+
+
+def test_brand_background_reaches_ingest() -> None:
+    brand = BrandSpec(**_spec(background="#102030"))
+    assert IngestConfig.for_brand(brand).background == "#102030"
+    assert IngestConfig.for_brand(brand, background="#000000").background == "#000000"
+    with pytest.raises(ValidationError):
+        BrandSpec(**_spec(background="white"))
 
 
 def test_settings_from_env_touches_nothing(tmp_path: Path) -> None:

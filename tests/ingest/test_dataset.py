@@ -89,9 +89,13 @@ def test_process_pool_gives_same_dataset_as_serial(
 ) -> None:
     folder = tmp_path / "photos"
     make_photos(folder, 60, size=(96, 96))
+    mask = np.zeros((96, 96), dtype=np.uint8)
+    mask[20:70, 30:60] = 255
+    Image.fromarray(mask).save(folder / "photo_07.mask.png")  # the workers get the mask file too
     serial = ingest(brand, folder, IngestConfig.for_brand(brand, workers=1), settings, progress=False)
     pooled = ingest(brand, folder, IngestConfig.for_brand(brand, workers=2), settings, progress=False)
     assert pooled.fingerprint == serial.fingerprint and pooled.num_images == 60
+    assert len(list(pooled.path.glob("*.mask.png"))) == 1
 
 
 def test_dataset_loads_with_hf_datasets(brand: BrandSpec, settings: Settings, tmp_path: Path) -> None:
@@ -103,5 +107,21 @@ def test_dataset_loads_with_hf_datasets(brand: BrandSpec, settings: Settings, tm
     ds = load_dataset("imagefolder", data_dir=str(result.path), split="train", cache_dir=str(tmp_path / "hf"))
     assert len(ds) == 5
     assert set(ds.column_names) >= {"image", "text"}
-    assert ds[0]["image"].size == (64, 64)
+    assert ds[0]["image"].size == (72, 57)  # 160x128 at about 64*64 pixels
     assert all(t.startswith("a photo of acme bottle") for t in ds["text"])
+    assert "mask" not in ds.column_names  # busy backgrounds, no mask files: no mask column
+    # Two of the five with a mask file: a mask column, null for the other three.
+    for path in sorted(folder.glob("*.png"))[:2]:
+        mask = np.zeros((128, 160), dtype=np.uint8)
+        mask[30:100, 50:110] = 255
+        Image.fromarray(mask).save(path.with_name(path.stem + ".mask.png"))
+    masked = ingest(brand, folder, IngestConfig.for_brand(brand), settings, progress=False)
+    ds = load_dataset(
+        "imagefolder", data_dir=str(masked.path), split="train", cache_dir=str(tmp_path / "hf2")
+    )
+    assert len(ds) == 5 and "mask" in ds.column_names
+    masks = [row["mask"] for row in ds]
+    assert sum(m is None for m in masks) == 3
+    for row in ds:
+        if row["mask"] is not None:
+            assert row["mask"].mode == "L" and row["mask"].size == row["image"].size

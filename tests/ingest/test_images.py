@@ -41,8 +41,9 @@ def test_bad_fixture_folder_rejects_each_file_with_its_reason(brand: BrandSpec, 
         assert name not in got, f"{name} should be converted, got {got.get(name)}"
     manifest = json.loads((result.path / "manifest.json").read_text())
     for row in manifest["images"]:
-        with Image.open(result.path / row["file_name"]) as img:
-            assert img.mode == "RGB" and img.size == (64, 64)
+        with Image.open(result.path / row["file_name"]) as img:  # crop 'keep': the aspect, about 64*64 pixels
+            assert img.mode == "RGB" and abs(img.width * img.height - 64 * 64) <= 64
+            assert abs(img.width / img.height - row["original_aspect"]) <= 0.05
 
 
 def test_animated_first_frame_is_default(brand: BrandSpec, settings: Settings, tmp_path: Path) -> None:
