@@ -42,6 +42,9 @@ MLP_TRANSFORMER_TARGETS: tuple[str, ...] = (
     "ff_context.net.2",
     "proj_mlp",
 )
+#: Default ``background_weight``: measured on tests/training/test_masked_loss.py's fixed product on random-noise
+#: backgrounds (builtin:tiny, 64 px): see that module's docstring for the numbers.
+BACKGROUND_WEIGHT = 0.1
 WeightingScheme = Literal["none", "logit_normal", "mode", "sigma_sqrt", "cosmap"]
 #: The fields whose empty value means "what the base recommends" (``ResolvedBase.training_defaults``).
 BASE_RECOMMENDED = (
@@ -214,6 +217,20 @@ class TrainConfig(StrictModel):
         le=4096,
         description="T5 tokens per caption (FLUX, SD3). Empty: FLUX 512, SD3 256, at most what the T5 "
         "tokenizer allows. Generation uses the same length.",
+    )
+    masked_loss: bool = Field(
+        default=True,
+        description="Weight the loss by the dataset's product masks where it has them (1 inside the product, "
+        "background_weight outside; an image without a mask weighs 1 everywhere). No effect on a dataset "
+        "without masks.",
+    )
+    background_weight: float = Field(
+        default=BACKGROUND_WEIGHT,
+        ge=0.0,
+        le=1.0,
+        description="Per-pixel loss weight outside the product mask (1 inside), with masked_loss. 0 ignores the "
+        "backdrop entirely; 1 is the plain unmasked loss. Default chosen by measurement (see "
+        "BACKGROUND_WEIGHT).",
     )
     random_flip: bool = Field(
         default=False, description="Horizontally flip half of the images (cached both ways)."

@@ -1,9 +1,10 @@
 """Training data: reading a dataset folder, encoding it once, and caching the result on disk.
 
-The cache holds VAE latent distributions (mean and std, so every step still samples fresh latents) and the
-family's text conditioning. Its key covers everything the encoded values depend on: dataset fingerprint (which covers every pixel and
-caption), base-model revision, resolution, flip augmentation, family and whether the text encoder is trained. Change
-any of them and a new cache is made; the old one is never read for the new inputs.
+The cache holds VAE latent distributions (mean and std, so every step still samples fresh latents), the
+family's text conditioning and, for a masked loss, the product masks at the latent grid. Its key covers everything the
+encoded values depend on: dataset fingerprint (which covers every pixel and caption), base-model revision,
+resolution, flip augmentation, family, whether the text encoder is trained and the mask files' bytes (when the loss
+uses masks). Change any of them and a new cache is made; the old one is never read for the new inputs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Example:
     caption: str
     width: int  # size of the original photo (SDXL micro-conditioning)
     height: int
+    mask: Path | None = None  # the product mask beside the image (255 product, 0 background), if any
 
 
 def read_dataset(folder: Path) -> list[Example]:
@@ -53,10 +55,48 @@ def read_dataset(folder: Path) -> list[Example]:
         path = folder / row["file_name"]
         if not path.is_file():
             raise TrainingError(f"dataset {folder}: {row['file_name']} listed in metadata.jsonl is missing")
-        examples.append(Example(path, row["text"], int(row.get("width", 0)), int(row.get("height", 0))))
+        mask = _mask_path(folder, row)
+        examples.append(Example(path, row["text"], int(row.get("width", 0)), int(row.get("height", 0)), mask))
     if not examples:
         raise TrainingError(f"dataset {folder} holds no images; ingest photos first")
     return examples
+
+
+def dataset_has_masks(folder: Path) -> bool:
+    """Whether any image of the dataset folder has a product mask (``mask_file_name`` in ``metadata.jsonl``)."""
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        return False
+    return any(
+        json.loads(line).get("mask_file_name") for line in meta.read_text(encoding="utf-8").splitlines()
+    )
+
+
+def _mask_path(folder: Path, row: dict) -> Path | None:
+    """The row's ``mask_file_name`` as a path inside ``folder``, checked to exist; None without one."""
+    name = row.get("mask_file_name")
+    if not name:
+        return None
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise TrainingError(
+            f"dataset {folder}: mask_file_name {name!r} of {row['file_name']} points outside the dataset folder; "
+            "re-ingest the photos"
+        )
+    if not path.is_file():
+        raise TrainingError(
+            f"dataset {folder}: mask {name} of {row['file_name']} listed in metadata.jsonl is missing; "
+            "re-ingest the photos"
+        )
+    return path
+
+
+def masks_key(examples: list[Example]) -> str | None:
+    """A digest of the examples' mask files (which example has which mask bytes); None when none has a mask."""
+    if not any(ex.mask for ex in examples):
+        return None
+    parts = [sha256_bytes(ex.mask.read_bytes()) if ex.mask else None for ex in examples]
+    return sha256_bytes(canonical_json(parts).encode())
 
 
 @dataclass
@@ -70,22 +110,26 @@ class Encoded:
             :class:`~brandtune.training.families.FamilyOps` made it: ``prompt_embeds`` (absent when the text
             encoders are trained; then ``input_ids``, ``(N, E, L)``, are run each step), ``pooled_embeds`` (SDXL,
             FLUX, SD3), ``time_ids`` (SDXL micro-conditioning).
+        mask: ``(N, 1, h, w)`` the product masks at the latent grid, in [0, 1] (1: product; all ones for an
+            example without a mask); None when the loss uses no masks.
     """
 
     latent_mean: torch.Tensor
     latent_std: torch.Tensor
     conditioning: dict[str, torch.Tensor]
+    mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.latent_mean.shape[0]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"latent_mean": self.latent_mean, "latent_std": self.latent_std, **self.conditioning}
+        mask = {} if self.mask is None else {"mask": self.mask}
+        return {"latent_mean": self.latent_mean, "latent_std": self.latent_std, **mask, **self.conditioning}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> Encoded:
-        rest = {k: v for k, v in tensors.items() if k not in {"latent_mean", "latent_std"}}
-        return cls(tensors["latent_mean"], tensors["latent_std"], rest)
+        rest = {k: v for k, v in tensors.items() if k not in {"latent_mean", "latent_std", "mask"}}
+        return cls(tensors["latent_mean"], tensors["latent_std"], rest, tensors.get("mask"))
 
 
 def cache_key(**parts: object) -> str:
@@ -108,6 +152,29 @@ def _load_pixels(examples: list[Example], resolution: int, flip: bool) -> torch.
             arrays.append(np.asarray(img, dtype=np.float32))
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (B, 3, H, W)
     return pixels / 127.5 - 1.0
+
+
+def load_mask(ex: Example, resolution: int, flip: bool, grid: tuple[int, int]) -> torch.Tensor:
+    """``ex``'s mask, cropped and resized exactly as its image is, mirrored with it, then area-downsampled to the
+    latent ``grid`` (h, w): ``(1, 1, h, w)`` in [0, 1]; all ones for an example without a mask."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image, ImageOps
+
+    if ex.mask is None:
+        return torch.ones(1, 1, *grid)
+    with Image.open(ex.mask) as img:
+        img = img.convert("L")
+        with Image.open(ex.file) as photo:
+            if img.size != photo.size:  # ingest writes masks at the image's size; stretch one that is not
+                img = img.resize(photo.size, Image.Resampling.BILINEAR)
+        if img.size != (resolution, resolution):  # the same crop box as the image's (ImageOps.fit, centred)
+            img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.BILINEAR)
+        if flip:
+            img = ImageOps.mirror(img)
+        mask = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None, None]
+    return F.interpolate(mask, size=grid, mode="area").clamp_(0.0, 1.0)
 
 
 def _time_ids(ex: Example, resolution: int) -> list[float]:
@@ -148,7 +215,8 @@ def encode_examples(
         vae.to(device, dtype=torch.float32)
     scale = vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    means, stds = [], []
+    means, stds, masks = [], [], []
+    with_masks = config.masked_loss and any(ex.mask for ex in examples)
     sets = [False, True] if flip else [False]
     rows = [(ex, f) for f in sets for ex in examples]
     ops = family_ops(components.resolved.family)
@@ -162,6 +230,8 @@ def encode_examples(
             mean = dist.mean.float().cpu()
             means.append(((mean - shift) * scale if shift else mean * scale).contiguous())
             stds.append((dist.std.float().cpu() * scale).contiguous())
+            if with_masks:
+                masks += [load_mask(ex, resolution, f, tuple(mean.shape[-2:])) for ex, f in chunk]
         captions = [ex.caption for ex, _ in rows]
         conditioning = ops.encode_captions(components, captions, config, with_text=with_text)
     if components.resolved.family == "sdxl":
@@ -170,7 +240,8 @@ def encode_examples(
             [_time_ids(ex, resolution) for ex, _ in rows], dtype=torch.float32
         )
     conditioning = {k: v.contiguous() for k, v in conditioning.items()}
-    return Encoded(torch.cat(means), torch.cat(stds), conditioning)
+    mask = torch.cat(masks).contiguous() if with_masks else None
+    return Encoded(torch.cat(means), torch.cat(stds), conditioning, mask)
 
 
 def load_or_encode(

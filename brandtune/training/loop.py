@@ -81,10 +81,25 @@ def _gather(
     return out
 
 
+def loss_weights(mask: torch.Tensor | None, background_weight: float) -> torch.Tensor | None:
+    """Per-pixel loss weights from product masks ``(B, 1, h, w)`` at the latent grid: ``m + bg * (1 - m)``, scaled so
+    each example's weights average 1 (the loss scale does not depend on the product's size). None (weigh every
+    pixel alike) without masks or with ``background_weight`` 1, which is then exactly the unmasked loss. An
+    example whose weights are all zero (an empty mask, background weight 0) weighs 1 everywhere."""
+    if mask is None or background_weight >= 1.0:
+        return None
+    import torch
+
+    w = mask + background_weight * (1.0 - mask)
+    mean = w.mean(dim=(1, 2, 3), keepdim=True)
+    return torch.where(mean > 0, w / mean.clamp_min(1e-12), torch.ones_like(w))
+
+
 def diffusion_loss(
     plan: TrainPlan, models: Models, batch: dict[str, Any], gen: torch.Generator
 ) -> torch.Tensor:
-    """The loss of one batch: the family's objective (DDPM or flow matching), prior-preservation halves weighted.
+    """The loss of one batch: the family's objective (DDPM or flow matching), prior-preservation halves weighted,
+    each pixel weighted by the product mask when the batch has one (:func:`loss_weights`).
 
     Draws, in this order, from ``gen``: the latent sample, the noise, the noise offset (if any), then what the
     objective samples (timesteps or noise levels).
@@ -101,7 +116,9 @@ def diffusion_loss(
     noised = ops.noised(cfg, plan.noise_scheduler, latents, noise, gen)
     cond = ops.conditioning(plan, models, batch)
     pred = ops.predict(plan, models.denoiser, noised, cond, batch).float()
-    per_example = F.mse_loss(pred, noised.target.float(), reduction="none").mean(dim=(1, 2, 3))
+    se = F.mse_loss(pred, noised.target.float(), reduction="none")  # (B, C, h, w) for every family
+    weights = loss_weights(batch.get("mask"), cfg.background_weight) if cfg.masked_loss else None
+    per_example = (se if weights is None else se * weights).mean(dim=(1, 2, 3))
     if noised.weight is not None:
         per_example = per_example * noised.weight
     bsz = latents.shape[0]
@@ -125,6 +142,8 @@ def make_batch(
     batch: dict[str, Any] = _gather(plan.encoded, idx, flip, device)
     if class_batches is not None and plan.class_encoded is not None:
         extra = _gather(plan.class_encoded, class_batches.indices(micro), None, device)
+        if "mask" in batch:  # class images have no product: they weigh 1 everywhere
+            extra["mask"] = torch.ones_like(batch["mask"][:1]).expand(len(extra["latent_mean"]), -1, -1, -1)
         batch = {k: torch.cat([batch[k], extra[k]]) for k in batch}
         batch["n_instance"] = len(idx)
     return batch, gen

@@ -14,7 +14,7 @@ from brandtune.config import BrandSpec, TrainConfig
 from brandtune.config.train import BASE_RECOMMENDED
 from brandtune.errors import TrainingError
 from brandtune.provenance import config_hash
-from brandtune.training.data import Encoded, Example
+from brandtune.training.data import Encoded, Example, dataset_has_masks
 from brandtune.training.families import FamilyOps, family_ops
 
 if TYPE_CHECKING:
@@ -75,7 +75,8 @@ def resolve_job(config: TrainConfig, settings: Settings) -> TrainJob:
     if taken:
         logger.info("from %s's recommendation (%s): %s", resolved.name, resolved.training_defaults.source,
                     ", ".join(taken))  # fmt: skip
-    run_hash = run_identity(filled, dataset_dir.name, resolved, resolution)
+    masks = dataset_has_masks(dataset_dir)
+    run_hash = run_identity(filled, dataset_dir.name, resolved, resolution, masks=masks)
     return TrainJob(filled, brand, resolved, dataset_dir, resolution, run_hash)
 
 
@@ -166,9 +167,20 @@ def dataset_resolution(dataset_dir: Path) -> int:
     return int(json.loads((dataset_dir / "manifest.json").read_text())["resolution"])
 
 
-def run_identity(config: TrainConfig, fingerprint: str, resolved: ResolvedBase, resolution: int) -> str:
-    """The hash that names a training: dataset fingerprint + resolved config + base and revision + resolution."""
+def run_identity(
+    config: TrainConfig, fingerprint: str, resolved: ResolvedBase, resolution: int, *, masks: bool = False
+) -> str:
+    """The hash that names a training: dataset fingerprint + resolved config + base and revision + resolution.
+
+    The masked-loss fields count only where they change the training (``masks``: the dataset has product masks;
+    ``background_weight`` only with ``masked_loss``), so a dataset without masks keeps the identity it had before
+    they existed.
+    """
     ident = config.identity()
+    if not (masks and config.masked_loss):
+        ident.pop("background_weight", None)
+    if not masks:
+        ident.pop("masked_loss", None)
     ident.update(
         dataset=fingerprint, base_model=resolved.name, base_revision=resolved.revision, resolution=resolution
     )

@@ -13,7 +13,7 @@ from brandtune.config import TrainConfig
 from brandtune.errors import TrainingError
 from brandtune.procs import default_threads
 from brandtune.settings import Settings
-from brandtune.training.data import cache_key, load_or_encode, read_dataset
+from brandtune.training.data import cache_key, load_or_encode, masks_key, read_dataset
 from brandtune.training.fsdp import is_sharded, trainable_weights
 from brandtune.training.loop import restore_checkpoint, run_loop
 from brandtune.training.plan import TrainJob, TrainPlan, check_disk, check_precision, resolve_job
@@ -106,6 +106,8 @@ def _encode(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> bo
         family=plan.family,
         text=not cfg.train_text_encoder,
         conditioning=plan.ops.text_key(cfg),
+        # the mask files' bytes when the loss uses masks (absent otherwise: a dataset without masks keeps its key)
+        **({"masks": masks} if cfg.masked_loss and (masks := masks_key(plan.examples)) else {}),
     )
     cache_file = settings.cache_dir / "latents" / f"{key}.safetensors" if cfg.cache_latents else None
     with accelerator.main_process_first():
