@@ -115,7 +115,7 @@ def size_multiple(pipe: Any) -> int:
 
 
 def aspect_samplers(
-    pipe: Any, sampler: SamplerConfig, aspects: Sequence[str]
+    pipe: Any, sampler: SamplerConfig, aspects: Sequence[str | None]
 ) -> list[tuple[str | None, SamplerConfig]]:
     """One ``(aspect, sampler)`` per aspect, each sampler's width and height the aspect's size for ``pipe``.
 
@@ -126,14 +126,15 @@ def aspect_samplers(
     from brandtune.config.brand import aspect_size
 
     if sampler.width is not None or sampler.height is not None:
-        if list(aspects) not in ([], ["1:1"]):
-            logger.info("sampler width/height given: aspects %s are not used", ", ".join(aspects))
+        unused = [a for a in aspects if a and a != "1:1"]
+        if unused:
+            logger.info("sampler width/height given: aspects %s are not used", ", ".join(unused))
         return [(None, sampler)]
     side, multiple = native_size(pipe), size_multiple(pipe)
     out = []
     for aspect in aspects:
         # 1:1 is the native size itself, snapped or not: a brand without aspects samples as it always did
-        width, height = (side, side) if aspect == "1:1" else aspect_size(aspect, side, multiple)
+        width, height = (side, side) if aspect in (None, "1:1") else aspect_size(aspect, side, multiple)
         out.append((aspect, sampler.model_copy(update={"width": width, "height": height})))
     return out
 
