@@ -207,3 +207,19 @@ def test_aspect_size_rejects_bad_input() -> None:
         aspect_size("1:1", 64, 0)
     with pytest.raises(ValueError, match="not 'W:H'"):
         aspect_size("wide", 64, 16)
+
+
+@pytest.mark.parametrize(
+    ("aspects", "sizes"), [(None, [(64, 64)]), (["1:1", "2:3", "16:9"], [(64, 64), (48, 80), (80, 48)])]
+)
+def test_validation_samples_the_brands_aspects(tmp_path: Path, aspects: list | None, sizes: list) -> None:
+    from brandtune.config import TrainConfig
+    from brandtune.models import resolve_base
+    from brandtune.training.plan import TrainPlan
+    from brandtune.training.validation import validation_sizes
+
+    brand = BrandSpec(**_spec(**({"aspects": aspects} if aspects else {})))
+    plan = TrainPlan(
+        TrainConfig(brand="acme"), brand, resolve_base("builtin:tiny"), tmp_path, "f", [], 64, tmp_path, "h"
+    )
+    assert validation_sizes(plan) == sizes
