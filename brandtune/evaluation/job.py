@@ -154,9 +154,8 @@ def _generate_all(
             pipe.set_adapters([name])
         rows = []
         for aspect, sampler in shaped:
-            label = (
-                aspect if len(shaped) > 1 else None
-            )  # one aspect: rows and files as before aspects existed
+            # one aspect: rows and file names as before aspects existed
+            label = aspect if len(shaped) > 1 else None
             tail = f"_{label.replace(':', 'x')}" if label else ""
             for start in range(0, len(jobs), cfg.batch_size):
                 chunk = jobs[start : start + cfg.batch_size]

@@ -76,6 +76,7 @@ def test_evaluation_in_two_aspects_shows_the_brand_photos(versions: list[str], t
             seeds=[0],
             sampler=FAST,
             aspects=["1:1", "2:3"],
+            against=None,  # the candidate alone, whatever an earlier test promoted
             include_base=False,
             promote=False,
             gate=gate,
