@@ -22,7 +22,7 @@ from brandtune.errors import GenerationError, RegistryError
 from brandtune.fsutil import atomic_write_json
 from brandtune.images import save_png
 from brandtune.provenance import brandtune_version
-from brandtune.sampling import apply_scheduler, sample_batch
+from brandtune.sampling import apply_scheduler, aspect_samplers, resolve_sampler, sample_batch
 from brandtune.settings import Settings
 
 if TYPE_CHECKING:
@@ -69,26 +69,49 @@ def expand_settings(brand: BrandSpec, settings: list[str]) -> list[tuple[str, st
     return out or [("prompt", "")]
 
 
+def job_aspects(brand: BrandSpec, cfg: GenerateConfig) -> list[str | None]:
+    """The aspects a job makes each image in: ``cfg.aspects``, else the brand's; ``[None]`` (the sampler's size)
+    when the sampler names a width or height, which wins."""
+    if cfg.sampler.width is not None or cfg.sampler.height is not None:
+        return [None]
+    return list(cfg.aspects if cfg.aspects is not None else brand.aspects)
+
+
 def plan_images(brand: BrandSpec, cfg: GenerateConfig) -> list[dict[str, Any]]:
-    """Every image of the job with its prompt, seed, file and batch, in generation order."""
+    """Every image of the job with its prompt, seed, aspect, file and batch, in generation order.
+
+    With one aspect the files are ``<setting>/<nnn>_seed<seed>.png``; with several, each variation is made in
+    every aspect and the file names end in the aspect (``..._seed0_2x3.png``).
+    """
     prompt, added = brand.ensure_trigger(cfg.prompt)
     if added:
         logger.warning("prompt %r has no trigger token %r; using %r", cfg.prompt, brand.trigger, prompt)
     settings = expand_settings(brand, cfg.settings)
-    total = len(settings) * cfg.variations
+    aspects = job_aspects(brand, cfg)
+    total = len(settings) * len(aspects) * cfg.variations
     if total > cfg.max_images:
+        shape = f"{len(settings)} settings x {cfg.variations} variations"
+        shape += f" x {len(aspects)} aspects" if len(aspects) > 1 else ""
         raise GenerationError(
-            f"{len(settings)} settings x {cfg.variations} variations = {total} images, over max_images "
-            f"({cfg.max_images}); lower --variations or raise max_images"
+            f"{shape} = {total} images, over max_images ({cfg.max_images}); lower --variations, use fewer "
+            "aspects or raise max_images"
         )
     rows = []
     for key, phrase in settings:
         full = f"{prompt} {phrase}".strip()
-        for k in range(cfg.variations):
-            seed = cfg.seed + k
-            rows.append(
-                {"setting": key, "prompt": full, "seed": seed, "file": f"{key}/{k:03d}_seed{seed}.png"}
-            )
+        for aspect in aspects:
+            tail = f"_{aspect.replace(':', 'x')}" if aspect and len(aspects) > 1 else ""
+            for k in range(cfg.variations):
+                seed = cfg.seed + k
+                rows.append(
+                    {
+                        "setting": key,
+                        "prompt": full,
+                        "seed": seed,
+                        "aspect": aspect,
+                        "file": f"{key}/{k:03d}_seed{seed}{tail}.png",
+                    }
+                )
     return rows
 
 
@@ -127,7 +150,14 @@ def _load(brand: BrandSpec, cfg: GenerateConfig, settings: Settings) -> tuple[An
 
 
 def _batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
+    """The job's pipeline calls: ``size`` rows at a time, in order, each within one aspect (one image size)."""
+    out: list[list[dict[str, Any]]] = []
+    for row in rows:
+        if out and len(out[-1]) < size and out[-1][0]["aspect"] == row["aspect"]:
+            out[-1].append(row)
+        else:
+            out.append([row])
+    return out
 
 
 def _init_image(cfg: GenerateConfig) -> Image.Image | None:
@@ -160,6 +190,7 @@ def generate(
     init = _init_image(config)
     todo = [r for r in rows if not (out / r["file"]).is_file()]
     pipe, info = _load(brand, config, settings)
+    sizes = dict(aspect_samplers(pipe, config.sampler, job_aspects(brand, config)))
     sampler = apply_scheduler(pipe, config.sampler)
     config = config.model_copy(update={"sampler": sampler})  # every empty setting filled for this model
     previous = _read_manifest(out)
@@ -174,14 +205,16 @@ def generate(
     for batch in _batches(rows, config.batch_size):
         if not missing.intersection(r["file"] for r in batch):
             continue
+        shaped = resolve_sampler(sizes[batch[0]["aspect"]], pipe)
         images = sample_batch(
-            pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch], sampler, init, config.strength
+            pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch], shaped, init, config.strength
         )
         batch_record = {"prompts": [r["prompt"] for r in batch], "seeds": [r["seed"] for r in batch]}
+        size = {"width": shaped.width, "height": shaped.height, "size": [shaped.width, shaped.height]}
         for i, (row, image) in enumerate(zip(batch, images, strict=True)):
             if row["file"] in missing:
                 save_png(image, out / row["file"])
-                entries[row["file"]] = {**row, "batch": {**batch_record, "index": i}}
+                entries[row["file"]] = {**row, **size, "batch": {**batch_record, "index": i}}
                 bar.update(1)
         _write_manifest(
             out, config, sampler, info, [entries[r["file"]] for r in rows if r["file"] in entries]
@@ -242,6 +275,10 @@ class _ManifestImage(BaseModel):
     prompt: str | None = Field(default=None, description="The image's prompt (must match its batch entry).")
     seed: int | None = Field(default=None, description="The image's seed (must match its batch entry).")
     batch: _ManifestBatch = Field(description="The batch the image was generated in.")
+    width: int | None = Field(default=None, ge=32, le=4096, description="Width in px; empty: the sampler's.")
+    height: int | None = Field(
+        default=None, ge=32, le=4096, description="Height in px; empty: the sampler's."
+    )
 
 
 class _ManifestModel(BaseModel):
@@ -366,11 +403,11 @@ def reproduce(
     wanted = [e for e in data.images if only is None or e.file in only]
     written, done = [], {}
     for entry in wanted:
-        key = json.dumps([entry.batch.prompts, entry.batch.seeds])
+        size = {"width": entry.width or sampler.width, "height": entry.height or sampler.height}
+        key = json.dumps([entry.batch.prompts, entry.batch.seeds, size])
         if key not in done:
-            done[key] = sample_batch(
-                pipe, entry.batch.prompts, entry.batch.seeds, sampler, init, cfg.strength
-            )
+            shaped = sampler.model_copy(update=size)
+            done[key] = sample_batch(pipe, entry.batch.prompts, entry.batch.seeds, shaped, init, cfg.strength)
         path = Path(output_dir) / entry.file
         save_png(done[key][entry.batch.index], path)
         written.append(path)

@@ -8,6 +8,7 @@ is one code path, and a generation manifest can name exactly what made an image.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from brandtune.errors import ConfigError
 if TYPE_CHECKING:
     from PIL import Image
 
+logger = logging.getLogger(__name__)
 
 #: T5 tokens per prompt the FLUX and SD3 pipelines use by default.
 DEFAULT_SEQUENCE_LENGTH: dict[str, int] = {"flux": 512, "sd3": 256}
@@ -95,6 +97,46 @@ def native_size(pipe: Any) -> int:
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
     sample_size = getattr(denoiser.config, "sample_size", None) or getattr(pipe, "default_sample_size", 128)
     return int(sample_size * pipe.vae_scale_factor)
+
+
+def size_multiple(pipe: Any) -> int:
+    """Image sides a pipeline can make are multiples of this: the VAE factor x the UNet's downsampling (SD, SDXL),
+    x 2 for FLUX's 2x2 latent packing, x the patch size for SD3.
+
+    The same numbers as the trainer's :meth:`~brandtune.training.families.FamilyOps.resolution_multiple`, read from
+    the loaded components instead of the folder's config files.
+    """
+    factor = int(pipe.vae_scale_factor)
+    unet = getattr(pipe, "unet", None)
+    if unet is not None:
+        return factor * 2 ** (len(unet.config.block_out_channels) - 1)
+    patch = int(getattr(pipe.transformer.config, "patch_size", 1) or 1)
+    return factor * (2 * patch if pipeline_kind(pipe).startswith("flux") else patch)
+
+
+def aspect_samplers(
+    pipe: Any, sampler: SamplerConfig, aspects: Sequence[str | None]
+) -> list[tuple[str | None, SamplerConfig]]:
+    """One ``(aspect, sampler)`` per aspect, each sampler's width and height the aspect's size for ``pipe``.
+
+    The size is :func:`~brandtune.config.brand.aspect_size` at the pipeline's native square size and its
+    :func:`size_multiple`, so ``"1:1"`` is the native size. An explicit ``sampler.width`` or ``height`` wins: then
+    there is one entry, ``(None, sampler)``, whatever the aspects.
+    """
+    from brandtune.config.brand import aspect_size
+
+    if sampler.width is not None or sampler.height is not None:
+        unused = [a for a in aspects if a and a != "1:1"]
+        if unused:
+            logger.info("sampler width/height given: aspects %s are not used", ", ".join(unused))
+        return [(None, sampler)]
+    side, multiple = native_size(pipe), size_multiple(pipe)
+    out = []
+    for aspect in aspects:
+        # 1:1 is the native size itself, snapped or not: a brand without aspects samples as it always did
+        width, height = (side, side) if aspect in (None, "1:1") else aspect_size(aspect, side, multiple)
+        out.append((aspect, sampler.model_copy(update={"width": width, "height": height})))
+    return out
 
 
 #: The T5 length the adapter loaded into a pipeline was trained with (:func:`use_sequence_length`).

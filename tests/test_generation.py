@@ -165,3 +165,55 @@ def test_reproduce_refuses_a_bad_brand_or_version_or_file(tmp_path: Path) -> Non
         reproduce(path, tmp_path / "out")
     with pytest.raises(GenerationError, match="'nike' does not match brand 'acme'"):
         reproduce(_manifest(tmp_path), tmp_path / "out", brand="nike")
+
+
+def test_campaign_in_several_aspects_records_each_size(tmp_path: Path) -> None:
+    job = _job(tmp_path, model="base", settings=["beach"], variations=2, aspects=["1:1", "2:3"], batch_size=4)
+    result = generate(job, progress=False)
+    manifest = json.loads(result.manifest.read_text())
+    images = manifest["images"]
+    assert [e["file"] for e in images] == [
+        "beach/000_seed0_1x1.png",
+        "beach/001_seed1_1x1.png",
+        "beach/000_seed0_2x3.png",
+        "beach/001_seed1_2x3.png",
+    ]
+    for entry in images:
+        with Image.open(result.output_dir / entry["file"]) as img:
+            assert img.size == (entry["width"], entry["height"]) == tuple(entry["size"])
+        # one pipeline call per aspect: a batch never mixes sizes
+        assert len(entry["batch"]["seeds"]) == 2
+    assert {(e["aspect"], e["width"], e["height"]) for e in images} == {("1:1", 64, 64), ("2:3", 48, 80)}
+    # --reproduce remakes a 2:3 image at its recorded size, bit for bit
+    [copy] = reproduce(result.manifest, tmp_path / "again", only=["beach/001_seed1_2x3.png"])
+    assert np.array_equal(
+        np.asarray(Image.open(copy)), np.asarray(Image.open(result.output_dir / images[3]["file"]))
+    )
+    # an explicit sampler size wins over the aspects: one image per variation, as before aspects existed
+    fixed = FAST.model_copy(update={"width": 32, "height": 32})
+    single = generate(
+        _job(
+            tmp_path,
+            model="base",
+            settings=["beach"],
+            variations=1,
+            aspects=["2:3"],
+            sampler=fixed,
+            output_dir=tmp_path / "fixed",
+        ),
+        progress=False,
+    )
+    [entry] = json.loads(single.manifest.read_text())["images"]
+    assert entry["file"] == "beach/000_seed0.png" and entry["size"] == [32, 32]
+
+
+def test_size_multiple_matches_the_trainers(tmp_path: Path) -> None:
+    from brandtune.models import load_base_pipeline, resolve_base
+    from brandtune.sampling import aspect_samplers, size_multiple
+    from brandtune.training.families import family_ops
+
+    resolved = resolve_base("builtin:tiny")
+    pipe = load_base_pipeline(resolved)
+    assert size_multiple(pipe) == family_ops(resolved.family).resolution_multiple(resolved.path) == 16
+    sizes = [(a, s.width, s.height) for a, s in aspect_samplers(pipe, FAST, ["1:1", "2:3", "16:9"])]
+    assert sizes == [("1:1", 64, 64), ("2:3", 48, 80), ("16:9", 80, 48)]

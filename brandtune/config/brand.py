@@ -13,6 +13,10 @@ from brandtune.errors import ConfigError
 
 DEFAULT_BRANDS_DIR = Path("data/brands")
 
+#: The widest aspect ratio (long side / short side) a brand may ask for: the trainer's bucket bounds, 1:3 .. 3:1.
+MAX_ASPECT_RATIO = 3.0
+_ASPECT_RE = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
+
 
 class BrandGate(StrictModel):
     """A brand's own promotion bars (``gate:`` in brand.yaml), on top of the default gate. Every key is optional.
@@ -131,6 +135,13 @@ class BrandSpec(StrictModel):
         default_factory=dict,
         description="Named generation settings, key -> phrase appended to a prompt (e.g. beach: 'on a beach').",
     )
+    aspects: list[str] = Field(
+        default_factory=lambda: ["1:1"],
+        min_length=1,
+        description="Aspect ratios (width:height) the brand's images come in, e.g. ['1:1', '2:3', '16:9'], each "
+        "between 1:3 and 3:1. Validation images, campaigns and (when asked) evaluations sample each at about the "
+        "area of the model's square size. The first is the evaluation's default. Default: ['1:1'].",
+    )
     gate: BrandGate = Field(
         default_factory=BrandGate,
         description="This brand's own promotion bars on top of the default gate (e.g. max_palette_delta_e: 15). "
@@ -164,6 +175,11 @@ class BrandSpec(StrictModel):
                 )
         return value
 
+    @field_validator("aspects")
+    @classmethod
+    def _aspects(cls, value: list[str]) -> list[str]:
+        return normalise_aspects(value)
+
     @model_validator(mode="after")
     def _palettes_disjoint(self) -> BrandSpec:
         overlap = {c.lower() for c in self.palette} & {c.lower() for c in self.neutral_palette}
@@ -190,6 +206,81 @@ def ensure_trigger(text: str, trigger: str) -> tuple[str, bool]:
     if re.search(rf"(?<![\w-]){re.escape(trigger)}(?![\w-])", text):
         return text, False
     return f"{trigger}, {text}", True
+
+
+def parse_aspect(text: str) -> tuple[int, int]:
+    """``"W:H"`` as ``(W, H)``: positive integers whose ratio is within 1:3 .. 3:1 (:data:`MAX_ASPECT_RATIO`).
+
+    Raises:
+        ValueError: another format, a zero side or a ratio out of bounds (one line naming the value).
+    """
+    match = _ASPECT_RE.fullmatch(str(text))
+    if not match:
+        raise ValueError(f"aspect {text!r} is not 'W:H' with whole numbers, e.g. '2:3' or '16:9'")
+    w, h = int(match[1]), int(match[2])
+    if w == 0 or h == 0:
+        raise ValueError(f"aspect {text!r} has a zero side; use positive numbers, e.g. '2:3'")
+    if max(w / h, h / w) > MAX_ASPECT_RATIO + 1e-9:
+        raise ValueError(
+            f"aspect {text!r} is wider than 1:3 .. 3:1, the trainer's bounds; use e.g. '1:3' or '3:1'"
+        )
+    return w, h
+
+
+def format_aspect(width: int, height: int) -> str:
+    """``"W:H"``."""
+    return f"{width}:{height}"
+
+
+def normalise_aspects(value: list[str]) -> list[str]:
+    """Aspects as ``"W:H"``, each valid (:func:`~brandtune.config.brand.parse_aspect`) and listed once.
+
+    Raises:
+        ValueError: an empty list, a malformed aspect or one listed twice.
+    """
+    if not value:
+        raise ValueError(
+            "aspects is an empty list; give at least one, e.g. ['1:1'], or leave it empty (null)"
+        )
+    out = [format_aspect(*parse_aspect(text)) for text in value]
+    dupes = sorted({a for a in out if out.count(a) > 1})
+    if dupes:
+        raise ValueError(f"aspects {dupes} are listed twice; keep one of each")
+    return out
+
+
+def aspect_size(aspect: str, side: int, multiple: int) -> tuple[int, int]:
+    """``(width, height)`` in pixels of ``aspect`` at about the area of a ``side`` x ``side`` square.
+
+    The exact sides are ``side * sqrt(r)`` by ``side / sqrt(r)`` (``r = W/H``, same area as the square); each is
+    then rounded on its own to the nearest multiple of ``multiple`` (halves round up), and is at least one
+    ``multiple``. So ``"1:1"`` gives ``side`` x ``side`` whenever ``side`` is a multiple, and with a 64 px base and
+    multiple 16 (builtin:tiny), ``"2:3"`` gives 48 x 80 (exact 52.3 x 78.4) and ``"16:9"`` 80 x 48 (85.3 x 48.0):
+    each side is the nearest the grid allows, so the area can be ~10% off the square's on a coarse grid (2:3 at
+    512 px, multiple 64: 448 x 640, exact 418.0 x 627.1).
+
+    Args:
+        aspect: ``"W:H"`` (see :func:`parse_aspect`).
+        side: The model's square size in px (its native size, or the training resolution).
+        multiple: The family's size multiple (VAE factor x downsampling or patch; see
+            :func:`brandtune.sampling.size_multiple`).
+
+    Raises:
+        ValueError: a malformed aspect, or ``side`` / ``multiple`` not positive.
+    """
+    import math
+
+    if side < 1 or multiple < 1:
+        raise ValueError(
+            f"aspect_size needs a positive side and multiple, got side={side}, multiple={multiple}"
+        )
+    w, h = parse_aspect(aspect)
+    root = math.sqrt(w / h)
+
+    def snap(x: float) -> int:
+        return max(multiple, math.floor(x / multiple + 0.5) * multiple)
+
+    return snap(side * root), snap(side / root)
 
 
 def brands_root(brands_dir: Path | None = None) -> Path:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from brandtune.config._base import StrictModel
+from brandtune.config.brand import normalise_aspects
 from brandtune.config.sampler import SamplerConfig
 
 if TYPE_CHECKING:
@@ -201,6 +202,12 @@ class EvalConfig(StrictModel):
     sampler: SamplerConfig = Field(
         default_factory=SamplerConfig, description="Sampler settings, the same for every model compared."
     )
+    aspects: list[str] | None = Field(
+        default=None,
+        description="Aspect ratios to sample each prompt and seed in (e.g. ['1:1', '2:3']), at about the area of "
+        "the model's square size. Empty: the brand's first aspect only ('1:1' unless brand.yaml says otherwise). "
+        "An explicit sampler width/height wins over this.",
+    )
     batch_size: int = Field(default=8, ge=1, le=64, description="Images per pipeline call.")
     output_dir: Path | None = Field(
         default=None, description="Report folder (default: <home>/evaluations/...)."
@@ -214,6 +221,15 @@ class EvalConfig(StrictModel):
         "technical failures; later ones no worse than the champion (palette distance by at most 2, technical "
         "checks not at all). Rules set here replace the default and the brand's bars.",
     )
+
+    @field_validator("aspects")
+    @classmethod
+    def _aspects(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else normalise_aspects(value)
+
+    def aspects_for(self, brand: BrandSpec) -> list[str]:
+        """The aspects this evaluation samples: :attr:`aspects`, else the brand's first."""
+        return self.aspects if self.aspects is not None else brand.aspects[:1]
 
     def gate_for(self, brand: BrandSpec) -> GateConfig:
         """The rules this evaluation applies: :attr:`gate` when set, else the brand's default gate."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from brandtune.config._base import StrictModel
+from brandtune.config.brand import normalise_aspects
 from brandtune.config.sampler import SamplerConfig
 
 
@@ -27,6 +28,12 @@ class GenerateConfig(StrictModel):
         description="Adapter to use: an alias (champion, candidate), a version number, or 'base' for no adapter.",
     )
     sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Sampler settings.")
+    aspects: list[str] | None = Field(
+        default=None,
+        description="Aspect ratios (e.g. ['1:1', '2:3']): every setting and variation is made in each, at about "
+        "the area of the model's square size. Empty: the brand's aspects (brand.yaml; '1:1' when it lists none). "
+        "An explicit sampler width/height wins over this.",
+    )
     seed: int = Field(default=0, ge=0, description="Seed of variation 0; variation k uses seed + k.")
     batch_size: int = Field(default=8, ge=1, le=64, description="Images per pipeline call.")
     output_dir: Path | None = Field(
@@ -44,6 +51,11 @@ class GenerateConfig(StrictModel):
         default=0.6, gt=0.0, le=1.0, description="img2img: how far to move from the photo."
     )
     fuse: bool = Field(default=True, description="Fuse the adapter into the weights (faster; one adapter).")
+
+    @field_validator("aspects")
+    @classmethod
+    def _aspects(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else normalise_aspects(value)
 
     @field_validator("prompt")
     @classmethod

@@ -238,17 +238,17 @@ def _check_means(rule: GateRule, value: float, reference: float) -> tuple[bool, 
 def _pairs(
     rows: Iterable[ImageRow | Mapping[str, Any]], reference: str, metric: str
 ) -> list[tuple[float, float]]:
-    """(candidate, reference) values of ``metric`` for images of both models with the same (prompt, seed)."""
-    by_key: dict[str, dict[tuple[int, int], float]] = {"candidate": {}, reference: {}}
+    """(candidate, reference) values of ``metric`` for images of both models with the same (prompt, seed, aspect)."""
+    by_key: dict[str, dict[tuple[int, int, str], float]] = {"candidate": {}, reference: {}}
     for row in rows:
-        model, pi, seed, metrics = (
-            (row["model"], row["prompt_index"], row["seed"], row["metrics"])
+        model, pi, seed, aspect, metrics = (
+            (row["model"], row["prompt_index"], row["seed"], row.get("aspect"), row["metrics"])
             if isinstance(row, Mapping)
-            else (row.model, row.prompt_index, row.seed, row.metrics)
+            else (row.model, row.prompt_index, row.seed, row.aspect, row.metrics)
         )
         value = metrics.get(metric)
         if model in by_key and value is not None and math.isfinite(value):
-            by_key[model][(int(pi), int(seed))] = float(value)
+            by_key[model][(int(pi), int(seed), aspect or "")] = float(value)
     cand, ref = by_key["candidate"], by_key[reference]
     return [(cand[k], ref[k]) for k in sorted(cand.keys() & ref.keys())]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brandtune.config import BrandSpec, EvalConfig, SamplerConfig, load_brand
-from brandtune.errors import EvaluationError, IngestError
+from brandtune.errors import EvaluationError
 from brandtune.evaluation.gate import GateResult, evaluate_gate
 from brandtune.settings import Settings
 
@@ -72,75 +72,110 @@ def _models(cfg: EvalConfig, settings: Settings) -> list[_Model]:
     return models
 
 
-def _references(brand: BrandSpec, fingerprint: str | None, settings: Settings) -> list[Any]:
-    from PIL import Image
+#: How many of the training photos the report shows.
+REPORT_PHOTOS = 8
 
-    from brandtune.ingest import find_dataset
 
-    try:
-        folder = find_dataset(brand.name, fingerprint or None, settings)
-    except IngestError:
-        try:
-            folder = find_dataset(brand.name, None, settings)
-        except IngestError:
-            logger.warning("no dataset of %s here: reference metrics are skipped", brand.name)
-            return []
-    images = []
-    for path in sorted(folder.glob("*.png")):
-        with Image.open(path) as img:
-            images.append(img.convert("RGB"))
-    return images
+def _brand_photos(
+    brand: BrandSpec, fingerprint: str | None, out: Path, settings: Settings
+) -> tuple[list[Any], list[Any], str]:
+    """The training photos of the candidate's dataset (else the brand's latest): every photo as a reference for
+    the metrics, a few written with their masks overlaid under ``<out>/brand_photos/`` for the report, and a
+    one-line note on where they come from."""
+    from brandtune.evaluation.brand_photos import load_brand_photos, locate_dataset, overlay
+    from brandtune.evaluation.report import BrandPhotoRow
+    from brandtune.images import save_png
+
+    folder, note = locate_dataset(brand.name, fingerprint or None, settings)
+    if folder is None:
+        logger.warning("%s reference metrics are skipped", note)
+        return [], [], note
+    photos = load_brand_photos(folder)
+    shown = []
+    for photo in photos[:REPORT_PHOTOS]:
+        rel = f"brand_photos/{photo.name}"
+        save_png(overlay(photo), out / rel)
+        shown.append(
+            BrandPhotoRow(image=rel, source=photo.name, mask=photo.mask is not None, coverage=photo.coverage)
+        )
+    masked = sum(p.mask is not None for p in photos)
+    note = f"{len(shown)} of {len(photos)} photos ({masked} with a mask), {note}"
+    return [p.image for p in photos], shown, note
+
+
+Made = dict[str, list[tuple[int, int, str | None, str]]]  # model key -> [(prompt index, seed, aspect, path)]
 
 
 def _generate_all(
-    cfg: EvalConfig, models: list[_Model], prompts: list[str], out: Path, settings: Settings
-) -> tuple[dict[str, list[tuple[int, int, str]]], SamplerConfig]:
-    """Sample every (model, prompt, seed); returns model key -> [(prompt index, seed, relative path)] and the
-    sampler settings used (every empty one filled for the base)."""
+    cfg: EvalConfig,
+    models: list[_Model],
+    prompts: list[str],
+    aspects: list[str],
+    out: Path,
+    settings: Settings,
+) -> tuple[Made, SamplerConfig, dict[str, list[int]]]:
+    """Sample every (model, aspect, prompt, seed); returns model key -> [(prompt index, seed, aspect or None,
+    relative path)], the sampler settings used (every empty one filled for the base, the first aspect's size) and,
+    with several aspects, aspect -> [width, height]."""
     from tqdm.auto import tqdm
 
     from brandtune.images import save_png
     from brandtune.models import load_base_pipeline
     from brandtune.models.loading import load_adapter
     from brandtune.registry import WEIGHTS_NAME, adapter_name, resolve_adapter_base
-    from brandtune.sampling import apply_scheduler, sample_batch, use_sequence_length
+    from brandtune.sampling import (
+        apply_scheduler,
+        aspect_samplers,
+        resolve_sampler,
+        sample_batch,
+        use_sequence_length,
+    )
 
     cand = models[0].adapter
     assert cand is not None
     jobs = [(pi, seed) for pi in range(len(prompts)) for seed in cfg.seeds]
-    bar = tqdm(total=len(jobs) * len(models), desc="evaluate: generate", unit="img")
+    bar = tqdm(total=len(jobs) * len(models) * len(aspects), desc="evaluate: generate", unit="img")
     pipes: dict[tuple[str, str], Any] = {}
-    made: dict[str, list[tuple[int, int, str]]] = {}
+    made: Made = {}
     for model in models:
         adapter = model.adapter or cand
         base = (adapter.base_model, adapter.base_revision)
         if base not in pipes:
             pipes[base] = load_base_pipeline(resolve_adapter_base(adapter, None, settings))
-            sampler = apply_scheduler(pipes[base], cfg.sampler)
+            apply_scheduler(pipes[base], cfg.sampler)
+            shaped = [
+                (a, resolve_sampler(s, pipes[base]))
+                for a, s in aspect_samplers(pipes[base], cfg.sampler, aspects)
+            ]
         pipe = pipes[base]
         if model.adapter is not None:
             name = adapter_name(model.adapter.version)
             load_adapter(pipe, model.adapter.path, weight_name=WEIGHTS_NAME, adapter_name=name)
             pipe.set_adapters([name])
         rows = []
-        for start in range(0, len(jobs), cfg.batch_size):
-            chunk = jobs[start : start + cfg.batch_size]
-            images = sample_batch(pipe, [prompts[pi] for pi, _ in chunk], [s for _, s in chunk], sampler)
-            for (pi, seed), image in zip(chunk, images, strict=True):
-                rel = f"images/{model.key}/p{pi}_s{seed}.png"
-                save_png(image, out / rel)
-                rows.append((pi, seed, rel))
-            bar.update(len(chunk))
+        for aspect, sampler in shaped:
+            # one aspect: rows and file names as before aspects existed
+            label = aspect if len(shaped) > 1 else None
+            tail = f"_{label.replace(':', 'x')}" if label else ""
+            for start in range(0, len(jobs), cfg.batch_size):
+                chunk = jobs[start : start + cfg.batch_size]
+                images = sample_batch(pipe, [prompts[pi] for pi, _ in chunk], [s for _, s in chunk], sampler)
+                for (pi, seed), image in zip(chunk, images, strict=True):
+                    rel = f"images/{model.key}/p{pi}_s{seed}{tail}.png"
+                    save_png(image, out / rel)
+                    rows.append((pi, seed, label, rel))
+                bar.update(len(chunk))
         if model.adapter is not None:
             pipe.unload_lora_weights()
             use_sequence_length(pipe, None)
         made[model.key] = rows
     bar.close()
-    return made, sampler
+    sizes = {a: [s.width, s.height] for a, s in shaped if a} if len(shaped) > 1 else {}
+    return made, shaped[0][1], sizes
 
 
 def _score(
-    brand: BrandSpec, made: dict[str, list[tuple[int, int, str]]], out: Path, references: list[Any]
+    brand: BrandSpec, made: Made, out: Path, references: list[Any]
 ) -> tuple[list[Any], dict[str, dict[str, float]]]:
     from PIL import Image
 
@@ -151,14 +186,16 @@ def _score(
     rows, set_metrics = [], {}
     for key, items in made.items():
         images = []
-        for pi, seed, rel in items:
+        for pi, seed, aspect, rel in items:
             with Image.open(out / rel) as img:
                 image = img.convert("RGB")
             images.append(image)
             metrics = score_image(
                 image, palette=brand.palette, neutral_palette=brand.neutral_palette, references=refs
             )
-            rows.append(ImageRow(model=key, prompt_index=pi, seed=seed, image=rel, metrics=metrics))
+            rows.append(
+                ImageRow(model=key, prompt_index=pi, seed=seed, image=rel, metrics=metrics, aspect=aspect)
+            )
         if len(images) >= 2:
             set_metrics[key] = score_set(images)
     return rows, set_metrics
@@ -189,14 +226,14 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
     cand = models[0].adapter
     assert cand is not None
     out = _output_dir(config, brand, cand, settings)
-    made, sampler = _generate_all(config, models, prompts, out, settings)
+    made, sampler, sizes = _generate_all(config, models, prompts, config.aspects_for(brand), out, settings)
     config = config.model_copy(update={"sampler": sampler})  # what was used, every empty setting filled
     t1 = time.perf_counter()
-    rows, set_metrics = _score(
-        brand, made, out, _references(brand, cand.provenance.get("dataset_fingerprint"), settings)
-    )
+    references, shown, note = _brand_photos(brand, cand.provenance.get("dataset_fingerprint"), out, settings)
+    rows, set_metrics = _score(brand, made, out, references)
     t2 = time.perf_counter()
-    results = _results(config, brand, models, prompts, rows, set_metrics)
+    results = _results(config, brand, models, prompts, rows, set_metrics, sizes)
+    results = results.model_copy(update={"brand_photos": shown, "brand_photos_note": note})
     champion = next((m for m in models if m.key == "champion"), None)
     gate = _judge(config, brand, results, models)
     results = results.model_copy(update={"gate": gate.to_dict()})
@@ -235,6 +272,7 @@ def _results(
     prompts: list[str],
     rows: list[Any],
     set_metrics: dict[str, dict[str, float]],
+    sizes: dict[str, list[int]] | None = None,
 ) -> EvalResults:
     """The report's content before the gate: who was compared, how they were sampled, the scores and aggregates."""
     from brandtune.evaluation.report import EvalResults, MetricStats, ModelInfo, SamplerSettings, aggregate
@@ -263,6 +301,7 @@ def _results(
             width=cfg.sampler.width,
             height=cfg.sampler.height,
             negative_prompt=cfg.sampler.negative_prompt,
+            sizes=sizes or {},
         ),
         per_image=rows,
         set_metrics=set_metrics,

@@ -16,9 +16,17 @@ What to provide (each a folder written by ``save_pretrained``, e.g. copied from 
   feature space is the backbone's pooled embedding instead (FD-DINOv2 is the recommended choice in Stein et al.,
   2023). Values are comparable only between runs that use the same backbone folder, never with published FID.
 
+Subject fidelity is measured on the product: brand photos given as
+:class:`~brandtune.evaluation.brand_photos.BrandPhoto` with a mask are embedded as their product region
+(:func:`~brandtune.evaluation.brand_photos.product_region`: the mask's bounding box plus a 10% margin, made square,
+the background filled with neutral grey), photos without a mask whole (:meth:`ClipScorer.reference_embeddings`,
+:meth:`DinoScorer.reference_embeddings`).
+
 Example:
     >>> clip = ClipScorer.from_pretrained(Path("/models/clip-vit-base-patch32"))
     >>> clip.clip_t(images, prompts)  # (N,) in [0, 100]
+    >>> refs = clip.reference_embeddings(load_brand_photos(dataset_dir))  # product regions where masked
+    >>> clip.clip_i(images, refs)
 """
 
 from __future__ import annotations
@@ -31,13 +39,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from brandtune.errors import ConfigError
+from brandtune.evaluation.brand_photos import BrandPhoto, product_region
 from brandtune.evaluation.imageprep import ImageLike, MetricInputError, Prepared, prepare
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClipScorer", "DinoScorer", "check_model_folder", "fid_kid", "load_feature_backbone"]
+__all__ = [
+    "ClipScorer",
+    "DinoScorer",
+    "check_model_folder",
+    "fid_kid",
+    "load_feature_backbone",
+    "reference_crops",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,6 +92,14 @@ def _u8_batch(images: Sequence[ImageLike | Prepared]) -> Any:
     if len(shapes) != 1:
         raise MetricInputError(f"images must share one size for batching, got {sorted(shapes)}")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+References = Sequence[BrandPhoto | ImageLike | Prepared]
+
+
+def reference_crops(references: References, margin: float = 0.1) -> list[ImageLike | Prepared]:
+    """What is embedded of each reference: a masked brand photo's product region, anything else as it is."""
+    return [product_region(r, margin)[0] if isinstance(r, BrandPhoto) else r for r in references]
 
 
 def _pooled(output: Any) -> Any:
@@ -125,6 +150,11 @@ class ClipScorer:
                 feats = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
             out.append(_normalised(_pooled(feats)))
         return np.concatenate(out)
+
+    def reference_embeddings(self, references: References, margin: float = 0.1) -> np.ndarray:
+        """L2-normalised embeddings of the brand photos, ``(N, D)``: product regions where a mask exists
+        (:func:`reference_crops`). Pass the result to :meth:`clip_i` once for every image."""
+        return self.image_embeddings(reference_crops(references, margin))
 
     def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised text embeddings, ``(N, D)`` (texts truncated to the tokenizer's maximum length)."""
@@ -185,8 +215,18 @@ class DinoScorer:
         return cls(load_feature_backbone(folder, device=device, batch_size=batch_size, what="DINO model"))
 
     def embeddings(self, images: Sequence[ImageLike | Prepared]) -> np.ndarray:
-        """L2-normalised embeddings, ``(N, D)``."""
-        return _normalised(self.backbone.embed(_u8_batch(images)))
+        """L2-normalised embeddings, ``(N, D)``. Images of different sizes (aspects, product crops) are first
+        resized to the backbone's input size, which it resizes every image to anyway."""
+        prepared: Sequence[ImageLike | Prepared] = [prepare(img) for img in images]
+        if len({p.pil.size for p in prepared}) > 1:
+            height, width = self.backbone.size
+            prepared = [p.pil.resize((width, height), Image.BICUBIC) for p in prepared]
+        return _normalised(self.backbone.embed(_u8_batch(prepared)))
+
+    def reference_embeddings(self, references: References, margin: float = 0.1) -> np.ndarray:
+        """L2-normalised embeddings of the brand photos, ``(N, D)``: product regions where a mask exists
+        (:func:`reference_crops`). Pass the result to :meth:`similarity`."""
+        return self.embeddings(reference_crops(references, margin))
 
     def similarity(
         self, images: Sequence[ImageLike | Prepared], references: Sequence[ImageLike | Prepared] | np.ndarray

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BrandPhotoRow",
     "EvalResults",
     "ImageRow",
     "MetricStats",
@@ -57,6 +58,11 @@ class SamplerSettings(_Record):
     width: int = Field(ge=1, description="Image width in pixels.")
     height: int = Field(ge=1, description="Image height in pixels.")
     negative_prompt: str = Field(default="", description="Negative prompt, if any.")
+    sizes: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="Aspect -> [width, height], when the images were sampled in several aspects (width and "
+        "height are then the first's).",
+    )
 
 
 class ImageRow(_Record):
@@ -67,16 +73,39 @@ class ImageRow(_Record):
     seed: int = Field(description="Generator seed.")
     image: str = Field(description="Image path relative to the report folder, with '/' separators.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Metric name -> value.")
+    aspect: str | None = Field(
+        default=None, description="Aspect ('2:3') when the evaluation sampled several; else empty."
+    )
 
     @field_validator("image")
     @classmethod
     def _relative(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if path.is_absolute() or ".." in path.parts or "\\" in value or not value:
-            raise ValueError(
-                f"image path {value!r} must be relative to the report folder, '/'-separated, no '..'"
-            )
-        return value
+        return _relative_path(value)
+
+
+def _relative_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts or "\\" in value or not value:
+        raise ValueError(
+            f"image path {value!r} must be relative to the report folder, '/'-separated, no '..'"
+        )
+    return value
+
+
+class BrandPhotoRow(_Record):
+    """One of the brand's training photos shown in the report, its background dimmed where it has a mask."""
+
+    image: str = Field(
+        description="The shown image (photo with mask overlay), relative to the report folder."
+    )
+    source: str = Field(description="The photo's file name in the dataset.")
+    mask: bool = Field(description="Whether the photo has a product mask (then the background is dimmed).")
+    coverage: float | None = Field(default=None, description="Share of the photo the mask calls product.")
+
+    @field_validator("image")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        return _relative_path(value)
 
 
 class MetricStats(_Record):
@@ -106,6 +135,12 @@ class EvalResults(_Record):
         default_factory=dict, description="Model key -> metric -> stats; filled by write_report when empty."
     )
     gate: dict[str, Any] | None = Field(default=None, description="GateResult.to_dict() of the decision.")
+    brand_photos: list[BrandPhotoRow] = Field(
+        default_factory=list, description="A few of the training photos, with their masks, for the report."
+    )
+    brand_photos_note: str = Field(
+        default="", description="Where the brand photos come from, or why there are none (one line)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> EvalResults:

@@ -135,7 +135,8 @@ def _decision(gate: Mapping[str, Any] | None) -> str:
 
 def _overview(results: EvalResults) -> str:
     s = results.sampler
-    sampler = f"{s.scheduler or 'default scheduler'}, {s.steps} steps, guidance {s.guidance_scale:g}, {s.width}x{s.height}"
+    shape = ", ".join(f"{a} {w}x{h}" for a, (w, h) in s.sizes.items()) if s.sizes else f"{s.width}x{s.height}"
+    sampler = f"{s.scheduler or 'default scheduler'}, {s.steps} steps, guidance {s.guidance_scale:g}, {shape}"
     if s.negative_prompt:
         sampler += f", negative prompt “{s.negative_prompt}”"
     models = "".join(
@@ -201,12 +202,42 @@ def _metric_table(
 
 def _figure(row: Any, data_uri: str | None, size: int) -> str:
     tip = " · ".join(f"{k} {fmt(v)}" for k, v in sorted(row.metrics.items()))
+    caption = f"seed {row.seed}" + (f" · {row.aspect}" if row.aspect else "")
     if data_uri is None:
-        return f"<figure><div class='missing'>image missing</div><figcaption>seed {row.seed}</figcaption></figure>"
+        return f"<figure><div class='missing'>image missing</div><figcaption>{esc(caption)}</figcaption></figure>"
     smooth = " class='smooth'" if size >= 192 else ""
     return (
-        f"<figure><img{smooth} src='{data_uri}' alt='seed {row.seed}' title='{esc(tip)}'>"
-        f"<figcaption>seed {row.seed}</figcaption></figure>"
+        f"<figure><img{smooth} src='{data_uri}' alt='{esc(caption)}' title='{esc(tip)}'>"
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
+    )
+
+
+def _brand_photos(results: EvalResults, embed: Callable[[str], str | None]) -> str:
+    """The "Brand photos" section: a few training photos, background dimmed where a mask marks the product; one
+    line when there are none (no dataset here). Empty for results made without the section."""
+    if not results.brand_photos and not results.brand_photos_note:
+        return ""
+    head = "<h2>Brand photos</h2>"
+    if not results.brand_photos:
+        return f"{head}<p class='sub'>{esc(results.brand_photos_note)}</p>"
+    figures = []
+    for photo in results.brand_photos:
+        uri = embed(photo.image)
+        what = (
+            f"mask, {photo.coverage:.0%} product" if photo.mask and photo.coverage is not None else "no mask"
+        )
+        caption = f"{photo.source[:10]} · {what}"
+        img = (
+            f"<img src='{uri}' alt='{esc(photo.source)}' title='{esc(photo.source)}'>"
+            if uri
+            else "<div class='missing'>image missing</div>"
+        )
+        figures.append(f"<figure class='brand-photo'>{img}<figcaption>{esc(caption)}</figcaption></figure>")
+    columns = min(len(figures), 8)
+    note = "Training photos; the background outside each product mask is dimmed. " + results.brand_photos_note
+    return (
+        f"{head}<p class='sub'>{esc(note)}.</p><div class='card'><div class='shots' "
+        f"style='grid-template-columns:repeat({columns}, minmax(0, 1fr))'>{''.join(figures)}</div></div>"
     )
 
 
@@ -215,13 +246,14 @@ def _side_by_side(results: EvalResults, embed: Callable[[str], str | None]) -> s
     cols = len(results.models)
     size = max(results.sampler.width, results.sampler.height)
     seed_order = {s: i for i, s in enumerate(results.seeds)}
+    aspect_order = {a: i for i, a in enumerate(results.sampler.sizes)}
     per_row = min(len(results.seeds), 4 if cols <= 2 else 3)
     parts = []
     for index, prompt in enumerate(results.prompts):
         cells = []
         for model in results.models:
             rows = [r for r in results.per_image if r.model == model.key and r.prompt_index == index]
-            rows.sort(key=lambda r: seed_order.get(r.seed, len(seed_order)))
+            rows.sort(key=lambda r: (aspect_order.get(r.aspect, 0), seed_order.get(r.seed, len(seed_order))))
             shots = (
                 "".join(_figure(r, embed(r.image), size) for r in rows) or "<span class='ci'>no images</span>"
             )
@@ -252,6 +284,7 @@ def render(
         f"<h1>{esc(name)} — model evaluation</h1>"
         f"<p class='sub'>{esc(when)} · {esc(', '.join(m.label for m in results.models))}</p>"
         f"{_decision(results.gate)}"
+        f"{_brand_photos(results, embed)}"
         f"<h2>Side by side</h2><p class='sub'>Same prompt and seed in every column; hover an image for its "
         f"metrics.</p>{_side_by_side(results, embed)}"
         f"<h2>Metrics</h2><p class='sub'>Mean over all images with a 95% bootstrap confidence interval; the best "

@@ -41,9 +41,23 @@ def pipeline_with(
     return pipe
 
 
+def validation_sizes(plan: TrainPlan) -> list[tuple[int, int]]:
+    """``(width, height)`` per brand aspect at the training resolution, on the family's size grid
+    (:func:`~brandtune.config.brand.aspect_size`); ``1:1`` (every brand without ``aspects``) is the resolution."""
+    from brandtune.config.brand import aspect_size
+
+    multiple = plan.ops.resolution_multiple(plan.resolved.path)
+    return [
+        (plan.resolution, plan.resolution) if a == "1:1" else aspect_size(a, plan.resolution, multiple)
+        for a in plan.brand.aspects
+    ]
+
+
 def sample(
     plan: TrainPlan, pipe: DiffusionPipeline, prompts: list[str], per_prompt: int, steps: int
 ) -> list[Image.Image]:
+    """``per_prompt`` images of every prompt in every brand aspect (:func:`validation_sizes`): a prompt's images,
+    aspect by aspect; prompt ``i`` image ``j`` is seeded ``1000 i + j`` in each aspect."""
     import torch
 
     from brandtune.sampling import call_kwargs
@@ -52,17 +66,19 @@ def sample(
     extra = call_kwargs(pipe)
     if "max_sequence_length" in extra and plan.config.max_sequence_length is not None:
         extra["max_sequence_length"] = plan.config.max_sequence_length  # as trained
+    sizes = validation_sizes(plan)
     for i, prompt in enumerate(prompts):
-        gens = [torch.Generator().manual_seed(1000 * i + j) for j in range(per_prompt)]
-        out = pipe(
-            [prompt] * per_prompt,
-            num_inference_steps=steps,
-            generator=gens,
-            height=plan.resolution,
-            width=plan.resolution,
-            **extra,
-        )
-        images += out.images
+        for width, height in sizes:
+            gens = [torch.Generator().manual_seed(1000 * i + j) for j in range(per_prompt)]
+            out = pipe(
+                [prompt] * per_prompt,
+                num_inference_steps=steps,
+                generator=gens,
+                height=height,
+                width=width,
+                **extra,
+            )
+            images += out.images
     return images
 
 
@@ -93,7 +109,9 @@ def log_validation(plan: TrainPlan, state: TrainState, step: int) -> Path:
     out = plan.run_dir / "validation" / f"step-{step:06d}.png"
     if not accelerator.is_main_process:
         return out
-    grid = image_grid(images, columns=cfg.num_validation_images, thumb=None)  # a row per prompt
+    # a row per prompt, its aspects side by side
+    columns = cfg.num_validation_images * len(plan.brand.aspects)
+    grid = image_grid(images, columns=columns, thumb=None)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     if state.tracker is not None:

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from brandtune.config import BrandSpec, IngestConfig, load_brand, load_yaml_model
+from brandtune.config.brand import aspect_size, parse_aspect
 from brandtune.errors import ConfigError
 from brandtune.settings import Settings
 
@@ -157,3 +160,76 @@ def test_settings_from_env_touches_nothing(tmp_path: Path) -> None:
     assert not home.exists()
     remote = Settings.from_env({"BRANDTUNE_HOME": str(home), "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
     assert remote.tracking_uri == "http://127.0.0.1:5000"
+
+
+def test_aspects_default_and_parse() -> None:
+    assert BrandSpec(**_spec()).aspects == ["1:1"]
+    assert BrandSpec(**_spec(aspects=["1:1", " 2 : 3", "16:9"])).aspects == ["1:1", "2:3", "16:9"]
+    assert parse_aspect("1:3") == (1, 3) and parse_aspect("3:1") == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("aspects", "needle"),
+    [
+        (["2x3"], "aspect '2x3' is not 'W:H'"),
+        (["portrait"], "aspect 'portrait' is not 'W:H'"),
+        (["1.5:1"], "aspect '1.5:1' is not 'W:H'"),
+        (["0:1"], "aspect '0:1' has a zero side"),
+        (["4:1"], "aspect '4:1' is wider than 1:3 .. 3:1"),
+        (["1:4"], "aspect '1:4' is wider than 1:3 .. 3:1"),
+        (["2:3", "2:3"], "listed twice"),
+        ([], "at least 1 item"),
+    ],
+)
+def test_bad_aspects_name_the_value(tmp_path: Path, aspects: list, needle: str) -> None:
+    brand = tmp_path / "acme"
+    brand.mkdir()
+    (brand / "brand.yaml").write_text(yaml.safe_dump(_spec(aspects=aspects)))
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_brand(brand)
+
+
+@pytest.mark.parametrize(
+    ("aspect", "side", "multiple", "size"),
+    [
+        ("1:1", 64, 16, (64, 64)),
+        ("2:3", 64, 16, (48, 80)),  # exact 52.3 x 78.4: each side to the nearest multiple of 16
+        ("3:2", 64, 16, (80, 48)),
+        ("16:9", 64, 16, (80, 48)),  # exact 85.3 x 48.0
+        ("1:3", 64, 16, (32, 112)),  # exact 37.0 x 110.9
+        ("2:3", 512, 64, (448, 640)),  # SD 1.5: exact 418.0 x 627.1
+        ("16:9", 1024, 16, (1360, 768)),  # FLUX: exact 1365.3 x 768.0
+        ("1:3", 32, 16, (16, 48)),  # exact 18.5 x 55.4
+    ],
+)
+def test_aspect_size_keeps_the_area_on_the_grid(aspect: str, side: int, multiple: int, size: tuple) -> None:
+    width, height = aspect_size(aspect, side, multiple)
+    assert (width, height) == size
+    assert width % multiple == 0 and height % multiple == 0
+    if side >= 512:
+        assert abs(width * height / side**2 - 1) < 0.1  # 448 x 640 is 9% over 512 x 512: a coarse grid
+        w, h = parse_aspect(aspect)
+        assert abs((width / height) / (w / h) - 1) < 0.1
+
+
+def test_aspect_size_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="positive side"):
+        aspect_size("1:1", 64, 0)
+    with pytest.raises(ValueError, match="not 'W:H'"):
+        aspect_size("wide", 64, 16)
+
+
+@pytest.mark.parametrize(
+    ("aspects", "sizes"), [(None, [(64, 64)]), (["1:1", "2:3", "16:9"], [(64, 64), (48, 80), (80, 48)])]
+)
+def test_validation_samples_the_brands_aspects(tmp_path: Path, aspects: list | None, sizes: list) -> None:
+    from brandtune.config import TrainConfig
+    from brandtune.models import resolve_base
+    from brandtune.training.plan import TrainPlan
+    from brandtune.training.validation import validation_sizes
+
+    brand = BrandSpec(**_spec(**({"aspects": aspects} if aspects else {})))
+    plan = TrainPlan(
+        TrainConfig(brand="acme"), brand, resolve_base("builtin:tiny"), tmp_path, "f", [], 64, tmp_path, "h"
+    )
+    assert validation_sizes(plan) == sizes

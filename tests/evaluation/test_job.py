@@ -64,3 +64,36 @@ def test_evaluation_gate_refuses_then_promotes(versions: list[str], tmp_path: Pa
         "champion",
     ]
     assert "champion" in {v.version: v for v in list_versions("acme")}[versions[0]].aliases
+
+
+def test_evaluation_in_two_aspects_shows_the_brand_photos(versions: list[str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    gate = GateConfig(rules=[GateRule(metric="technical_ok", comparison="min", threshold=0.0)])
+    outcome = evaluate(
+        EvalConfig(
+            brand="acme",
+            seeds=[0],
+            sampler=FAST,
+            aspects=["1:1", "2:3"],
+            against=None,  # the candidate alone, whatever an earlier test promoted
+            include_base=False,
+            promote=False,
+            gate=gate,
+            output_dir=tmp_path / "aspects",
+        )
+    )
+    report = json.loads(outcome.report_json.read_text())
+    assert report["sampler"]["sizes"] == {"1:1": [64, 64], "2:3": [48, 80]}
+    sizes = {}
+    for row in report["per_image"]:
+        with Image.open(outcome.report_html.parent / row["image"]) as img:
+            sizes.setdefault(row["aspect"], set()).add(img.size)
+    assert sizes == {"1:1": {(64, 64)}, "2:3": {(48, 80)}}
+    assert len(report["per_image"]) == 4 * 2  # 4 prompts x 1 seed x 2 aspects
+    # the candidate's dataset (the session's ingest of acme) is shown in the report
+    assert (
+        len(report["brand_photos"]) == 8
+        and "the one the candidate was trained on" in report["brand_photos_note"]
+    )
+    assert "<h2>Brand photos</h2>" in outcome.report_html.read_text()

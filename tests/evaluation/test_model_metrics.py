@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from brandtune.errors import ConfigError
+from brandtune.evaluation.brand_photos import NEUTRAL_GREY, BrandPhoto, mask_box, product_region
 from brandtune.evaluation.imageprep import MetricInputError
 from brandtune.evaluation.model_metrics import (
     ClipScorer,
@@ -121,6 +122,59 @@ def test_fid_kid_with_local_backbone(which: str, dino_dir: Path, clip_dir: Path)
     assert abs(same["fid"]) < 1e-3 and other["fid"] >= 0
     with pytest.raises(MetricInputError, match="at least 2"):
         fid_kid(real[:1], fake, backbone)
+
+
+def masked_photo(size: int = 64) -> BrandPhoto:
+    """A beach photo with a product mask over a 12 x 30 px box at x 20..31, y 10..39 (soft 128 edge column)."""
+    from PIL import Image
+
+    mask = np.zeros((size, size), np.uint8)
+    mask[10:40, 20:32] = 255
+    mask[10:40, 31] = 128  # a soft edge still counts as product for the box
+    return BrandPhoto(
+        "p.png", render_scene(Scene(ACME_PRODUCT, "beach", 0), size), Image.fromarray(mask, "L")
+    )
+
+
+def test_product_region_is_the_masked_box_on_grey() -> None:
+    photo = masked_photo()
+    # 30 px tall product, 10% margin (3 px) each side: a 36 px square centred on the box
+    assert mask_box(photo.mask, margin=0.1) == (8, 7, 44, 43)
+    crop, box = product_region(photo)
+    assert box == (8, 7, 44, 43) and crop.size == (36, 36)
+    pixels = np.asarray(crop)
+    assert tuple(pixels[0, 0]) == NEUTRAL_GREY  # background inside the box is grey
+    inside = np.asarray(photo.image)[20, 25]
+    assert np.array_equal(pixels[20 - 7, 25 - 8], inside)  # the product as it is
+    # a box past the photo's edge is grey there too; no mask or an empty one: the whole photo
+    from PIL import Image
+
+    edge = np.zeros((64, 64), np.uint8)
+    edge[0:20, 0:10] = 255
+    crop, box = product_region(BrandPhoto("e.png", photo.image, Image.fromarray(edge, "L")))
+    assert box == (-7, -2, 17, 22) and tuple(np.asarray(crop)[0, 0]) == NEUTRAL_GREY
+    assert product_region(BrandPhoto("n.png", photo.image)) == (photo.image, None)
+    empty = BrandPhoto("z.png", photo.image, Image.new("L", (64, 64), 0))
+    assert product_region(empty) == (photo.image, None)
+
+
+def test_reference_embeddings_use_the_product_region(clip_dir: Path, dino_dir: Path) -> None:
+    photo = masked_photo()
+    bare = BrandPhoto(photo.name, photo.image)
+    crop, _ = product_region(photo)
+    clip = ClipScorer.from_pretrained(clip_dir)
+    masked, whole = clip.reference_embeddings([photo]), clip.reference_embeddings([bare])
+    np.testing.assert_allclose(masked, clip.image_embeddings([crop]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(whole, clip.image_embeddings([photo.image]), rtol=1e-5, atol=1e-6)
+    assert float((masked @ whole.T)[0, 0]) < 1 - 1e-4  # the mask changes what the reference is
+    dino = DinoScorer.from_pretrained(dino_dir)
+    d_refs = dino.reference_embeddings([photo, bare])
+    assert d_refs.shape == (2, 32)  # a 36 px crop and a 64 px photo embed together
+    np.testing.assert_allclose(d_refs, dino.embeddings([crop, photo.image]), rtol=1e-5, atol=1e-6)
+    assert float(d_refs[0] @ d_refs[1]) < 1 - 1e-4
+    d_masked = d_refs
+    sims = dino.similarity(images(2), d_masked)
+    assert sims.shape == (2,) and np.all(np.abs(sims) <= 1 + 1e-5)
 
 
 def test_missing_or_unsafe_folders_are_config_errors(tmp_path: Path) -> None:

@@ -212,3 +212,91 @@ def test_prefect_artifact_lists_explanations() -> None:
     assert markdown.startswith("## Gate\n\n- **fail** palette_delta_e improve_by vs base: Cannot judge:")
     assert "base model was not part of this evaluation" in markdown and "`no base model" in markdown
     assert isinstance(gate, GateResult) and markdown.count("- **") == len(gate.rules)
+
+
+def _masked_dataset(home: Path, fingerprint: str = "f1ab2c3d4e5f60718293") -> Path:
+    """A dataset folder written by hand per the issue-16 contract: three photos (one 2:3 portrait), the first
+    two with a ``<sha>.mask.png`` beside them (255 product, 0 background), the third without."""
+    from PIL import Image
+
+    folder = home / "datasets" / "acme" / fingerprint
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"resolution": 64, "images": []}))
+    (folder.parent / "LATEST").write_text(fingerprint)
+    for i, (w, h) in enumerate([(64, 64), (48, 80), (64, 64)]):
+        name = f"{i:020d}"
+        render_scene(Scene(ACME_PRODUCT, SETTINGS[i], i), 64).resize((w, h)).save(folder / f"{name}.png")
+        if i < 2:
+            mask = np.zeros((h, w), np.uint8)
+            mask[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = 255
+            Image.fromarray(mask, "L").save(folder / f"{name}.mask.png")
+    return folder
+
+
+def test_report_shows_brand_photos_with_masks(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from brandtune.config import load_brand
+    from brandtune.evaluation.job import _brand_photos
+    from brandtune.settings import Settings
+
+    settings = Settings(home=tmp_path / "home")
+    folder = _masked_dataset(settings.home)
+    out = tmp_path / "report"
+    refs, shown, note = _brand_photos(load_brand("acme"), folder.name, out, settings)
+    assert len(refs) == 3  # the mask files are not reference photos
+    assert [(p.mask, p.source) for p in shown] == [
+        (True, "00000000000000000000.png"),
+        (True, "00000000000000000001.png"),
+        (False, "00000000000000000002.png"),
+    ]
+    assert shown[0].coverage == pytest.approx(1 / 6, abs=0.01)  # half the height x a third of the width
+    assert "the one the candidate was trained on" in note and "2 with a mask" in note
+    # the overlay: product pixels as they are, background dimmed to 30%
+    photo = np.asarray(Image.open(folder / shown[1].source), dtype=float)
+    shown_px = np.asarray(Image.open(out / shown[1].image), dtype=float)
+    assert shown_px.shape == photo.shape == (80, 48, 3)
+    np.testing.assert_allclose(shown_px[40, 24], photo[40, 24], atol=1)
+    np.testing.assert_allclose(shown_px[2, 2], photo[2, 2] * 0.3, atol=1)
+
+    results = build_results(out).model_copy(update={"brand_photos": shown, "brand_photos_note": note})
+    _, html_path = write_report(results, out)
+    page = html_path.read_text()
+    section = page[page.index("<h2>Brand photos</h2>") : page.index("<h2>Side by side</h2>")]
+    assert section.count("data:image/png;base64,") == 3
+    assert "mask, 16% product" in section and "no mask" in section and "background" in section
+    assert page.count("data:image/png;base64,") == len(results.per_image) + 3
+    assert EvalResults.model_validate_json((out / "report.json").read_text()).brand_photos == shown
+
+    # a candidate trained on a dataset that is not here: the latest is shown, and the note says so
+    _, _, latest = _brand_photos(load_brand("acme"), "0badc0ffee", tmp_path / "r2", settings)
+    assert "the brand's latest" in latest and "0badc0ffee is not here" in latest
+    # no dataset at all: one line, no photos
+    empty = Settings(home=tmp_path / "empty")
+    refs, shown, note = _brand_photos(load_brand("acme"), "0badc0ffee", tmp_path / "r3", empty)
+    assert (refs, shown) == ([], []) and note.startswith("No dataset 0badc0ffee of acme here")
+    _, html_path = write_report(
+        build_results(tmp_path / "r3").model_copy(update={"brand_photos_note": note}), tmp_path / "r3"
+    )
+    page = html_path.read_text()
+    section = page[page.index("<h2>Brand photos</h2>") : page.index("<h2>Side by side</h2>")]
+    assert "No dataset 0badc0ffee of acme here" in section and "<img" not in section
+
+
+def test_report_lists_images_by_aspect(tmp_path: Path) -> None:
+    results = build_results(tmp_path, seeds=(0,))
+    rows = [r.model_copy(update={"aspect": "1:1"}) for r in results.per_image]
+    rows += [r.model_copy(update={"aspect": "2:3", "image": r.image}) for r in results.per_image]
+    sampler = results.sampler.model_copy(update={"sizes": {"1:1": [64, 64], "2:3": [48, 80]}})
+    _, html_path = write_report(
+        results.model_copy(update={"per_image": rows, "sampler": sampler, "aggregates": {}}), tmp_path
+    )
+    page = html_path.read_text()
+    assert "1:1 64x64, 2:3 48x80" in page
+    assert page.count("seed 0 · 2:3</figcaption>") == len(results.per_image)
+    # the gate pairs images by prompt, seed and aspect: twice as many pairs as without aspects
+    from brandtune.evaluation.gate import _pairs
+
+    assert len(_pairs(rows, "champion", "palette_delta_e")) == 2 * len(
+        _pairs(results.per_image, "champion", "palette_delta_e")
+    )
