@@ -180,8 +180,8 @@ class TrainConfig(StrictModel):
         ge=0.0,
         lt=1.0,
         description="Keep an exponential moving average of the LoRA weights with this decay (0.99-0.999 for "
-        "short runs) and save it as the adapter; the decay of update n is min(ema_decay, (1 + n) / (10 + n)). "
-        "Empty or 0: off, the adapter is the last step's weights.",
+        "short runs): the adapter and the validation images are the average. The decay after step n is "
+        "min(ema_decay, (1 + n) / (10 + n)). Empty or 0: off, the adapter is the last step's weights.",
     )
     # Diffusion loss.
     resolution: int | None = Field(

@@ -1,9 +1,10 @@
 """Resumable checkpoints without pickle.
 
 A checkpoint folder ``checkpoints/checkpoint-<step>/`` holds the trainable (LoRA) weights, their moving average
-(``ema.safetensors``, when the training keeps one), the optimizer state and each process's RNG state as safetensors, and the LR-scheduler and loop state as JSON. It is written under a
-temporary name, then ``COMPLETE`` (step and a sha256 of every file) is written, then the folder is renamed. A folder
-without a valid ``COMPLETE``, or whose files do not match it, is skipped with a warning and never loaded.
+(``ema.safetensors``, when the training keeps one), the optimizer state and each process's RNG state as
+safetensors, and the LR-scheduler and loop state as JSON. It is written under a temporary name, then ``COMPLETE``
+(step and a sha256 of every file) is written, then the folder is renamed. A folder without a valid ``COMPLETE``, or
+whose files do not match it, is skipped with a warning and never loaded.
 """
 
 from __future__ import annotations

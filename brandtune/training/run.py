@@ -361,9 +361,11 @@ def _finish(plan: TrainPlan, state: TrainState, adapter_dir: Path) -> None:
     accelerator = state.accelerator
     denoiser = accelerator.unwrap_model(state.models.denoiser)
     encoders = [accelerator.unwrap_model(m) for m in state.models.trained_text_encoders]
-    weights = [trainable_weights(m) for m in [denoiser, *encoders]] if is_sharded(accelerator) else None
+    weights = None  # the modules' own
     if state.ema is not None:
-        weights = state.ema.per_module(1 + len(encoders))
+        weights = state.ema.per_module(1 + len(encoders))  # FSDP: gathered by every process
+    elif is_sharded(accelerator):
+        weights = [trainable_weights(m) for m in [denoiser, *encoders]]
     if accelerator.is_main_process:
         save_adapter(
             adapter_dir, plan.resolved.family, denoiser, encoders, plan.provenance(), plan.config.export_kohya,
