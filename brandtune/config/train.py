@@ -178,6 +178,14 @@ class TrainConfig(StrictModel):
     adam_beta2: float = Field(default=0.999, gt=0, lt=1, description="AdamW beta2.")
     adam_epsilon: float = Field(default=1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    ema_decay: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description="Keep an exponential moving average of the LoRA weights with this decay (0.99-0.999 for "
+        "short runs): the adapter and the validation images are the average. The decay after step n is "
+        "min(ema_decay, (1 + n) / (10 + n)). Empty or 0: off, the adapter is the last step's weights.",
+    )
     # Diffusion loss.
     resolution: int | None = Field(
         default=None, ge=32, le=4096, description="Training size in px. Empty: the dataset's resolution."
@@ -309,6 +317,11 @@ class TrainConfig(StrictModel):
             )
         return str(path.absolute())
 
+    @field_validator("ema_decay")
+    @classmethod
+    def _ema_off(cls, value: float | None) -> float | None:
+        return value or None  # 0 is off, as empty is: one spelling, one config hash
+
     @model_validator(mode="after")
     def _combinations(self) -> TrainConfig:
         steps, warmup = self.max_train_steps, self.lr_warmup_steps
@@ -362,17 +375,17 @@ class TrainConfig(StrictModel):
         """
         if not self.is_resolved:
             raise ValueError("identity() of a config whose base-dependent fields are empty; resolve it first")
-        return self.model_dump(
-            mode="json",
-            exclude={
-                "output_dir",
-                "resume",
-                "invocation_id",
-                "log_every",
-                "num_threads",
-                "validation_steps",
-                # when state is saved, not what is trained: a resumed run is bit-identical to an unbroken one
-                "checkpointing_steps",
-                "checkpoints_total_limit",
-            },
-        )
+        exclude = {
+            "output_dir",
+            "resume",
+            "invocation_id",
+            "log_every",
+            "num_threads",
+            "validation_steps",
+            # when state is saved, not what is trained: a resumed run is bit-identical to an unbroken one
+            "checkpointing_steps",
+            "checkpoints_total_limit",
+        }
+        if self.ema_decay is None:
+            exclude.add("ema_decay")  # off: a config from before EMA existed keeps its hash
+        return self.model_dump(mode="json", exclude=exclude)

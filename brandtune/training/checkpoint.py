@@ -1,9 +1,10 @@
 """Resumable checkpoints without pickle.
 
-A checkpoint folder ``checkpoints/checkpoint-<step>/`` holds the trainable (LoRA) weights, the optimizer state and
-each process's RNG state as safetensors, and the LR-scheduler and loop state as JSON. It is written under a
-temporary name, then ``COMPLETE`` (step and a sha256 of every file) is written, then the folder is renamed. A folder
-without a valid ``COMPLETE``, or whose files do not match it, is skipped with a warning and never loaded.
+A checkpoint folder ``checkpoints/checkpoint-<step>/`` holds the trainable (LoRA) weights, their moving average
+(``ema.safetensors``, when the training keeps one), the optimizer state and each process's RNG state as
+safetensors, and the LR-scheduler and loop state as JSON. It is written under a temporary name, then ``COMPLETE``
+(step and a sha256 of every file) is written, then the folder is renamed. A folder without a valid ``COMPLETE``, or
+whose files do not match it, is skipped with a warning and never loaded.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 PREFIX = "checkpoint-"
+EMA_FILE = "ema.safetensors"
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -88,8 +90,10 @@ def write_checkpoint(
     loop_state: dict[str, Any],
     rng_files: dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]],
     keep: int,
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a complete checkpoint for ``step`` and drop the oldest beyond ``keep``. Main process only."""
+    """Write a complete checkpoint for ``step`` (with ``ema``, the EMA of the trainable weights, when given) and
+    drop the oldest beyond ``keep``. Main process only."""
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -98,6 +102,8 @@ def write_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+    if ema is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / EMA_FILE)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
@@ -157,6 +163,7 @@ def read_checkpoint(folder: Path, rank: int) -> dict[str, Any]:
     rng_rank = rank if (folder / f"rng-{rank}.safetensors").is_file() else 0
     return {
         "trainable": load_file(folder / "trainable.safetensors"),
+        "ema": load_file(folder / EMA_FILE) if (folder / EMA_FILE).is_file() else None,
         "optimizer": _unflatten_optimizer(load_file(folder / "optimizer.safetensors"), opt_meta),
         "scheduler": json.loads((folder / "scheduler.json").read_text()),
         "state": json.loads((folder / "state.json").read_text()),

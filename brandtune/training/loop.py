@@ -18,6 +18,7 @@ from brandtune.errors import TrainingError
 from brandtune.training import checkpoint as ckpt
 from brandtune.training import fsdp
 from brandtune.training.data import Encoded
+from brandtune.training.ema import ema_weights
 from brandtune.training.plan import TrainPlan
 
 if TYPE_CHECKING:
@@ -188,7 +189,8 @@ def run_loop(plan: TrainPlan, state: TrainState, start_step: int, resume_ckpt: P
         if _every(cfg.checkpointing_steps, global_step) and global_step < cfg.max_train_steps:
             last_good = save_checkpoint(plan, state, global_step)
         if _every(cfg.validation_steps, global_step) and (accelerator.is_main_process or sharded):
-            log_validation(plan, state, global_step)
+            with ema_weights(state):  # what the adapter would be now
+                log_validation(plan, state, global_step)
     bar.close()
     return loss_value
 
@@ -206,7 +208,8 @@ def optimizer_step(
     step: int,
     trainable: list[torch.nn.Parameter],
 ) -> torch.Tensor:
-    """One optimizer step: ``gradient_accumulation_steps`` micro-batches; returns the last micro-batch's loss."""
+    """One optimizer step: ``gradient_accumulation_steps`` micro-batches, then the EMA update (if on); returns the
+    last micro-batch's loss."""
     cfg, accelerator, optimizer = plan.config, state.accelerator, state.optimizer
     for acc in range(cfg.gradient_accumulation_steps):
         micro = step * cfg.gradient_accumulation_steps + acc
@@ -219,6 +222,9 @@ def optimizer_step(
                 accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+    # the loop above ends on the micro-batch whose gradients were synced and applied: one update per step
+    if state.ema is not None:
+        state.ema.update(step + 1)
     return loss
 
 
@@ -243,7 +249,7 @@ def _log_step(
 
 def save_checkpoint(plan: TrainPlan, state: TrainState, step: int) -> Path | None:
     """Write a checkpoint of ``step`` (main process; every process hands its RNG state over, and under FSDP its
-    shards of the weights and optimizer state); returns its folder on the main process."""
+    shards of the weights, their EMA and the optimizer state); returns its folder on the main process."""
     from accelerate.utils import gather_object
 
     accelerator = state.accelerator
@@ -254,6 +260,7 @@ def save_checkpoint(plan: TrainPlan, state: TrainState, step: int) -> Path | Non
         weights = fsdp.trainable_weights(accelerator.unwrap_model(model))
         trainable.update({f"{i}/{n}": p for n, p in weights.items()})
     optimizer_state = fsdp.whole_optimizer_state(state.optimizer.state_dict())
+    ema = state.ema.whole() if state.ema is not None else None
     if accelerator.is_main_process:
         path = ckpt.write_checkpoint(
             plan.run_dir / "checkpoints",
@@ -268,6 +275,7 @@ def save_checkpoint(plan: TrainPlan, state: TrainState, step: int) -> Path | Non
             },
             dict(rngs),
             plan.config.checkpoints_total_limit,
+            ema,
         )
         logger.info("checkpoint written: %s", path)
     accelerator.wait_for_everyone()
@@ -275,7 +283,8 @@ def save_checkpoint(plan: TrainPlan, state: TrainState, step: int) -> Path | Non
 
 
 def restore_checkpoint(plan: TrainPlan, state: TrainState, folder: Path) -> int:
-    """Load ``folder`` into the models, optimizer, schedule and RNGs; returns the step it continues from."""
+    """Load ``folder`` into the models, their EMA, optimizer, schedule and RNGs; returns the step it continues
+    from."""
     import torch
 
     data = ckpt.read_checkpoint(folder, plan.rank)
@@ -290,6 +299,12 @@ def restore_checkpoint(plan: TrainPlan, state: TrainState, folder: Path) -> int:
                 idx, pname = name.split("/", 1)
                 if int(idx) == i:
                     params[pname].copy_(fsdp.like(value, params[pname]))
+    if state.ema is not None:
+        if data["ema"] is None:  # the config hash covers ema_decay: only a hand-edited folder gets here
+            raise TrainingError(
+                f"checkpoint {folder} has no EMA weights (ema.safetensors); use another output_dir"
+            )
+        state.ema.load(data["ema"])
     state.optimizer.load_state_dict(data["optimizer"])
     fsdp.shard_optimizer_state(state.optimizer)
     state.lr_scheduler.load_state_dict(data["scheduler"])

@@ -153,6 +153,7 @@ class TrainPlan:
             "config_hash": self.run_hash,
             "steps": cfg.max_train_steps,
             "seed": cfg.seed,
+            "ema_decay": cfg.ema_decay,  # None: the adapter is the last step's weights
             "brandtune_version": brandtune_version(),
             "git_sha": git_sha(),
             "mlflow_run_id": self.mlflow_run_id or "",

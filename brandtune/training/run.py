@@ -13,6 +13,7 @@ from brandtune.config import TrainConfig
 from brandtune.errors import TrainingError
 from brandtune.procs import default_threads
 from brandtune.settings import Settings
+from brandtune.training import ema
 from brandtune.training.data import cache_key, load_or_encode, masks_key, read_dataset
 from brandtune.training.fsdp import is_sharded, trainable_weights
 from brandtune.training.loop import restore_checkpoint, run_loop
@@ -347,25 +348,33 @@ def _prepare(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> t
     )
     prepared = accelerator.prepare(*models.trained, optimizer)
     models = Models(trained=tuple(prepared[:-1]), text_encoders=encoders)
-    return TrainState(accelerator, models, prepared[-1], lr_scheduler), cache_hit
+    state = TrainState(accelerator, models, prepared[-1], lr_scheduler)
+    state.ema = ema.create(config.ema_decay, state)  # of the prepared weights (FSDP: their shards)
+    return state, cache_hit
 
 
 def _finish(plan: TrainPlan, state: TrainState, adapter_dir: Path) -> None:
     """Save the adapter, draw the last validation images and log the adapter to MLflow (main process; under FSDP
-    every process runs this, and only the main process writes)."""
+    every process runs this, and only the main process writes). With EMA on, the adapter and the images are the
+    moving average's weights."""
     from brandtune.training.lora import save_adapter
     from brandtune.training.validation import log_validation
 
     accelerator = state.accelerator
     denoiser = accelerator.unwrap_model(state.models.denoiser)
     encoders = [accelerator.unwrap_model(m) for m in state.models.trained_text_encoders]
-    weights = [trainable_weights(m) for m in [denoiser, *encoders]] if is_sharded(accelerator) else None
+    weights = None  # the modules' own
+    if state.ema is not None:
+        weights = state.ema.per_module(1 + len(encoders))  # FSDP: gathered by every process
+    elif is_sharded(accelerator):
+        weights = [trainable_weights(m) for m in [denoiser, *encoders]]
     if accelerator.is_main_process:
         save_adapter(
             adapter_dir, plan.resolved.family, denoiser, encoders, plan.provenance(), plan.config.export_kohya,
             weights,
         )  # fmt: skip
-    log_validation(plan, state, plan.config.max_train_steps)
+    with ema.ema_weights(state):
+        log_validation(plan, state, plan.config.max_train_steps)
     if state.tracker is not None:
         state.tracker.log_artifact(adapter_dir, "adapter")
         state.tracker.set_tags({"brandtune.adapter_dir": str(adapter_dir)})

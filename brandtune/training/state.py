@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LRScheduler
 
     from brandtune.tracking import RunTracker
+    from brandtune.training.ema import AdapterEMA
 
 
 @dataclass
@@ -57,6 +58,7 @@ class TrainState:
         optimizer: The optimizer over :meth:`Models.trainable_parameters` (prepared).
         lr_scheduler: The learning-rate schedule, stepped once per optimizer step.
         tracker: The MLflow run this training records to, on the main process only.
+        ema: The moving average of the trainable weights when ``ema_decay`` is set (every process), else None.
     """
 
     accelerator: Accelerator
@@ -64,3 +66,4 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     lr_scheduler: LRScheduler
     tracker: RunTracker | None = None
+    ema: AdapterEMA | None = None
