@@ -58,7 +58,7 @@ TRAINING_FIELDS = (
     "validation_inference_steps",
     "num_threads",
 )
-EVALUATION_FIELDS = ("seeds", "sampler", "batch_size", "include_base", "gate")
+EVALUATION_FIELDS = ("seeds", "sampler", "batch_size", "include_base", "gate", "clip_model", "dino_model")
 GENERATION_FIELDS = ("sampler", "seed", "batch_size", "max_images", "fuse", "output_dir")
 
 

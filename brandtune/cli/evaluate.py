@@ -35,7 +35,10 @@ def evaluate_cmd(
         typer.Option(help="Denoising steps. Default: the base family's (SD/SDXL 20, FLUX/SD3 28)."),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="EvalConfig YAML (gate rules, sampler); flags override.")
+        Path | None,
+        typer.Option(
+            help="EvalConfig YAML (gate rules, sampler, clip_model/dino_model folders); flags override."
+        ),
     ] = None,
     no_promote: Annotated[
         bool, typer.Option("--no-promote", help="Report only; never move @champion.")

@@ -14,7 +14,7 @@ This package is the bottom layer: it imports nothing of brandtune but :mod:`bran
 | ``brand`` | ``BrandSpec`` (brand.yaml), ``BrandGate``, ``load_brand``, ``brand_dir`` |
 | ``ingest`` | ``IngestConfig`` |
 | ``train`` | ``TrainConfig``, ``TrainingDefaults`` (a base's recommendation), LoRA target lists |
-| ``evaluate`` | ``EvalConfig``, ``GateConfig``, ``GateRule``, ``default_rules``, ``METRIC_DIRECTIONS`` |
+| ``evaluate`` | ``EvalConfig``, ``GateConfig``, ``GateRule``, ``default_rules``, ``METRIC_DIRECTIONS``, ``check_model_folder`` |
 | ``generate`` | ``GenerateConfig`` |
 | ``sampler`` | ``SamplerConfig`` (generation and evaluation) |
 | ``pretrain`` | ``PretrainConfig`` (builtin:tiny from scratch) |
@@ -50,6 +50,7 @@ from brandtune.config.evaluate import (
     GateConfig,
     GateRule,
     Reference,
+    check_model_folder,
     default_rules,
 )
 from brandtune.config.generate import GenerateConfig
@@ -102,6 +103,7 @@ __all__ = [
     "TrainingDefaults",
     "brand_dir",
     "brands_root",
+    "check_model_folder",
     "default_rules",
     "derive_model",
     "ensure_trigger",

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from brandtune.config._base import StrictModel
 from brandtune.config.brand import normalise_aspects
 from brandtune.config.sampler import SamplerConfig
+from brandtune.errors import ConfigError
 
 if TYPE_CHECKING:
     from brandtune.config.brand import BrandSpec
@@ -40,6 +41,31 @@ METRIC_DIRECTIONS: dict[str, Direction] = {
     "fid": "lower",
     "kid": "lower",
 }
+
+
+def check_model_folder(folder: Path | str, what: str) -> Path:
+    """Check that ``folder`` is a local model folder with a config and safetensors weights; returns it absolute.
+
+    Used by :class:`EvalConfig` for its metric models and by the loaders of
+    :mod:`brandtune.evaluation.model_metrics`, so that both refuse the same folders with the same words.
+
+    Raises:
+        ConfigError: the folder is missing, has no ``config.json``, or has no ``*.safetensors`` weights.
+    """
+    path = Path(folder).expanduser().absolute()
+    hint = (
+        f"give a local folder saved with save_pretrained (safetensors) for the {what}; nothing is downloaded"
+    )
+    if not path.is_dir():
+        raise ConfigError(f"{what} folder {path} does not exist: {hint}")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{what} folder {path} has no config.json: {hint}")
+    if not any(path.glob("*.safetensors")):
+        found = sorted(p.name for p in path.glob("*.bin"))
+        extra = f" (found {found}: pickled weights are not loaded)" if found else ""
+        raise ConfigError(f"{what} folder {path} has no *.safetensors weights{extra}: {hint}")
+    return path
+
 
 Comparison = Literal["min", "max", "no_regression", "improve_by"]
 Reference = Literal["champion", "base"]
@@ -213,6 +239,20 @@ class EvalConfig(StrictModel):
         default=None, description="Report folder (default: <home>/evaluations/...)."
     )
     promote: bool = Field(default=True, description="Move @champion to the candidate when the gate passes.")
+    clip_model: Path | None = Field(
+        default=None,
+        description="Local CLIP model folder (save_pretrained, safetensors; e.g. openai/clip-vit-base-patch32 "
+        "copied here; nothing is downloaded). Set: every image also gets clip_t (agreement with its prompt) and "
+        "clip_i (mean similarity to the brand photos, each embedded as its product region where it has a "
+        "mask). Empty: not computed. Informative: gate on them by adding a rule (e.g. clip_i no_regression).",
+    )
+    dino_model: Path | None = Field(
+        default=None,
+        description="Local DINOv2 model folder (save_pretrained, safetensors; e.g. facebook/dinov2-small copied "
+        "here; nothing is downloaded). Set: every image also gets dino (mean similarity to the brand photos, "
+        "each embedded as its product region where it has a mask). Empty: not computed. Informative: gate on "
+        "it by adding a rule.",
+    )
     gate: GateConfig | None = Field(
         default=None,
         description="Promotion rules; all must pass for the candidate to become @champion. Empty: the default "
@@ -226,6 +266,12 @@ class EvalConfig(StrictModel):
     @classmethod
     def _aspects(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else normalise_aspects(value)
+
+    @field_validator("clip_model", "dino_model")
+    @classmethod
+    def _model_folder(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        what = "CLIP model" if info.field_name == "clip_model" else "DINO model"
+        return None if value is None else check_model_folder(value, what)
 
     def aspects_for(self, brand: BrandSpec) -> list[str]:
         """The aspects this evaluation samples: :attr:`aspects`, else the brand's first."""

@@ -1,7 +1,8 @@
 """The evaluation job: candidate vs champion and the base model, the gate, and the release.
 
 Every model compared samples the brand's fixed prompts x fixed seeds with identical sampler settings. Images are
-scored with the weight-free metrics, aggregated with bootstrap confidence intervals, written as report.json and
+scored with the weight-free metrics (and, when the config names local CLIP/DINOv2 folders, with clip_t, clip_i and
+dino against the product regions of the brand photos: :mod:`brandtune.evaluation.subject_fidelity`), aggregated with bootstrap confidence intervals, written as report.json and
 report.html, logged to an MLflow evaluation run, and recorded as ``brandtune.metric.*`` tags on the candidate
 version. The gate sees the per-model means and the per-image rows (its first-champion rule pairs the candidate's
 images with the base model's by prompt and seed). When it passes, ``@champion`` moves to the candidate; when it
@@ -23,7 +24,9 @@ from brandtune.evaluation.gate import GateResult, evaluate_gate
 from brandtune.settings import Settings
 
 if TYPE_CHECKING:
+    from brandtune.evaluation.brand_photos import BrandPhoto
     from brandtune.evaluation.report import EvalResults
+    from brandtune.evaluation.subject_fidelity import SubjectFidelity
     from brandtune.registry import FetchedAdapter
 
 logger = logging.getLogger(__name__)
@@ -78,9 +81,9 @@ REPORT_PHOTOS = 8
 
 def _brand_photos(
     brand: BrandSpec, fingerprint: str | None, out: Path, settings: Settings
-) -> tuple[list[Any], list[Any], str]:
-    """The training photos of the candidate's dataset (else the brand's latest): every photo as a reference for
-    the metrics, a few written with their masks overlaid under ``<out>/brand_photos/`` for the report, and a
+) -> tuple[list[BrandPhoto], list[Any], str]:
+    """The training photos of the candidate's dataset (else the brand's latest): every photo (with its mask) as a
+    reference for the metrics, a few written with their masks overlaid under ``<out>/brand_photos/`` for the report, and a
     one-line note on where they come from."""
     from brandtune.evaluation.brand_photos import load_brand_photos, locate_dataset, overlay
     from brandtune.evaluation.report import BrandPhotoRow
@@ -100,7 +103,7 @@ def _brand_photos(
         )
     masked = sum(p.mask is not None for p in photos)
     note = f"{len(shown)} of {len(photos)} photos ({masked} with a mask), {note}"
-    return [p.image for p in photos], shown, note
+    return photos, shown, note
 
 
 Made = dict[str, list[tuple[int, int, str | None, str]]]  # model key -> [(prompt index, seed, aspect, path)]
@@ -175,24 +178,38 @@ def _generate_all(
 
 
 def _score(
-    brand: BrandSpec, made: Made, out: Path, references: list[Any]
+    brand: BrandSpec,
+    made: Made,
+    out: Path,
+    photos: list[BrandPhoto],
+    prompts: list[str],
+    fidelity: SubjectFidelity | None,
 ) -> tuple[list[Any], dict[str, dict[str, float]]]:
+    """Every image's metrics (weight-free, plus the model-based ones when ``fidelity`` is given) and each model's
+    set-level metrics. The weight-free references are the whole photos; the model-based ones their product
+    regions (:meth:`SubjectFidelity.set_references`)."""
     from PIL import Image
 
     from brandtune.evaluation.metrics import ReferenceSet, score_image, score_set
     from brandtune.evaluation.report import ImageRow
 
-    refs = ReferenceSet.from_images(references) if references else None
+    refs = ReferenceSet.from_images([p.image for p in photos]) if photos else None
+    if fidelity is not None:
+        fidelity.set_references(photos)
     rows, set_metrics = [], {}
     for key, items in made.items():
         images = []
-        for pi, seed, aspect, rel in items:
+        for _pi, _seed, _aspect, rel in items:
             with Image.open(out / rel) as img:
-                image = img.convert("RGB")
-            images.append(image)
-            metrics = score_image(
-                image, palette=brand.palette, neutral_palette=brand.neutral_palette, references=refs
-            )
+                images.append(img.convert("RGB"))
+        scored = [
+            score_image(image, palette=brand.palette, neutral_palette=brand.neutral_palette, references=refs)
+            for image in images
+        ]
+        if fidelity is not None:
+            extra = fidelity.score(images, [prompts[pi] for pi, *_ in items])
+            scored = [{**metrics, **more} for metrics, more in zip(scored, extra, strict=True)]
+        for (pi, seed, aspect, rel), metrics in zip(items, scored, strict=True):
             rows.append(
                 ImageRow(model=key, prompt_index=pi, seed=seed, image=rel, metrics=metrics, aspect=aspect)
             )
@@ -213,8 +230,10 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
     Raises:
         RegistryError: unknown candidate/alias or unreachable tracking server.
         EvaluationError: the brand has no evaluation prompts that can run.
+        ConfigError: ``clip_model`` / ``dino_model`` does not load (checked before anything is sampled).
     """
     from brandtune.evaluation.report_html import write_report
+    from brandtune.evaluation.subject_fidelity import SubjectFidelity
 
     t0 = time.perf_counter()
     settings = settings or Settings.from_env()
@@ -222,6 +241,7 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
     prompts = [brand.ensure_trigger(p)[0] for p in brand.evaluation_prompts]
     if not prompts:
         raise EvaluationError(f"brand {brand.name} has no evaluation_prompts in brand.yaml")
+    fidelity = SubjectFidelity.load(config)  # loaded once, before minutes of sampling
     models = _models(config, settings)
     cand = models[0].adapter
     assert cand is not None
@@ -229,11 +249,17 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
     made, sampler, sizes = _generate_all(config, models, prompts, config.aspects_for(brand), out, settings)
     config = config.model_copy(update={"sampler": sampler})  # what was used, every empty setting filled
     t1 = time.perf_counter()
-    references, shown, note = _brand_photos(brand, cand.provenance.get("dataset_fingerprint"), out, settings)
-    rows, set_metrics = _score(brand, made, out, references)
+    photos, shown, note = _brand_photos(brand, cand.provenance.get("dataset_fingerprint"), out, settings)
+    rows, set_metrics = _score(brand, made, out, photos, prompts, fidelity)
     t2 = time.perf_counter()
     results = _results(config, brand, models, prompts, rows, set_metrics, sizes)
-    results = results.model_copy(update={"brand_photos": shown, "brand_photos_note": note})
+    results = results.model_copy(
+        update={
+            "brand_photos": shown,
+            "brand_photos_note": note,
+            "subject_fidelity": fidelity.info() if fidelity else None,
+        }
+    )
     champion = next((m for m in models if m.key == "champion"), None)
     gate = _judge(config, brand, results, models)
     results = results.model_copy(update={"gate": gate.to_dict()})

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from brandtune.config import check_model_folder
 from brandtune.errors import ConfigError
 from brandtune.evaluation.brand_photos import BrandPhoto, product_region
 from brandtune.evaluation.imageprep import ImageLike, MetricInputError, Prepared, prepare
@@ -58,27 +59,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def check_model_folder(folder: Path | str, what: str) -> Path:
-    """Check that ``folder`` is a local model folder with a config and safetensors weights.
-
-    Raises:
-        ConfigError: the folder is missing, has no ``config.json``, or has no ``*.safetensors`` weights.
-    """
-    path = Path(folder).expanduser()
-    hint = (
-        f"give a local folder saved with save_pretrained (safetensors) for the {what}; nothing is downloaded"
-    )
-    if not path.is_dir():
-        raise ConfigError(f"{what} folder {path} does not exist: {hint}")
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{what} folder {path} has no config.json: {hint}")
-    if not any(path.glob("*.safetensors")):
-        found = sorted(p.name for p in path.glob("*.bin"))
-        extra = f" (found {found}: pickled weights are not loaded)" if found else ""
-        raise ConfigError(f"{what} folder {path} has no *.safetensors weights{extra}: {hint}")
-    return path
 
 
 def _u8_batch(images: Sequence[ImageLike | Prepared]) -> Any:

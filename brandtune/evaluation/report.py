@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ __all__ = [
     "MetricStats",
     "ModelInfo",
     "SamplerSettings",
+    "SubjectFidelityInfo",
     "aggregate",
     "bootstrap_ci",
 ]
@@ -108,6 +109,42 @@ class BrandPhotoRow(_Record):
         return _relative_path(value)
 
 
+class SubjectFidelityInfo(_Record):
+    """How the model-based metrics (clip_t, clip_i, dino) were computed, when the evaluation had their models."""
+
+    clip_model: str | None = Field(
+        default=None, description="Local CLIP folder of clip_t and clip_i; None: not computed."
+    )
+    dino_model: str | None = Field(
+        default=None, description="Local DINOv2 folder of dino; None: not computed."
+    )
+    references: int = Field(
+        ge=0,
+        description="Brand photos clip_i and dino compare each image with (0: no dataset here, neither computed).",
+    )
+    product_regions: int = Field(
+        ge=0,
+        description="How many of those were embedded as their product region (the mask's box plus a margin, "
+        "background grey); the others (no mask, or an empty one) whole.",
+    )
+
+    @property
+    def note(self) -> str:
+        """One line for the report: which models, and what the images were compared with."""
+        models = ", ".join(
+            f"{what} {Path(folder).name}"
+            for what, folder in (("CLIP", self.clip_model), ("DINO", self.dino_model))
+            if folder
+        )
+        if not self.references:
+            return f"Model-based metrics with {models}; no brand photos here, so clip_i and dino are not computed."
+        whole = self.references - self.product_regions
+        return (
+            f"Model-based metrics with {models}: clip_i and dino compare each image with {self.references} brand "
+            f"photos, {self.product_regions} as their product region (mask box, background grey), {whole} whole."
+        )
+
+
 class MetricStats(_Record):
     """Mean of a metric over a model's images with a bootstrap confidence interval."""
 
@@ -140,6 +177,10 @@ class EvalResults(_Record):
     )
     brand_photos_note: str = Field(
         default="", description="Where the brand photos come from, or why there are none (one line)."
+    )
+    subject_fidelity: SubjectFidelityInfo | None = Field(
+        default=None,
+        description="How clip_t, clip_i and dino were computed; None when the evaluation had no CLIP/DINO model.",
     )
 
     @model_validator(mode="after")

@@ -241,6 +241,12 @@ def _brand_photos(results: EvalResults, embed: Callable[[str], str | None]) -> s
     )
 
 
+def _fidelity_note(results: EvalResults) -> str:
+    """One line on the model-based metrics (which models, what the images were compared with), when computed."""
+    info = results.subject_fidelity
+    return f"<p class='sub'>{esc(info.note)}</p>" if info is not None else ""
+
+
 def _side_by_side(results: EvalResults, embed: Callable[[str], str | None]) -> str:
     """The HTML (CSS grid) of every prompt: one column per model, its images by seed (the images stay separate)."""
     cols = len(results.models)
@@ -288,7 +294,8 @@ def render(
         f"<h2>Side by side</h2><p class='sub'>Same prompt and seed in every column; hover an image for its "
         f"metrics.</p>{_side_by_side(results, embed)}"
         f"<h2>Metrics</h2><p class='sub'>Mean over all images with a 95% bootstrap confidence interval; the best "
-        f"model per metric is highlighted.</p>{_metric_table(results, directions, descriptions)}"
+        f"model per metric is highlighted.</p>{_fidelity_note(results)}"
+        f"{_metric_table(results, directions, descriptions)}"
         f"<h2>Setup</h2>{_overview(results)}"
         f"<footer>brandtune evaluation report for brand “{esc(results.brand)}”. Self-contained: images are "
         f"embedded.</footer>"

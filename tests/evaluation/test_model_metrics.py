@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from metric_model_helpers import save_tiny_clip, save_tiny_dino
 
 from brandtune.errors import ConfigError
 from brandtune.evaluation.brand_photos import NEUTRAL_GREY, BrandPhoto, mask_box, product_region
@@ -17,7 +18,6 @@ from brandtune.evaluation.model_metrics import (
     fid_kid,
     load_feature_backbone,
 )
-from brandtune.models.tokenizer import write_clip_tokenizer_files
 from brandtune.synthetic import ACME_PRODUCT, ProductStyle, Scene, render_scene
 
 PROMPTS = [
@@ -30,52 +30,12 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory, torch_threads: None) -> Path:
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    folder = tmp_path_factory.mktemp("clip")
-    write_clip_tokenizer_files(folder)
-    tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=77)
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer,
-    )
-    text = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
-    vision = {**text, "image_size": 32, "patch_size": 8}
-    config = CLIPConfig(
-        text_config={
-            **text,
-            "vocab_size": len(tokenizer),
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        vision_config=vision,
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
 def dino_dir(tmp_path_factory: pytest.TempPathFactory, torch_threads: None) -> Path:
-    import torch
-    from transformers import Dinov2Config, Dinov2Model
-
-    folder = tmp_path_factory.mktemp("dino")
-    config = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        image_size=28,
-        patch_size=7,
-    )
-    torch.manual_seed(0)
-    Dinov2Model(config).save_pretrained(folder)  # no preprocessor_config.json: config size + ImageNet stats
-    return folder
+    return save_tiny_dino(tmp_path_factory.mktemp("dino"))
 
 
 def images(n: int, size: int = 64) -> list:
