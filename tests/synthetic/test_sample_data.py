@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import zipfile
 from pathlib import Path
 from types import ModuleType
 
