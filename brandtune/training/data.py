@@ -136,17 +136,23 @@ def cache_key(**parts: object) -> str:
     return sha256_bytes(canonical_json({"v": CACHE_VERSION, **parts}).encode())[:24]
 
 
-def _load_pixels(examples: list[Example], resolution: int, flip: bool) -> torch.Tensor:
+def _size(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else size
+
+
+def _load_pixels(examples: list[Example], size: int | tuple[int, int], flip: bool) -> torch.Tensor:
+    """The images at ``size`` (px, or (width, height)): resized to cover it and centre-cropped, maybe mirrored."""
     import numpy as np
     import torch
     from PIL import Image, ImageOps
 
+    size = _size(size)
     arrays = []
     for ex in examples:
         with Image.open(ex.file) as img:
             img = img.convert("RGB")
-            if img.size != (resolution, resolution):
-                img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.LANCZOS)
+            if img.size != size:
+                img = ImageOps.fit(img, size, Image.Resampling.LANCZOS)
             if flip:
                 img = ImageOps.mirror(img)
             arrays.append(np.asarray(img, dtype=np.float32))
@@ -154,7 +160,7 @@ def _load_pixels(examples: list[Example], resolution: int, flip: bool) -> torch.
     return pixels / 127.5 - 1.0
 
 
-def load_mask(ex: Example, resolution: int, flip: bool, grid: tuple[int, int]) -> torch.Tensor:
+def load_mask(ex: Example, size: int | tuple[int, int], flip: bool, grid: tuple[int, int]) -> torch.Tensor:
     """``ex``'s mask, cropped and resized exactly as its image is, mirrored with it, then area-downsampled to the
     latent ``grid`` (h, w): ``(1, 1, h, w)`` in [0, 1]; all ones for an example without a mask."""
     import numpy as np
@@ -169,21 +175,24 @@ def load_mask(ex: Example, resolution: int, flip: bool, grid: tuple[int, int]) -
         with Image.open(ex.file) as photo:
             if img.size != photo.size:  # ingest writes masks at the image's size; stretch one that is not
                 img = img.resize(photo.size, Image.Resampling.BILINEAR)
-        if img.size != (resolution, resolution):  # the same crop box as the image's (ImageOps.fit, centred)
-            img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.BILINEAR)
+        size = _size(size)
+        if img.size != size:  # the same crop box as the image's (ImageOps.fit, centred)
+            img = ImageOps.fit(img, size, Image.Resampling.BILINEAR)
         if flip:
             img = ImageOps.mirror(img)
         mask = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None, None]
     return F.interpolate(mask, size=grid, mode="area").clamp_(0.0, 1.0)
 
 
-def _time_ids(ex: Example, resolution: int) -> list[float]:
-    """SDXL micro-conditioning: original size, crop top-left, target size (what the centre crop did)."""
-    w, h = (ex.width, ex.height) if ex.width and ex.height else (resolution, resolution)
-    scale = resolution / min(w, h)
-    top = round((h * scale - resolution) / 2)
-    left = round((w * scale - resolution) / 2)
-    return [h, w, top, left, resolution, resolution]
+def _time_ids(ex: Example, size: tuple[int, int]) -> list[float]:
+    """SDXL micro-conditioning: original size, crop top-left, target size (height first), from what covering the
+    target ``size`` (width, height) and centre-cropping does to the original photo."""
+    tw, th = size
+    w, h = (ex.width, ex.height) if ex.width and ex.height else size
+    scale = max(tw / w, th / h)
+    top = round((h * scale - th) / 2)
+    left = round((w * scale - tw) / 2)
+    return [h, w, top, left, th, tw]
 
 
 def encode_examples(
@@ -196,8 +205,13 @@ def encode_examples(
     with_text: bool,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    size: tuple[int, int] | None = None,
+    masks: bool | None = None,
 ) -> Encoded:
     """Run the VAE and the family's text conditioning over the examples once; ``flip`` appends mirrored copies.
+
+    Every example is encoded at ``size`` (width, height; default the ``resolution`` square): one bucket. ``masks``:
+    whether to encode product masks (default: with ``config.masked_loss`` when an example has one).
 
     The VAE runs on ``device`` in fp32 (an SD VAE overflows in fp16); where it is when ``device`` is None.
     ``batch_size`` defaults to as many images as make two 512 px ones (at most 8): an SD VAE's fp32 encoder
@@ -208,22 +222,23 @@ def encode_examples(
 
     from brandtune.training.families import family_ops
 
+    size = size or (resolution, resolution)
     if batch_size is None:
-        batch_size = min(8, max(1, 2 * 512 * 512 // (resolution * resolution)))
+        batch_size = min(8, max(1, 2 * 512 * 512 // (size[0] * size[1])))
     vae = components.vae
     if device is not None:
         vae.to(device, dtype=torch.float32)
     scale = vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    means, stds, masks = [], [], []
-    with_masks = config.masked_loss and any(ex.mask for ex in examples)
+    with_masks = masks if masks is not None else config.masked_loss and any(ex.mask for ex in examples)
+    means, stds, grids = [], [], []
     sets = [False, True] if flip else [False]
     rows = [(ex, f) for f in sets for ex in examples]
     ops = family_ops(components.resolved.family)
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            pixels = torch.cat([_load_pixels([ex], resolution, f) for ex, f in chunk])
+            pixels = torch.cat([_load_pixels([ex], size, f) for ex, f in chunk])
             dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
             # contiguous: a freshly encoded batch must be laid out exactly like one read back from the cache,
             # or the denoiser's kernels may take another path and results drift in the last bits.
@@ -231,16 +246,14 @@ def encode_examples(
             means.append(((mean - shift) * scale if shift else mean * scale).contiguous())
             stds.append((dist.std.float().cpu() * scale).contiguous())
             if with_masks:
-                masks += [load_mask(ex, resolution, f, tuple(mean.shape[-2:])) for ex, f in chunk]
+                grids += [load_mask(ex, size, f, tuple(mean.shape[-2:])) for ex, f in chunk]
         captions = [ex.caption for ex, _ in rows]
         conditioning = ops.encode_captions(components, captions, config, with_text=with_text)
     if components.resolved.family == "sdxl":
         # Centre crops are symmetric, so mirrored copies share their originals' crop offsets.
-        conditioning["time_ids"] = torch.tensor(
-            [_time_ids(ex, resolution) for ex, _ in rows], dtype=torch.float32
-        )
+        conditioning["time_ids"] = torch.tensor([_time_ids(ex, size) for ex, _ in rows], dtype=torch.float32)
     conditioning = {k: v.contiguous() for k, v in conditioning.items()}
-    mask = torch.cat(masks).contiguous() if with_masks else None
+    mask = torch.cat(grids).contiguous() if with_masks else None
     return Encoded(torch.cat(means), torch.cat(stds), conditioning, mask)
 
 
@@ -254,27 +267,51 @@ def load_or_encode(
     flip: bool,
     with_text: bool,
     device: torch.device | str | None = None,
-) -> tuple[Encoded, bool]:
+    sizes: list[tuple[int, int]] | None = None,
+) -> tuple[list[Encoded], bool]:
     """Encoded examples from ``cache_file`` if it exists, else encode (the VAE on ``device``) and write it atomically.
 
+    ``sizes`` gives each example's training size (width, height; its aspect bucket, default the ``resolution``
+    square). The examples are encoded bucket by bucket, in the order of the sorted distinct sizes; a single bucket is
+    stored as before buckets (plain tensor names), several with ``<bucket>/`` name prefixes.
+
     Returns:
-        The encoded examples and whether the cache was hit.
+        One :class:`Encoded` per bucket and whether the cache was hit.
     """
     from safetensors.torch import load_file, save_file
 
     if cache_file is not None and cache_file.is_file():
         tensors = load_file(cache_file)
         logger.info("latent/text cache hit: %s", cache_file.name)
-        return Encoded.from_tensors(tensors), True
-    encoded = encode_examples(
-        components, examples, resolution, config, flip=flip, with_text=with_text, device=device
-    )
+        return _split_buckets(tensors), True
+    sizes = sizes or [(resolution, resolution)] * len(examples)
+    masks = config.masked_loss and any(ex.mask for ex in examples)
+    encoded = []
+    for size in sorted(set(sizes)):
+        members = [ex for ex, s in zip(examples, sizes, strict=True) if s == size]
+        kwargs = {"flip": flip, "with_text": with_text, "device": device, "size": size, "masks": masks}
+        encoded.append(encode_examples(components, members, resolution, config, **kwargs))
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=cache_file.parent)
         os.close(fd)
-        tensors = {k: v.contiguous() for k, v in encoded.tensors().items()}
+        tensors = {
+            (k if len(encoded) == 1 else f"{b}/{k}"): v.contiguous()
+            for b, enc in enumerate(encoded)
+            for k, v in enc.tensors().items()
+        }
         save_file(tensors, tmp, metadata={"brandtune.cache_version": str(CACHE_VERSION)})
         os.replace(tmp, cache_file)
         logger.info("wrote latent/text cache %s", cache_file)
     return encoded, False
+
+
+def _split_buckets(tensors: dict[str, torch.Tensor]) -> list[Encoded]:
+    """The buckets of a cache file's tensors (``<bucket>/<name>``, or plain names for a single bucket)."""
+    if not any("/" in k for k in tensors):
+        return [Encoded.from_tensors(tensors)]
+    groups: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        bucket, name = key.split("/", 1)
+        groups.setdefault(int(bucket), {})[name] = value
+    return [Encoded.from_tensors(groups[b]) for b in sorted(groups)]

@@ -30,11 +30,27 @@ logger = logging.getLogger(__name__)
 
 
 class Batches:
-    """Deterministic batches: micro-step ``m`` of process ``r`` always gets the same examples."""
+    """Deterministic batches: micro-step ``m`` of process ``r`` always gets the same examples, all from one bucket.
 
-    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int) -> None:
-        self.n, self.batch_size, self.world, self.rank, self.seed = n, batch_size, world, rank, seed
+    One bucket (every example the same size): the examples in one permutation per epoch, cut into consecutive
+    batches (a batch may run into the next epoch's permutation). Several buckets (aspect ratios): per epoch, each
+    bucket's examples shuffled and cut into batches, its last batch filled up by wrapping around within the bucket
+    (a bucket smaller than a batch repeats its examples), then the batches of all buckets shuffled together. Every
+    permutation comes from a generator seeded by (seed, epoch), so a resumed run draws the same batches.
+    """
+
+    def __init__(self, n: int | list[int], batch_size: int, world: int, rank: int, seed: int) -> None:
+        self.sizes = [n] if isinstance(n, int) else list(n)
+        self.n, self.batch_size, self.world, self.rank, self.seed = (
+            sum(self.sizes),
+            batch_size,
+            world,
+            rank,
+            seed,
+        )
         self._perms: dict[int, torch.Tensor] = {}
+        self._epochs: dict[int, list[tuple[int, list[int]]]] = {}
+        self._per_epoch = sum(-(-size // batch_size) for size in self.sizes)
 
     def _perm(self, epoch: int) -> torch.Tensor:
         import torch
@@ -45,21 +61,48 @@ class Batches:
             }
         return self._perms[epoch]
 
+    def _epoch(self, epoch: int) -> list[tuple[int, list[int]]]:
+        import torch
+
+        if epoch not in self._epochs:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            batches = []
+            for bucket, size in enumerate(self.sizes):
+                perm = torch.randperm(size, generator=gen).tolist()
+                for first in range(0, size, self.batch_size):
+                    batches.append((bucket, [perm[(first + k) % size] for k in range(self.batch_size)]))
+            order = torch.randperm(len(batches), generator=gen).tolist()
+            self._epochs = {epoch: [batches[i] for i in order]}
+        return self._epochs[epoch]
+
+    def draw(self, micro_step: int) -> tuple[int, list[int]]:
+        """The bucket and the example indices (within the bucket) of micro-step ``micro_step``'s batch."""
+        if len(self.sizes) == 1:
+            start = (micro_step * self.world + self.rank) * self.batch_size
+            return 0, [
+                int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.batch_size)
+            ]
+        epoch, index = divmod(micro_step * self.world + self.rank, self._per_epoch)
+        return self._epoch(epoch)[index]
+
     def indices(self, micro_step: int) -> list[int]:
-        start = (micro_step * self.world + self.rank) * self.batch_size
-        return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.batch_size)]
+        return self.draw(micro_step)[1]
 
     @classmethod
     def for_plan(cls, plan: TrainPlan) -> tuple[Batches, Batches | None]:
         """The instance batches of ``plan`` and, with prior preservation, its class batches."""
         cfg = plan.config
         assert plan.encoded is not None
-        n = len(plan.encoded) // (2 if cfg.random_flip else 1)
-        batches = cls(n, cfg.train_batch_size, plan.world, plan.rank, cfg.seed)
+        sizes = [len(enc) // (2 if cfg.random_flip else 1) for enc in plan.encoded]
+        batches = cls(sizes, cfg.train_batch_size, plan.world, plan.rank, cfg.seed)
         class_batches = None
         if plan.class_encoded is not None:
             class_batches = cls(
-                len(plan.class_encoded), cfg.train_batch_size, plan.world, plan.rank, cfg.seed + 7
+                sum(len(enc) for enc in plan.class_encoded),
+                cfg.train_batch_size,
+                plan.world,
+                plan.rank,
+                cfg.seed + 7,
             )
         return batches, class_batches
 
@@ -106,6 +149,28 @@ def diffusion_loss(
     objective samples (timesteps or noise levels).
     """
     import torch
+
+    cfg = plan.config
+    if "prior" in batch:  # class images of another size than the instance bucket: a forward pass each
+        instance = {k: v for k, v in batch.items() if k != "prior"}
+        per_example = torch.cat(
+            [_per_example(plan, models, instance, gen), _per_example(plan, models, batch["prior"], gen)]
+        )
+        n_instance = len(instance["latent_mean"])
+    else:
+        per_example = _per_example(plan, models, batch, gen)
+        n_instance = batch.get("n_instance", len(per_example))
+    loss = per_example[:n_instance].mean()
+    if n_instance < len(per_example):
+        loss = loss + cfg.prior_loss_weight * per_example[n_instance:].mean()
+    return loss
+
+
+def _per_example(
+    plan: TrainPlan, models: Models, batch: dict[str, Any], gen: torch.Generator
+) -> torch.Tensor:
+    """Each example's loss ``(B,)``: mask- and timestep-weighted squared error of the family's objective."""
+    import torch
     import torch.nn.functional as F
 
     cfg, ops = plan.config, plan.ops
@@ -122,12 +187,7 @@ def diffusion_loss(
     per_example = (se if weights is None else se * weights).mean(dim=(1, 2, 3))
     if noised.weight is not None:
         per_example = per_example * noised.weight
-    bsz = latents.shape[0]
-    n_instance = batch.get("n_instance", bsz)
-    loss = per_example[:n_instance].mean()
-    if n_instance < bsz:
-        loss = loss + cfg.prior_loss_weight * per_example[n_instance:].mean()
-    return loss
+    return per_example
 
 
 def make_batch(
@@ -138,15 +198,19 @@ def make_batch(
 
     assert plan.encoded is not None
     gen = step_generator(plan.config.seed, micro, plan.rank)
-    idx = batches.indices(micro)
+    bucket, idx = batches.draw(micro)
     flip = torch.rand(len(idx), generator=gen) < 0.5 if plan.config.random_flip else None
-    batch: dict[str, Any] = _gather(plan.encoded, idx, flip, device)
+    batch: dict[str, Any] = _gather(plan.encoded[bucket], idx, flip, device)
     if class_batches is not None and plan.class_encoded is not None:
-        extra = _gather(plan.class_encoded, class_batches.indices(micro), None, device)
+        extra = _gather(plan.class_encoded[0], class_batches.indices(micro), None, device)
         if "mask" in batch:  # class images have no product: they weigh 1 everywhere
-            extra["mask"] = torch.ones_like(batch["mask"][:1]).expand(len(extra["latent_mean"]), -1, -1, -1)
-        batch = {k: torch.cat([batch[k], extra[k]]) for k in batch}
-        batch["n_instance"] = len(idx)
+            shape = (len(extra["latent_mean"]), 1, *extra["latent_mean"].shape[-2:])
+            extra["mask"] = torch.ones(shape, device=device)
+        if extra["latent_mean"].shape[1:] != batch["latent_mean"].shape[1:]:
+            batch["prior"] = extra
+        else:
+            batch = {k: torch.cat([batch[k], extra[k]]) for k in batch}
+            batch["n_instance"] = len(idx)
     return batch, gen
 
 

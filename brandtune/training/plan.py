@@ -14,6 +14,7 @@ from brandtune.config import BrandSpec, TrainConfig
 from brandtune.config.train import BASE_RECOMMENDED
 from brandtune.errors import TrainingError
 from brandtune.provenance import config_hash
+from brandtune.training.buckets import dataset_is_square
 from brandtune.training.data import Encoded, Example, dataset_has_masks
 from brandtune.training.families import FamilyOps, family_ops
 
@@ -75,8 +76,8 @@ def resolve_job(config: TrainConfig, settings: Settings) -> TrainJob:
     if taken:
         logger.info("from %s's recommendation (%s): %s", resolved.name, resolved.training_defaults.source,
                     ", ".join(taken))  # fmt: skip
-    masks = dataset_has_masks(dataset_dir)
-    run_hash = run_identity(filled, dataset_dir.name, resolved, resolution, masks=masks)
+    traits = {"masks": dataset_has_masks(dataset_dir), "square": dataset_is_square(dataset_dir)}
+    run_hash = run_identity(filled, dataset_dir.name, resolved, resolution, **traits)
     return TrainJob(filled, brand, resolved, dataset_dir, resolution, run_hash)
 
 
@@ -96,8 +97,8 @@ class TrainPlan:
     rank: int = 0
     world: int = 1
     components: BaseComponents | None = None
-    encoded: Encoded | None = None
-    class_encoded: Encoded | None = None
+    encoded: list[Encoded] | None = None  # one per aspect bucket
+    class_encoded: list[Encoded] | None = None
     weight_dtype: torch.dtype | None = None
     mlflow_run_id: str | None = None
 
@@ -169,19 +170,28 @@ def dataset_resolution(dataset_dir: Path) -> int:
 
 
 def run_identity(
-    config: TrainConfig, fingerprint: str, resolved: ResolvedBase, resolution: int, *, masks: bool = False
+    config: TrainConfig,
+    fingerprint: str,
+    resolved: ResolvedBase,
+    resolution: int,
+    *,
+    masks: bool = False,
+    square: bool = True,
 ) -> str:
     """The hash that names a training: dataset fingerprint + resolved config + base and revision + resolution.
 
     The masked-loss fields count only where they change the training (``masks``: the dataset has product masks;
     ``background_weight`` only with ``masked_loss``), so a dataset without masks keeps the identity it had before
-    they existed.
+    they existed. Likewise the bucket fields count only for a dataset with non-square images (``square`` False).
     """
     ident = config.identity()
     if not (masks and config.masked_loss):
         ident.pop("background_weight", None)
     if not masks:
         ident.pop("masked_loss", None)
+    if square:
+        ident.pop("aspect_buckets", None)
+        ident.pop("bucket_max_aspect", None)
     ident.update(
         dataset=fingerprint, base_model=resolved.name, base_revision=resolved.revision, resolution=resolution
     )

@@ -98,7 +98,13 @@ def _class_images(plan: TrainPlan, settings: Settings, device: torch.device) -> 
 def _encode(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> bool:
     """Encode the dataset (and the class images) once, or take it from the latent cache; returns whether the
     cache was hit."""
+    from brandtune.training.buckets import assign_buckets
+
     cfg = plan.config
+    max_aspect = cfg.bucket_max_aspect if cfg.aspect_buckets else None
+    multiple = plan.ops.resolution_multiple(plan.resolved.path)
+    sizes = assign_buckets([ex.file for ex in plan.examples], plan.resolution, multiple, max_aspect)
+    square = all(size == (plan.resolution, plan.resolution) for size in sizes)
     key = cache_key(
         dataset=plan.fingerprint,
         base=plan.resolved.revision,
@@ -109,6 +115,7 @@ def _encode(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> bo
         conditioning=plan.ops.text_key(cfg),
         # the mask files' bytes when the loss uses masks (absent otherwise: a dataset without masks keeps its key)
         **({"masks": masks} if cfg.masked_loss and (masks := masks_key(plan.examples)) else {}),
+        **({} if square else {"buckets": sizes}),  # (a square dataset keeps its key)
     )
     cache_file = settings.cache_dir / "latents" / f"{key}.safetensors" if cfg.cache_latents else None
     with accelerator.main_process_first():
@@ -121,6 +128,7 @@ def _encode(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> bo
             flip=cfg.random_flip,
             with_text=not cfg.train_text_encoder,
             device=accelerator.device,
+            sizes=sizes,
         )
         if cfg.prior_preservation:
             _class_images(plan, settings, accelerator.device)
