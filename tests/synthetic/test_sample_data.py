@@ -82,7 +82,9 @@ def test_sample_photos_are_what_the_brand_needs(make_sample_brand: ModuleType) -
         if path.stem.endswith("cutout"):
             assert mode == "RGBA" and upright.width < upright.height, path
             alpha = np.asarray(upright.getchannel("A"))
-            assert 0.02 < (alpha > 127).mean() < 0.5 and alpha[0].max() == 0, path  # product inside, clear border
+            assert 0.02 < (alpha > 127).mean() < 0.5 and alpha[0].max() == 0, (
+                path
+            )  # product inside, clear border
             continue
         with Image.open(path.with_name(f"{path.stem}.mask.png")) as mask:
             assert mask.mode == "L" and mask.size == upright.size, path
