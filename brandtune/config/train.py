@@ -243,6 +243,13 @@ class TrainConfig(StrictModel):
         "backdrop entirely; 1 is the plain unmasked loss. Default chosen by measurement (see "
         "BACKGROUND_WEIGHT).",
     )
+    background_target: Literal["photo", "base"] = Field(
+        default="photo",
+        description="What the loss pulls the background (outside the product mask) towards, with masked_loss: "
+        "'photo', the training photo's own backdrop; 'base', what the base model itself predicts there for the "
+        "same noisy input and caption, so the adapter learns the product and leaves the settings the base draws "
+        "alone (one more forward pass of the denoiser per step, without gradients).",
+    )
     aspect_buckets: bool = Field(
         default=True,
         description="Train each photo in the aspect-ratio bucket nearest its own (about resolution**2 pixels, sides "

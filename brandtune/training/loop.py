@@ -182,12 +182,31 @@ def _per_example(
     noised = ops.noised(cfg, plan.noise_scheduler, latents, noise, gen)
     cond = ops.conditioning(plan, models, batch)
     pred = ops.predict(plan, models.denoiser, noised, cond, batch).float()
-    se = F.mse_loss(pred, noised.target.float(), reduction="none")  # (B, C, h, w) for every family
-    weights = loss_weights(batch.get("mask"), cfg.background_weight) if cfg.masked_loss else None
+    target = noised.target.float()
+    mask = batch.get("mask") if cfg.masked_loss else None
+    if mask is not None and cfg.background_target == "base":
+        target = mask * target + (1.0 - mask) * _base_prediction(plan, models, noised, cond, batch)
+    se = F.mse_loss(pred, target, reduction="none")  # (B, C, h, w) for every family
+    weights = loss_weights(mask, cfg.background_weight)
     per_example = (se if weights is None else se * weights).mean(dim=(1, 2, 3))
     if noised.weight is not None:
         per_example = per_example * noised.weight
     return per_example
+
+
+def _base_prediction(
+    plan: TrainPlan, models: Models, noised: Any, cond: dict[str, torch.Tensor], batch: dict[str, Any]
+) -> torch.Tensor:
+    """The frozen base model's prediction for the same input: the denoiser with its LoRA layers switched off."""
+    import torch
+
+    denoiser = getattr(models.denoiser, "module", models.denoiser)  # the model inside a DDP wrapper
+    denoiser.disable_adapters()
+    try:
+        with torch.no_grad():
+            return plan.ops.predict(plan, denoiser, noised, cond, batch).float()
+    finally:
+        denoiser.enable_adapters()
 
 
 def make_batch(
