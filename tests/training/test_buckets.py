@@ -39,7 +39,8 @@ def _mixed_dataset() -> Path:
 
 
 def test_buckets_and_where_a_portrait_goes() -> None:
-    assert bucket_sizes(64, 16, 2.0) == [(48, 80), (64, 64), (80, 48)]
+    assert bucket_sizes(64, 16, 2.0) == [(48, 80), (48, 64), (64, 64), (64, 48), (80, 48)]
+    assert nearest_bucket((48, 64), bucket_sizes(64, 16, 2.0)) == (48, 64)  # 3:4: no crop at all
     portrait = (52, 78)  # 2:3
     assert nearest_bucket(portrait, bucket_sizes(64, 16, 2.0)) == (48, 80)
     assert crop_fraction(portrait, (48, 80)) < 0.10  # at most 5% off each side, at this coarse 64 px grid
