@@ -53,6 +53,8 @@ def ingest_flow(
             ("dataset", f"`{dataset.fingerprint}`" + (" (reused)" if dataset.reused else " (new)")),
             ("images", f"{dataset.num_images} accepted, {dataset.num_rejected} rejected"),
             ("folder", f"`{dataset.path}`"),
+            ("masks", ", ".join(f"{n} {k}" for k, n in dataset.mask_counts().items() if n) or "none"),
+            ("mask contact sheet", f"`{dataset.contact_sheet}`"),
             ("rejections report", f"`{dataset.report_path}`"),
             ("sources", ", ".join(f"`{s}`" for s in read)),
         ],

@@ -44,4 +44,7 @@ def ingest_cmd(
     console.print(f"[bold green]dataset[/] {result.brand}/{result.fingerprint} ({state})")
     console.print(f"  images:   {result.num_images} accepted, {result.num_rejected} rejected")
     console.print(f"  folder:   {result.path}")
+    masks = ", ".join(f"{n} {source}" for source, n in result.mask_counts().items() if n)
+    console.print(f"  masks:    {masks or 'none'}")
+    console.print(f"  sheet:    {result.contact_sheet}")
     console.print(f"  report:   {result.report_path}")

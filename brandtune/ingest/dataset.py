@@ -26,6 +26,7 @@ always complete. ``<home>/datasets/<brand>/LATEST`` names the newest dataset of 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import logging
 import multiprocessing
 import os
@@ -75,6 +76,16 @@ class IngestResult:
     @property
     def metadata_path(self) -> Path:
         return self.path / "metadata.jsonl"
+
+    @property
+    def contact_sheet(self) -> Path:
+        """``report.html``: every image with its mask overlaid."""
+        return self.path / "report.html"
+
+    def mask_counts(self) -> dict[str, int]:
+        """How many images got their mask from each source (``alpha``, ``file``, ``auto``) and how many have none."""
+        counts = json.loads(self.report_path.read_text(encoding="utf-8")).get("masks", {}).get("counts", {})
+        return {str(k): int(v) for k, v in counts.items()}
 
 
 def _caption(candidate: Candidate, cfg: IngestConfig) -> tuple[str, str, bool]:
