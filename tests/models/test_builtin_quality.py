@@ -21,7 +21,7 @@ from brandtune.evaluation.metrics import palette_adherence
 from brandtune.models import load_base_pipeline, resolve_base
 from brandtune.models.builtin import builtin_spec, shipped_dir
 from brandtune.sampling import sample_images
-from brandtune.synthetic import COLOURS
+from brandtune.synthetic import COLOURS, SETTINGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -30,15 +30,24 @@ ASKED_COLOURS = ("red", "blue", "green", "yellow")
 COLOUR_SEEDS = range(8)
 #: Measured on the shipped weights: see docs/builtin-tiny.md.
 MIN_COLOUR_ACCURACY = 0.75
-#: Seeds per evaluation prompt in the brand fine-tune test.
+#: Seeds per prompt in the brand fine-tune test.
 BRAND_SEEDS = range(4)
-#: The adapter's mean CIEDE2000 to the brand palette over the base's. Measured with the demo's settings over
-#: training seeds 0, 1, 2: 0.77, 0.78, 0.84 (docs/builtin-tiny.md); so "down by at least 15%".
-MAX_PALETTE_RATIO = 0.85
-#: Share of the adapter's beach and snow images whose background is nearer the base's for the same prompt (7/8
-#: measured).
+#: Training seeds of the demo's fine-tune: the bars below hold for each of them.
+TRAIN_SEEDS = (0, 1, 2)
+#: The brand's evaluation prompts' settings, and four settings that no acme photo shows (the photos are cutouts
+#: and studio and city shots: scripts/make_sample_brand.py).
+EVAL_SETTINGS = ("beach", "snow", "kitchen", "studio")
+UNSEEN_SETTINGS = ("beach", "snow", "kitchen", "forest")
+#: The adapter's mean CIEDE2000 to the brand palette over the base's, on each set of prompts: "at least 30% below".
+MAX_PALETTE_RATIO = 0.70
+#: Settings whose images the base model draws alike count as one (measured: with the same seed the base draws "on
+#: a kitchen counter" as "on a beach" and "in a studio" as "in the snow", background distance ~1; any other pair of
+#: the four is 19 or more apart): docs/builtin-tiny.md.
+SAME_SETTING_DE = 5.0
+#: Share of the adapter's images whose background is nearest the base's for their own setting (among the settings
+#: the base tells apart).
 MIN_SETTING_RIGHT = 0.75
-#: The adapter's beach-vs-snow background distance must keep at least this share of the base's.
+#: Every pair of settings the base tells apart keeps at least this share of the base's background distance.
 MIN_SETTING_CONTRAST = 0.5
 
 
@@ -134,70 +143,135 @@ def _demo_train_config(out: Any, **overrides: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def demo_adapter(one_torch_thread: None, acme_dataset: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The demo's fine-tune, trained once for this module (a TrainResult: adapter_dir, mlflow_run_id)."""
+def demo_adapters(
+    one_torch_thread: None, acme_dataset: Any, tmp_path_factory: pytest.TempPathFactory
+) -> dict[int, Any]:
+    """The demo's fine-tune for each of :data:`TRAIN_SEEDS`, trained once for this module (TrainResults)."""
     from brandtune.training.run import train
 
-    return train(_demo_train_config(tmp_path_factory.mktemp("demo-lora"), dataset=acme_dataset.name))
+    out = tmp_path_factory.mktemp("demo-lora")
+    return {
+        seed: train(_demo_train_config(out / f"seed{seed}", dataset=acme_dataset.name, seed=seed))
+        for seed in TRAIN_SEEDS
+    }
 
 
-def test_brand_lora_learns_the_palette_and_keeps_the_settings(base_pipe: Any, demo_adapter: Any) -> None:
-    """The demo's fine-tune on the acme photos, scored on the brand's evaluation prompts with fixed seeds, base vs
-    adapter."""
+@pytest.fixture(scope="module")
+def demo_adapter(demo_adapters: dict[int, Any]) -> Any:
+    """The demo's fine-tune as ``make demo`` trains it (seed 0)."""
+    return demo_adapters[0]
+
+
+def _setting_prompt(brand: Any, setting: str) -> str:
+    return brand.fill(f"a photo of {{trigger}} {{subject}} {SETTINGS[setting]}")
+
+
+def _draw(pipe: Any, prompts: dict[str, str]) -> dict[str, list[Any]]:
+    """``BRAND_SEEDS`` images of each prompt, by key."""
+    keys = list(prompts)
+    images = sample_images(pipe, [prompts[k] for k in keys for _ in BRAND_SEEDS], [*BRAND_SEEDS] * len(keys))
+    n = len(BRAND_SEEDS)
+    return {k: images[i * n : (i + 1) * n] for i, k in enumerate(keys)}
+
+
+def _palette_de(brand: Any, images: dict[str, list[Any]], settings: Sequence[str]) -> float:
+    return float(
+        np.mean(
+            [
+                palette_adherence(im, brand.palette, brand.neutral_palette).delta_e
+                for s in settings
+                for im in images[s]
+            ]
+        )
+    )
+
+
+def _groups(centres: dict[str, np.ndarray]) -> list[list[str]]:
+    """The settings the base model tells apart: settings whose background centres are within
+    :data:`SAME_SETTING_DE` of each other form one group."""
+    groups: list[list[str]] = []
+    for s in centres:
+        home = next(
+            (g for g in groups if any(_ciede2000(centres[s], centres[t]) < SAME_SETTING_DE for t in g)), None
+        )
+        if home is None:
+            groups.append([s])
+        else:
+            home.append(s)
+    return groups
+
+
+def setting_check(base: dict[str, list[Any]], adapter: dict[str, list[Any]]) -> tuple[float, float, str]:
+    """Whether the adapter's images stay in the settings their prompts ask for, as far as the base tells them apart.
+
+    Each image's background (outer ring, mean CIELAB) is classified to the nearest base centre of a group of
+    settings (:func:`_groups`); returns the share classified right, the smallest ratio of adapter to base
+    distance between the groups' centres, and a line that says both.
+    """
+    centre = lambda images: np.mean([background_lab(im) for im in images], axis=0)  # noqa: E731
+    base_centres = {s: centre(base[s]) for s in EVAL_SETTINGS}
+    groups = _groups(base_centres)
+    group_centre = {tuple(g): centre([im for s in g for im in base[s]]) for g in groups}
+    right = []
+    for g in groups:
+        for im in (im for s in g for im in adapter[s]):
+            lab = background_lab(im)
+            right.append(min(group_centre, key=lambda k: _ciede2000(lab, group_centre[k])) == tuple(g))
+    ratios = []
+    for i, a in enumerate(groups):
+        for b in groups[i + 1 :]:
+            before = _ciede2000(group_centre[tuple(a)], group_centre[tuple(b)])
+            after = _ciede2000(
+                centre([im for s in a for im in adapter[s]]), centre([im for s in b for im in adapter[s]])
+            )
+            ratios.append(after / before)
+    line = (
+        f"settings {'/'.join('+'.join(g) for g in groups)}: {sum(right)}/{len(right)} images right, "
+        f"smallest contrast kept {min(ratios):.2f}"
+    )
+    return float(np.mean(right)), min(ratios), line
+
+
+def test_brand_lora_learns_the_palette_and_keeps_the_settings(
+    base_pipe: Any, demo_adapters: dict[int, Any]
+) -> None:
+    """The demo's fine-tune on the acme photos, for each training seed, scored on fixed prompts and seeds, base vs
+    adapter: the brand's evaluation prompts and four settings no photo shows get at least 30% closer to the
+    palette, and the images stay in the settings the prompts ask for."""
     from brandtune.config import load_brand
 
     brand = load_brand("acme")
-    prompts = [brand.fill(p) for p in brand.evaluation_prompts]  # beach, snow, kitchen counter, studio
-
-    def draw() -> dict[str, list[Any]]:
-        images = sample_images(
-            base_pipe, [p for p in prompts for _ in BRAND_SEEDS], [*BRAND_SEEDS] * len(prompts)
+    prompts = {s: _setting_prompt(brand, s) for s in dict.fromkeys(EVAL_SETTINGS + UNSEEN_SETTINGS)}
+    assert [brand.fill(p) for p in brand.evaluation_prompts] == [prompts[s] for s in EVAL_SETTINGS]
+    before = _draw(base_pipe, prompts)
+    failures = []
+    for seed, adapter in demo_adapters.items():
+        base_pipe.load_lora_weights(str(adapter.adapter_dir))
+        try:
+            after = _draw(base_pipe, prompts)
+        finally:
+            base_pipe.unload_lora_weights()
+        ratios = {
+            name: _palette_de(brand, after, settings) / _palette_de(brand, before, settings)
+            for name, settings in (
+                ("evaluation prompts", EVAL_SETTINGS),
+                ("unseen settings", UNSEEN_SETTINGS),
+            )
+        }
+        right, contrast, line = setting_check(before, after)
+        print(
+            f"training seed {seed}: palette dE ratio "
+            + ", ".join(f"{k} {v:.2f} ({1 - v:.0%} closer)" for k, v in ratios.items())
+            + f"; {line}"
         )
-        n = len(BRAND_SEEDS)
-        return {p: images[i * n : (i + 1) * n] for i, p in enumerate(prompts)}
-
-    def palette_de(images: dict[str, list[Any]]) -> float:
-        scores = [
-            palette_adherence(im, brand.palette, brand.neutral_palette).delta_e
-            for v in images.values()
-            for im in v
+        failures += [
+            f"seed {seed}: {k} only {1 - v:.0%} closer" for k, v in ratios.items() if v > MAX_PALETTE_RATIO
         ]
-        return float(np.mean(scores))
-
-    before = draw()
-    base_pipe.load_lora_weights(str(demo_adapter.adapter_dir))
-    try:
-        after = draw()
-    finally:
-        base_pipe.unload_lora_weights()
-
-    de_before, de_after = palette_de(before), palette_de(after)
-    # setting: each adapter image's background is nearer the base's beach backgrounds when the prompt says beach,
-    # and the base's snow backgrounds when it says snow; and the two stay as far apart as the base draws them
-    beach, snow = prompts[0], prompts[1]
-
-    def centre(images: list[Any]) -> np.ndarray:
-        return np.mean([background_lab(im) for im in images], axis=0)
-
-    base_centres = {p: centre(before[p]) for p in (beach, snow)}
-    right = [
-        min((beach, snow), key=lambda q, im=im: _ciede2000(background_lab(im), base_centres[q])) == p
-        for p in (beach, snow)
-        for im in after[p]
-    ]
-    contrast_before = _ciede2000(base_centres[beach], base_centres[snow])
-    contrast_after = _ciede2000(centre(after[beach]), centre(after[snow]))
-    print(
-        f"palette dE {de_before:.2f} -> {de_after:.2f} ({de_after / de_before:.2f}x); beach/snow backgrounds right "
-        f"{sum(right)}/{len(right)}; beach-vs-snow background dE {contrast_before:.1f} -> {contrast_after:.1f}"
-    )
-    assert de_after <= MAX_PALETTE_RATIO * de_before, (
-        f"palette dE {de_before:.2f} -> {de_after:.2f}: not down by {1 - MAX_PALETTE_RATIO:.0%}"
-    )
-    assert np.mean(right) >= MIN_SETTING_RIGHT, (
-        f"only {sum(right)}/{len(right)} beach/snow images keep their setting"
-    )
-    assert contrast_after >= MIN_SETTING_CONTRAST * contrast_before, "beach and snow backgrounds converged"
+        if right < MIN_SETTING_RIGHT:
+            failures.append(f"seed {seed}: settings right {right:.2f} < {MIN_SETTING_RIGHT}")
+        if contrast < MIN_SETTING_CONTRAST:
+            failures.append(f"seed {seed}: settings converged (contrast kept {contrast:.2f})")
+    assert not failures, "; ".join(failures)
 
 
 def _paired_palette(outcome: Any) -> str:
