@@ -37,7 +37,7 @@ def test_ingest_the_brands_photos(home: Path, run_cli: RunCli) -> None:
     assert code == 0, err
     assert "(new dataset)" in out and "24 accepted, 0 rejected" in out
     assert "masks:    12 alpha, 12 file" in out  # the cutouts' alpha, the studio and city shots' mask files
-    assert (_folder(out) / "report.html").is_file() and f"sheet:    {_folder(out) / 'report.html'}" in out
+    assert (_folder(out) / "report.html").is_file() and "sheet:" in out and "report.html" in out
     assert _folder(out).parent == home / "datasets" / "acme" and (_folder(out) / "report.json").is_file()
     code, out, _ = run_cli(["ingest", "-b", "acme"])
     assert code == 0 and "(reused existing dataset)" in out
