@@ -181,15 +181,13 @@ def run_identity(
     """The hash that names a training: dataset fingerprint + resolved config + base and revision + resolution.
 
     The masked-loss fields count only where they change the training (``masks``: the dataset has product masks;
-    ``background_weight`` and ``background_target`` only with ``masked_loss``, the latter only when not the default), so a dataset without masks keeps the identity it had before
+    ``background_weight`` and ``background_target`` only with ``masked_loss``), so a dataset without masks keeps the identity it had before
     they existed. Likewise the bucket fields count only for a dataset with non-square images (``square`` False).
     """
     ident = config.identity()
     if not (masks and config.masked_loss):
         ident.pop("background_weight", None)
         ident.pop("background_target", None)
-    elif config.background_target == "photo":
-        ident.pop("background_target", None)  # the behaviour from before the field existed
     if not masks:
         ident.pop("masked_loss", None)
     if square:
