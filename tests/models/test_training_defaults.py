@@ -22,7 +22,7 @@ def test_builtin_tiny_recommends_what_was_measured_on_it() -> None:
 
     rec = resolve_base("builtin:tiny").training_defaults
     assert list(rec.target_modules) == NON_ATTENTION_UNET_TARGETS
-    assert (rec.learning_rate, rec.lr_scheduler, rec.lr_warmup_steps) == (5e-3, "cosine", 20)
+    assert (rec.learning_rate, rec.lr_scheduler, rec.lr_warmup_steps) == (8e-3, "cosine", 20)
     assert (rec.max_train_steps, rec.train_batch_size) == (300, 8)
     assert rec.source.endswith(TRAINING_DEFAULTS_FILE)
     assert resolve_base("builtin:tiny-sdxl").training_defaults == GENERIC_TRAINING_DEFAULTS
