@@ -151,7 +151,7 @@ class TrainConfig(StrictModel):
         default=None,
         gt=0,
         le=1.0,
-        description="Peak learning rate. Empty: the base's recommendation (builtin:tiny: 5e-3; others 1e-3).",
+        description="Peak learning rate. Empty: the base's recommendation (builtin:tiny: 8e-3; others 1e-3).",
     )
     lr_scheduler: LrScheduler | None = Field(
         default=None,
