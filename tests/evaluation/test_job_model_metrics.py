@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from metric_model_helpers import save_tiny_clip, save_tiny_dino
 from pydantic import ValidationError
 
 from brandtune.config import EvalConfig, GateConfig, GateRule, SamplerConfig, job_config
@@ -21,16 +20,6 @@ pytestmark = pytest.mark.usefixtures("torch_threads")
 
 MODEL_METRICS = {"clip_t", "clip_i", "dino"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory, torch_threads: None) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
-
-
-@pytest.fixture(scope="module")
-def dino_dir(tmp_path_factory: pytest.TempPathFactory, torch_threads: None) -> Path:
-    return save_tiny_dino(tmp_path_factory.mktemp("dino"))
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from metric_model_helpers import save_tiny_clip, save_tiny_dino
 
 from brandtune.errors import ConfigError
 from brandtune.evaluation.brand_photos import NEUTRAL_GREY, BrandPhoto, mask_box, product_region
@@ -26,16 +25,6 @@ PROMPTS = [
     "a mug",
     "a box on a kitchen counter",
 ]
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory, torch_threads: None) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
-
-
-@pytest.fixture(scope="module")
-def dino_dir(tmp_path_factory: pytest.TempPathFactory, torch_threads: None) -> Path:
-    return save_tiny_dino(tmp_path_factory.mktemp("dino"))
 
 
 def images(n: int, size: int = 64) -> list:
