@@ -208,14 +208,20 @@ def test_masked_training_learns_the_product_better_than_unmasked(tmp_path: Path)
     )  # ... masked better
 
 
-def test_background_target_base_pulls_the_background_to_the_base_models_prediction(tmp_path: Path) -> None:
+@pytest.mark.parametrize("base", [None, "builtin:tiny-flux", "builtin:tiny-sd3"], ids=["sd1", "flux", "sd3"])
+def test_background_target_base_pulls_the_background_to_the_base_models_prediction(
+    tmp_path: Path, base: str | None
+) -> None:
     """With ``background_target: base`` the loss outside the product is the distance to the base model's own
     prediction: on an all-background photo the first step's loss is exactly 0 (the LoRA starts as a no-op), while
-    the photo's backdrop gives a real loss; inside the product both targets are the photo."""
+    the photo's backdrop gives a real loss; inside the product both targets are the photo. For every family: the
+    masked loss works on the UNets' and the flow-matching transformers' predictions alike."""
     img, caption, _ = _product_items(1)[0]
     nothing = np.zeros((RES, RES), np.uint8)
     everything = np.full((RES, RES), 255, np.uint8)
     step = {"max_train_steps": 1, "train_batch_size": 2, "lr_warmup_steps": 0, "background_weight": 1.0}
+    if base is not None:
+        step["base_model"] = base
     losses = {}
     for name, mask in (("background", nothing), ("product", everything)):
         folder = write_dataset(Settings.from_env().datasets_dir, "acme", [(img, caption, mask)] * 2, RES)
