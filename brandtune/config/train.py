@@ -279,6 +279,14 @@ class TrainConfig(StrictModel):
     )
     num_class_images: int = Field(default=16, ge=1, description="Class images to generate (cached).")
     prior_loss_weight: float = Field(default=1.0, ge=0, description="Weight of the class-image loss.")
+    caption_dropout: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the instance images trained on the empty caption instead of their own, drawn anew "
+        "each step (kohya's caption_dropout_rate): keeps the base's unconditional prediction, which "
+        "classifier-free guidance needs, from drifting. Class images keep their prompt. 0: off.",
+    )
     # Precision and speed.
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         default="no",
@@ -415,4 +423,6 @@ class TrainConfig(StrictModel):
         }
         if self.ema_decay is None:
             exclude.add("ema_decay")  # off: a config from before EMA existed keeps its hash
+        if not self.caption_dropout:
+            exclude.add("caption_dropout")  # off: a config from before caption dropout existed keeps its hash
         return self.model_dump(mode="json", exclude=exclude)

@@ -257,6 +257,23 @@ def encode_examples(
     return Encoded(torch.cat(means), torch.cat(stds), conditioning, mask)
 
 
+def encode_empty_caption(
+    components: BaseComponents, config: TrainConfig, *, with_text: bool
+) -> dict[str, torch.Tensor]:
+    """The empty caption's conditioning, one row, encoded as :func:`encode_examples` encodes captions (token ids,
+    and the embeddings unless the text encoders are trained): what caption dropout trains on. Call it before the
+    text encoders are freed."""
+    import torch
+
+    from brandtune.training.families import family_ops
+
+    with torch.no_grad():
+        out = family_ops(components.resolved.family).encode_captions(
+            components, [""], config, with_text=with_text
+        )
+    return {k: v.contiguous() for k, v in out.items()}
+
+
 def load_or_encode(
     components: BaseComponents,
     examples: list[Example],

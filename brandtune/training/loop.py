@@ -209,6 +209,21 @@ def _base_prediction(
         denoiser.enable_adapters()
 
 
+def _drop_captions(
+    batch: dict[str, torch.Tensor], drop: torch.Tensor, empty: dict[str, torch.Tensor] | None
+) -> None:
+    """Replace the text conditioning of the rows ``drop`` marks with the empty caption's ``empty`` (one row,
+    broadcast), in place; latents, masks and SDXL's ``time_ids`` stay."""
+    import torch
+
+    assert empty is not None, "caption_dropout is on: the empty caption is encoded with the dataset"
+    if not drop.any():
+        return
+    for key, value in empty.items():
+        rows = drop.to(batch[key].device).view(-1, *[1] * (batch[key].dim() - 1))
+        batch[key] = torch.where(rows, value.to(batch[key].device, batch[key].dtype), batch[key])
+
+
 def make_batch(
     plan: TrainPlan, batches: Batches, class_batches: Batches | None, micro: int, device: torch.device
 ) -> tuple[dict[str, Any], torch.Generator]:
@@ -220,6 +235,9 @@ def make_batch(
     bucket, idx = batches.draw(micro)
     flip = torch.rand(len(idx), generator=gen) < 0.5 if plan.config.random_flip else None
     batch: dict[str, Any] = _gather(plan.encoded[bucket], idx, flip, device)
+    if plan.config.caption_dropout:  # drawn after the draws above: with it off, a batch is what it always was
+        drop = torch.rand(len(idx), generator=gen) < plan.config.caption_dropout
+        _drop_captions(batch, drop, plan.empty_conditioning)
     if class_batches is not None and plan.class_encoded is not None:
         extra = _gather(plan.class_encoded[0], class_batches.indices(micro), None, device)
         if "mask" in batch:  # class images have no product: they weigh 1 everywhere

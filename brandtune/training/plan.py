@@ -99,6 +99,8 @@ class TrainPlan:
     components: BaseComponents | None = None
     encoded: list[Encoded] | None = None  # one per aspect bucket
     class_encoded: list[Encoded] | None = None
+    # the empty caption's conditioning (one row, the keys of the instance conditioning), with caption_dropout
+    empty_conditioning: dict[str, torch.Tensor] | None = None
     weight_dtype: torch.dtype | None = None
     mlflow_run_id: str | None = None
 

@@ -14,7 +14,13 @@ from brandtune.errors import TrainingError
 from brandtune.procs import default_threads
 from brandtune.settings import Settings
 from brandtune.training import ema
-from brandtune.training.data import cache_key, load_or_encode, masks_key, read_dataset
+from brandtune.training.data import (
+    cache_key,
+    encode_empty_caption,
+    load_or_encode,
+    masks_key,
+    read_dataset,
+)
 from brandtune.training.fsdp import is_sharded, trainable_weights
 from brandtune.training.loop import restore_checkpoint, run_loop
 from brandtune.training.plan import TrainJob, TrainPlan, check_disk, check_precision, resolve_job
@@ -132,6 +138,10 @@ def _encode(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> bo
         )
         if cfg.prior_preservation:
             _class_images(plan, settings, accelerator.device)
+    if cfg.caption_dropout:  # now, while the text encoders are loaded (the flow families free them next)
+        plan.empty_conditioning = encode_empty_caption(
+            plan.components, cfg, with_text=not cfg.train_text_encoder
+        )
     return hit
 
 
