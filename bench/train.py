@@ -656,7 +656,7 @@ class FlowBenchPlan:
     config: Any
     ops: Any
     components: Any  # .denoiser (unwrapped: FlowOps reads its config) and .noise_scheduler
-    encoded: Any
+    encoded: Any  # one Encoded per aspect bucket
     weight_dtype: Any
     rank: int = 0
     world: int = 1
@@ -735,7 +735,7 @@ def run_flow_brandtune(args: argparse.Namespace, spec: dict[str, Any], out: dict
     components = SimpleNamespace(denoiser=transformer, noise_scheduler=scheduler)
     ops = FlowOps(spec["family"])
     ops.prepare(components, cfg)
-    encoded = Encoded.from_tensors(flow_data(spec, args.resolution, args.seed))
+    encoded = [Encoded.from_tensors(flow_data(spec, args.resolution, args.seed))]  # one bucket
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = _optimizer(cfg, params)
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
