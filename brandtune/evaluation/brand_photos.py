@@ -9,6 +9,7 @@ what the mask calls product; :func:`product_region` is the crop the model-based 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,19 +80,44 @@ def locate_dataset(brand: str, fingerprint: str | None, settings: Settings) -> t
     return folder, f"from dataset {folder.name}, the brand's latest ({trained})"
 
 
+def _listed(folder: Path) -> list[tuple[Path, Path | None]]:
+    """The images ``metadata.jsonl`` lists, in file-name order, each with its ``mask_file_name`` if any; an entry
+    that names a missing file or one outside the folder is left out with a warning (the folder's other files, such
+    as the ingest contact sheet ``masks.png``, are not photos)."""
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        logger.warning("%s has no metadata.jsonl: no brand photos read from it", folder)
+        return []
+    root = folder.resolve()
+
+    def inside(name: object) -> Path | None:
+        path = (folder / str(name)).resolve()
+        if isinstance(name, str) and path.is_relative_to(root) and path.is_file():
+            return path
+        logger.warning("%s: %r is not a file inside the dataset folder: left out", meta, name)
+        return None
+
+    listed = []
+    for line in meta.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line) if line.strip() else {}
+        image = inside(row.get("file_name"))
+        if image is not None:
+            mask_name = row.get("mask_file_name")
+            listed.append((image, inside(mask_name) if mask_name else None))
+    return sorted(listed, key=lambda pair: pair[0].name)
+
+
 def load_brand_photos(folder: Path, limit: int | None = None) -> list[BrandPhoto]:
-    """The dataset's photos in file-name order (at most ``limit``), each with its ``<name>.mask.png`` if any.
+    """The dataset's photos (``metadata.jsonl``) in file-name order (at most ``limit``), each with its mask if any.
 
     A mask file that is not the image's size is left out (with a warning): the dataset contract says they match.
     """
     photos = []
-    paths = sorted(p for p in Path(folder).glob("*.png") if not p.name.endswith(MASK_SUFFIX))
-    for path in paths[:limit]:
+    for path, mask_path in _listed(Path(folder))[:limit]:
         with Image.open(path) as img:
             image = img.convert("RGB")
         mask = None
-        mask_path = path.with_name(path.stem + MASK_SUFFIX)
-        if mask_path.is_file():
+        if mask_path is not None:
             with Image.open(mask_path) as m:
                 mask = m.convert("L")
             if mask.size != image.size:

@@ -223,13 +223,19 @@ def _masked_dataset(home: Path, fingerprint: str = "f1ab2c3d4e5f60718293") -> Pa
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({"resolution": 64, "images": []}))
     (folder.parent / "LATEST").write_text(fingerprint)
+    rows = []
     for i, (w, h) in enumerate([(64, 64), (48, 80), (64, 64)]):
         name = f"{i:020d}"
         render_scene(Scene(ACME_PRODUCT, SETTINGS[i], i), 64).resize((w, h)).save(folder / f"{name}.png")
+        row = {"file_name": f"{name}.png", "text": "a photo of acme bottle", "mask_file_name": None}
         if i < 2:
             mask = np.zeros((h, w), np.uint8)
             mask[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = 255
             Image.fromarray(mask, "L").save(folder / f"{name}.mask.png")
+            row["mask_file_name"] = f"{name}.mask.png"
+        rows.append(row)
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Image.new("RGB", (32, 32)).save(folder / "masks.png")  # ingest's contact sheet: in the folder, not a photo
     return folder
 
 
