@@ -235,7 +235,9 @@ def _masked_dataset(home: Path, fingerprint: str = "f1ab2c3d4e5f60718293") -> Pa
             row["mask_file_name"] = f"{name}.mask.png"
         rows.append(row)
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    Image.new("RGB", (32, 32)).save(folder / "masks.png")  # ingest's contact sheet: in the folder, not a photo
+    Image.new("RGB", (32, 32)).save(
+        folder / "masks.png"
+    )  # ingest's contact sheet: in the folder, not a photo
     return folder
 
 
