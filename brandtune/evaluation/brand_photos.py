@@ -9,7 +9,6 @@ what the mask calls product; :func:`product_region` is the crop the model-based 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from brandtune.errors import IngestError
+from brandtune.ingest.layout import dataset_images
 
 if TYPE_CHECKING:
     from brandtune.settings import Settings
@@ -81,30 +81,15 @@ def locate_dataset(brand: str, fingerprint: str | None, settings: Settings) -> t
 
 
 def _listed(folder: Path) -> list[tuple[Path, Path | None]]:
-    """The images ``metadata.jsonl`` lists, in file-name order, each with its ``mask_file_name`` if any; an entry
-    that names a missing file or one outside the folder is left out with a warning (the folder's other files, such
-    as the ingest contact sheet ``masks.png``, are not photos)."""
-    meta = folder / "metadata.jsonl"
-    if not meta.is_file():
-        logger.warning("%s has no metadata.jsonl: no brand photos read from it", folder)
+    """The dataset's images and masks as ``metadata.jsonl`` lists them, in file-name order (the folder's other
+    files, such as the ingest contact sheet ``masks.png``, are not photos); none, with a warning, from a folder that
+    is not a sound dataset."""
+    try:
+        images = dataset_images(folder)
+    except IngestError as exc:
+        logger.warning("no brand photos: %s", exc)
         return []
-    root = folder.resolve()
-
-    def inside(name: object) -> Path | None:
-        path = (folder / str(name)).resolve()
-        if isinstance(name, str) and path.is_relative_to(root) and path.is_file():
-            return path
-        logger.warning("%s: %r is not a file inside the dataset folder: left out", meta, name)
-        return None
-
-    listed = []
-    for line in meta.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line) if line.strip() else {}
-        image = inside(row.get("file_name"))
-        if image is not None:
-            mask_name = row.get("mask_file_name")
-            listed.append((image, inside(mask_name) if mask_name else None))
-    return sorted(listed, key=lambda pair: pair[0].name)
+    return sorted(((image.file, image.mask) for image in images), key=lambda pair: pair[0].name)
 
 
 def load_brand_photos(folder: Path, limit: int | None = None) -> list[BrandPhoto]:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brandtune.errors import TrainingError
+from brandtune.errors import IngestError, TrainingError
 from brandtune.fsutil import canonical_json, sha256_bytes
+from brandtune.ingest.layout import DatasetImage, dataset_images
 
 if TYPE_CHECKING:
     import torch
@@ -31,32 +32,21 @@ logger = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: conditioning by name (FLUX, SD3), latents shifted as well as scaled
 
 
-@dataclass(frozen=True)
-class Example:
-    file: Path
-    caption: str
-    width: int  # size of the original photo (SDXL micro-conditioning)
-    height: int
-    mask: Path | None = None  # the product mask beside the image (255 product, 0 background), if any
+#: One training image: a dataset image (its file, caption, original size and mask).
+Example = DatasetImage
 
 
 def read_dataset(folder: Path) -> list[Example]:
-    """The images and captions of a dataset folder (``metadata.jsonl``), checked to exist.
+    """The images, captions and masks of a dataset folder (:func:`~brandtune.ingest.layout.dataset_images`).
 
     Raises:
-        TrainingError: the folder is not a complete dataset, or it holds no image.
+        TrainingError: the folder is not a complete dataset, a listed file is missing or outside it, or it holds
+            no image.
     """
-    meta = folder / "metadata.jsonl"
-    if not (folder / "manifest.json").is_file() or not meta.is_file():
-        raise TrainingError(f"{folder} is not a complete brandtune dataset (no manifest.json/metadata.jsonl)")
-    examples = []
-    for line in meta.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        path = folder / row["file_name"]
-        if not path.is_file():
-            raise TrainingError(f"dataset {folder}: {row['file_name']} listed in metadata.jsonl is missing")
-        mask = _mask_path(folder, row)
-        examples.append(Example(path, row["text"], int(row.get("width", 0)), int(row.get("height", 0)), mask))
+    try:
+        examples = dataset_images(folder)
+    except IngestError as exc:
+        raise TrainingError(str(exc)) from exc
     if not examples:
         raise TrainingError(f"dataset {folder} holds no images; ingest photos first")
     return examples
@@ -70,25 +60,6 @@ def dataset_has_masks(folder: Path) -> bool:
     return any(
         json.loads(line).get("mask_file_name") for line in meta.read_text(encoding="utf-8").splitlines()
     )
-
-
-def _mask_path(folder: Path, row: dict) -> Path | None:
-    """The row's ``mask_file_name`` as a path inside ``folder``, checked to exist; None without one."""
-    name = row.get("mask_file_name")
-    if not name:
-        return None
-    path = (folder / name).resolve()
-    if not path.is_relative_to(folder.resolve()):
-        raise TrainingError(
-            f"dataset {folder}: mask_file_name {name!r} of {row['file_name']} points outside the dataset folder; "
-            "re-ingest the photos"
-        )
-    if not path.is_file():
-        raise TrainingError(
-            f"dataset {folder}: mask {name} of {row['file_name']} listed in metadata.jsonl is missing; "
-            "re-ingest the photos"
-        )
-    return path
 
 
 def masks_key(examples: list[Example]) -> str | None:
