@@ -17,6 +17,7 @@ import logging
 import shutil
 import stat
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -32,6 +33,10 @@ CAPTIONS_FILE = "captions.jsonl"
 MASK_SUFFIXES = ((".mask.png", "brandtune"), ("-masklabel.png", "onetrainer"))
 KOHYA_MASK_DIR = "mask"
 MAX_ARCHIVE_BYTES = 8 << 30  # refuse archives that would unpack to more than 8 GiB
+MAX_ARCHIVE_MEMBERS = 10_000  # files read from one archive; the rest are listed as one rejection
+MAX_MEMBER_BYTES = 256 << 20  # a photo larger than this unpacked is refused
+# What Python's zipfile can decompress; other methods (e.g. deflate64, PPMd) are refused entry by entry.
+READABLE_COMPRESSION = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,12 @@ def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:
 
 
 def unpack_zip(archive: Path, dest: Path) -> tuple[Path, list[dict[str, str]]]:
-    """Unpack the regular files of ``archive`` under ``dest``, refusing unsafe entries.
+    """Unpack the regular files of ``archive`` under ``dest``, refusing unsafe or unreadable entries one by one.
+
+    At most :data:`MAX_ARCHIVE_MEMBERS` files are read (the rest are one rejection), none larger than
+    :data:`MAX_MEMBER_BYTES` unpacked, and the whole at most :data:`MAX_ARCHIVE_BYTES`. An encrypted entry, an
+    unsupported compression method or a corrupt entry (bad CRC, truncated data) is refused with its reason and the
+    others are unpacked.
 
     Returns:
         The folder holding the unpacked files, and one report entry per refused archive entry.
@@ -79,31 +89,65 @@ def unpack_zip(archive: Path, dest: Path) -> tuple[Path, list[dict[str, str]]]:
             f"{archive}: not a readable zip archive ({exc}); pass a folder or a valid .zip"
         ) from exc
     root = dest.resolve()
+    root.mkdir(parents=True, exist_ok=True)
     with zf:
-        infos = zf.infolist()
-        total = sum(i.file_size for i in infos)
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        total = sum(i.file_size for i in infos[:MAX_ARCHIVE_MEMBERS])
         if total > MAX_ARCHIVE_BYTES:
             raise IngestError(
                 f"{archive}: unpacks to {total / 2**30:.1f} GiB, over the {MAX_ARCHIVE_BYTES >> 30} GiB limit; "
                 "split it or pass a folder"
             )
-        for info in infos:
-            if info.is_dir():
-                continue
-            label = f"{archive}!{info.filename}"
-            reason = _unsafe_reason(info)
-            target = (root / info.filename).resolve()
-            if reason is None and not target.is_relative_to(root):
-                reason = "path resolves outside the archive's folder"
+        if len(infos) > MAX_ARCHIVE_MEMBERS:
+            rejected.append(_refused(archive, f"{len(infos) - MAX_ARCHIVE_MEMBERS} entries", "too_many_archive_entries",
+                                     f"the archive holds {len(infos):,} files; only the first "
+                                     f"{MAX_ARCHIVE_MEMBERS:,} are read: split it"))  # fmt: skip
+        for info in infos[:MAX_ARCHIVE_MEMBERS]:
+            kind, reason = _entry_problem(info, root)
+            if reason is None:
+                kind, reason = _extract(zf, info, root / info.filename)
             if reason is not None:
-                rejected.append({"source": label, "reason": "unsafe_archive_entry", "detail": reason})
-                logger.warning("%s: refused: %s", label, reason)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as dst:
-                # Never trust the declared size: copy at most that many bytes.
-                shutil.copyfileobj(_limited(src, info.file_size), dst)
+                rejected.append(_refused(archive, info.filename, kind, reason))
     return root, rejected
+
+
+def _refused(archive: Path, name: str, kind: str, reason: str) -> dict[str, str]:
+    label = f"{archive}!{name}"
+    logger.warning("%s: refused: %s", label, reason)
+    return {"source": label, "reason": kind, "detail": reason}
+
+
+def _entry_problem(info: zipfile.ZipInfo, root: Path) -> tuple[str, str | None]:
+    """Why an archive entry is not unpacked at all, judged from its header: (reason code, sentence) or no sentence."""
+    reason = _unsafe_reason(info)
+    if reason is None and not (root / info.filename).resolve().is_relative_to(root):
+        reason = "path resolves outside the archive's folder"
+    if reason is not None:
+        return "unsafe_archive_entry", reason
+    if info.flag_bits & 0x1:
+        return "encrypted_archive_entry", "the entry is encrypted; unpack it yourself and pass the folder"
+    if info.compress_type not in READABLE_COMPRESSION:
+        return "unsupported_archive_entry", f"compression method {info.compress_type} is not supported"
+    if info.file_size > MAX_MEMBER_BYTES:
+        return "archive_entry_too_large", (
+            f"unpacks to {info.file_size / 2**20:.0f} MiB, over the {MAX_MEMBER_BYTES >> 20} MiB limit per photo"
+        )
+    return "", None
+
+
+def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> tuple[str, str | None]:
+    """Copy one entry to ``target`` (at most its declared size); a corrupt entry leaves no file behind."""
+    target = target.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with zf.open(info) as src, open(target, "wb") as dst:
+            # Never trust the declared size: copy at most that many bytes, then read on to the CRC check.
+            shutil.copyfileobj(_limited(src, info.file_size), dst)
+            src.read(1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
+        target.unlink(missing_ok=True)
+        return "corrupt_archive_entry", f"cannot be unpacked: {exc}"
+    return "", None
 
 
 class _limited:
