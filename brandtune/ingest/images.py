@@ -23,6 +23,7 @@ from brandtune.config import IngestConfig
 from brandtune.ingest.masks import PRODUCT_LEVEL, MaskChoice, choose_mask
 
 PNG_COMPRESS_LEVEL = 6
+MAX_PHOTO_BYTES = 256 << 20  # a photo file (or archive member) larger than this is refused unread
 EXIF_ORIENTATION = 0x0112
 PHASH_SIZE, PHASH_BITS = 32, 8
 
@@ -153,9 +154,14 @@ def process_photo(
         mask_file: The photo's mask file, if one lies beside it.
     """
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_PHOTO_BYTES + 1)  # never more than the cap, whatever the file claims
     except OSError as exc:
         return Rejected(index, "unreadable", f"cannot read the file: {exc.strerror or exc}")
+    if len(data) > MAX_PHOTO_BYTES:
+        return Rejected(
+            index, "too_large", f"the file is over {MAX_PHOTO_BYTES >> 20} MiB; export a smaller copy"
+        )
     source_sha = hashlib.sha256(data).hexdigest()
     notes: list[str] = []
     try:
@@ -257,11 +263,12 @@ def _load_oriented(
         The upright image and its size as shown (before any draft downscale), or the rejection of an animation.
     """
     width, height = img.size
-    if getattr(img, "is_animated", False) and getattr(img, "n_frames", 1) > 1:
+    # is_animated looks for a second frame only; n_frames would walk every frame of a file that may hold millions
+    if getattr(img, "is_animated", False):
         if cfg.animated == "reject":
-            return Rejected(index, "animated", f"animated {fmt} with {img.n_frames} frames")
+            return Rejected(index, "animated", f"animated {fmt} (more than one frame)")
         img.seek(0)
-        notes.append(f"animated {fmt} ({img.n_frames} frames): first frame used")
+        notes.append(f"animated {fmt}: first frame used")
     if fmt == "JPEG":
         # Let the JPEG decoder downscale by a power of two while keeping >= 2x the output size.
         scale = 2 * cfg.resolution / min(width, height)

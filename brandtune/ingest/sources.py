@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from brandtune.errors import IngestError
+from brandtune.ingest.images import MAX_PHOTO_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ MASK_SUFFIXES = ((".mask.png", "brandtune"), ("-masklabel.png", "onetrainer"))
 KOHYA_MASK_DIR = "mask"
 MAX_ARCHIVE_BYTES = 8 << 30  # refuse archives that would unpack to more than 8 GiB
 MAX_ARCHIVE_MEMBERS = 10_000  # files read from one archive; the rest are listed as one rejection
-MAX_MEMBER_BYTES = 256 << 20  # a photo larger than this unpacked is refused
+MAX_MEMBER_BYTES = MAX_PHOTO_BYTES  # a member larger than a photo may be is refused unpacked
 # What Python's zipfile can decompress; other methods (e.g. deflate64, PPMd) are refused entry by entry.
 READABLE_COMPRESSION = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 

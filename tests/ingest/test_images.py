@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from ingest_helpers import FIXTURES, make_photos, rejections
 from PIL import Image
 
@@ -100,3 +101,35 @@ def test_exif_orientation_is_applied(brand: BrandSpec, settings: Settings, tmp_p
     assert row["original_size"] == [90, 120]
     img = np.asarray(Image.open(result.path / row["file_name"])).astype(int)
     assert img[8, 32, 0] > 200 and img[56, 32, 2] > 200  # red above blue
+
+
+def test_a_file_over_the_size_cap_is_refused_unread(
+    brand: BrandSpec, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from brandtune.ingest import images
+
+    folder = tmp_path / "photos"
+    photos = make_photos(folder, 5)
+    monkeypatch.setattr(images, "MAX_PHOTO_BYTES", photos[0].stat().st_size - 1)  # in-process: few photos
+    result = ingest(brand, folder, IngestConfig.for_brand(brand, min_images=1), settings, progress=False)
+    got = rejections(result.path)
+    assert set(got.values()) == {"too_large"} and len(got) + result.num_images == 5
+    assert photos[0].name in got
+
+
+def test_an_animation_of_many_frames_is_not_walked_frame_by_frame(
+    brand: BrandSpec, settings: Settings, tmp_path: Path
+) -> None:
+    """Only the first frame is decoded and the frames are not counted: a 2,000-frame GIF costs what a still does."""
+    import time
+
+    folder = tmp_path / "photos"
+    make_photos(folder, 4)
+    frames = [Image.new("L", (96, 96), 40 + i % 2 * 100) for i in range(2000)]  # alternating: no merging
+    frames[0].save(folder / "long.gif", save_all=True, append_images=frames[1:], duration=10)
+    started = time.perf_counter()
+    result = ingest(brand, folder, IngestConfig.for_brand(brand, min_images=1), settings, progress=False)
+    print(f"ingest with a 2,000-frame GIF: {time.perf_counter() - started:.2f} s")
+    report = json.loads(result.report_path.read_text())
+    notes = " ".join(" ".join(n["notes"]) for n in report["converted"])
+    assert result.num_images == 5 and "animated GIF: first frame used" in notes
