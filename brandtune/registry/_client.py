@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -167,7 +168,15 @@ def find(fn: Callable[[], T], *, uri: str, what: str) -> T | None:
         return None
 
 
+#: MLflow's stores report an unknown alias as INVALID_PARAMETER_VALUE with this message, not as a missing resource.
+_ALIAS_NOT_FOUND = re.compile(r"Registered model alias \S+ not found")
+
+
 def is_not_found(exc: BaseException) -> bool:
-    """Whether an MLflow exception means RESOURCE_DOES_NOT_EXIST (unknown model, version or alias)."""
+    """Whether an MLflow exception means an unknown model, version or alias: RESOURCE_DOES_NOT_EXIST, or the one
+    parameter error MLflow raises for an unknown alias. A server or database error whose text happens to say "not
+    found" is not (it is reported as the failure it is)."""
     code: Any = getattr(exc, "error_code", "")
-    return code in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"} or "not found" in str(exc).lower()
+    if code in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}:
+        return True
+    return code == "INVALID_PARAMETER_VALUE" and _ALIAS_NOT_FOUND.search(str(exc)) is not None
