@@ -76,6 +76,21 @@ def staging_dir(final: Path) -> Iterator[Path]:
         raise
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (the folder's entries reach the disk); a no-op where folders cannot
+    be opened for that."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def publish_dir(staging: Path, final: Path) -> bool:
     """Rename a completed staging folder to ``final``.
 
@@ -85,6 +100,7 @@ def publish_dir(staging: Path, final: Path) -> bool:
     """
     try:
         os.rename(staging, final)
+        fsync_dir(final.parent)
         return True
     except OSError:
         if final.exists():
@@ -101,6 +117,7 @@ def replace_dir(staging: Path, target: Path) -> None:
     """
     if not target.exists():
         os.replace(staging, target)
+        fsync_dir(target.parent)
         return
     aside = target.with_name(f".{target.name}.old-{os.getpid()}")
     os.replace(target, aside)
@@ -109,4 +126,5 @@ def replace_dir(staging: Path, target: Path) -> None:
     except OSError:
         os.replace(aside, target)
         raise
+    fsync_dir(target.parent)
     shutil.rmtree(aside, ignore_errors=True)

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brandtune.fsutil import atomic_write_json, sha256_file
+from brandtune.fsutil import atomic_write_json, replace_dir, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -114,9 +114,7 @@ def write_checkpoint(
         (tmp / f"rng-{rank}.json").write_text(json.dumps(meta))
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
     atomic_write_json(tmp / MARKER, {"step": step, "files": files})
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    replace_dir(tmp, final)  # an earlier checkpoint of this step stays until the new one is in place
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -126,19 +124,40 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Checkpoint folders under ``root`` that carry a marker, oldest first (not yet verified)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.glob(f"{PREFIX}*") if (p / MARKER).is_file()]
+    found = [p for p in root.glob(f"{PREFIX}*") if p.name[len(PREFIX) :].isdigit() and (p / MARKER).is_file()]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
+#: Files every checkpoint holds; a marker that does not cover them all is not trusted.
+REQUIRED_FILES = (
+    "trainable.safetensors",
+    "optimizer.safetensors",
+    "optimizer.json",
+    "scheduler.json",
+    "state.json",
+)
+
+
 def verify(folder: Path) -> str | None:
-    """``None`` when ``folder`` is a complete, intact checkpoint; else the reason it is not."""
+    """``None`` when ``folder`` is a complete, intact checkpoint; else the reason it is not.
+
+    The marker must be a JSON object whose ``step`` is the folder's and whose ``files`` give a sha256 for every
+    required file (plain names inside the folder); every listed file must exist and match.
+    """
     try:
         marker = json.loads((folder / MARKER).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         return f"unreadable {MARKER} marker ({exc})"
-    for name, digest in marker.get("files", {}).items():
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(d, str) for d in files.values()):
+        return f"{MARKER} is not a marker of this format (no file list)"
+    if marker.get("step") != int(folder.name[len(PREFIX) :]):
+        return f"{MARKER} names step {marker.get('step')!r}, not this folder's"
+    if missing := [name for name in REQUIRED_FILES if name not in files]:
+        return f"{MARKER} does not cover {', '.join(missing)}"
+    for name, digest in files.items():
         path = folder / name
-        if not path.is_file():
+        if Path(name).name != name or not path.is_file():
             return f"{name} is missing"
         if sha256_file(path) != digest:
             return f"{name} does not match its recorded sha256 (corrupt or half-written)"

@@ -59,3 +59,66 @@ def test_kill_and_resume_gives_identical_adapter(tmp_path: Path, caplog: pytest.
     # The resumed process continued the killed process's MLflow run.
     run = mlflow.MlflowClient().get_run(resumed.mlflow_run_id)
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")][-1] == 16
+
+
+def _write(root: Path, step: int) -> Path:
+    """A real checkpoint of tiny tensors, as the loop writes it."""
+    import torch
+
+    from brandtune.training import checkpoint as ckpt
+
+    weight = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.AdamW([weight])
+    weight.grad = torch.ones(4)
+    optimizer.step()
+    return ckpt.write_checkpoint(
+        root,
+        step,
+        {"0/w": weight.detach()},
+        optimizer.state_dict(),
+        {"last_epoch": step},
+        {},
+        {0: ckpt.rng_state()},
+        10,
+    )
+
+
+def test_bad_checkpoints_are_skipped_with_their_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bit flip under a valid marker, an empty or non-object marker, a marker of another step and a folder that
+    is not a checkpoint name are skipped (never raised on, never loaded); resume takes the newest good one and the
+    log names each skipped one."""
+    from brandtune.training import checkpoint as ckpt
+
+    root = tmp_path / "checkpoints"
+    good = _write(root, 1)
+    flipped, empty, not_object, other_step = (_write(root, s) for s in (2, 3, 4, 5))
+    data = bytearray((flipped / "trainable.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (flipped / "trainable.safetensors").write_bytes(bytes(data))
+    (empty / ckpt.MARKER).write_text(json.dumps({"step": 3, "files": {}}))
+    (not_object / ckpt.MARKER).write_text(json.dumps(["step", 4]))
+    marker = json.loads((other_step / ckpt.MARKER).read_text())
+    (other_step / ckpt.MARKER).write_text(json.dumps({**marker, "step": 9}))
+    (root / "checkpoint-foo").mkdir()
+    (root / "checkpoint-foo" / ckpt.MARKER).write_text("{}")
+    assert [p.name for p in ckpt.list_checkpoints(root)] == [f"checkpoint-{s:08d}" for s in range(1, 6)]
+    with caplog.at_level("WARNING"):
+        assert ckpt.latest_valid(root) == good
+    reasons = {p.name: ckpt.verify(p) for p in (flipped, empty, not_object, other_step)}
+    assert "does not match its recorded sha256" in reasons[flipped.name]
+    assert "does not cover" in reasons[empty.name]
+    assert "no file list" in reasons[not_object.name]
+    assert "names step 9" in reasons[other_step.name]
+    assert all(p.name in caplog.text for p in (flipped, empty, not_object, other_step))
+
+
+def test_rewriting_a_checkpoint_keeps_the_old_one_until_the_new_one_is_in_place(tmp_path: Path) -> None:
+    from brandtune.training import checkpoint as ckpt
+
+    root = tmp_path / "checkpoints"
+    first = _write(root, 7)
+    again = _write(root, 7)
+    assert again == first and ckpt.verify(again) is None
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-00000007"]  # nothing left aside
