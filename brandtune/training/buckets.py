@@ -94,13 +94,6 @@ def assign_buckets(
     return chosen
 
 
-def dataset_is_square(folder: Path) -> bool:
-    """Whether every image of a dataset folder is square (then buckets change nothing)."""
-    import json
-
-    meta = folder / "metadata.jsonl"
-    if not meta.is_file():
-        return True
-    names = [json.loads(line)["file_name"] for line in meta.read_text(encoding="utf-8").splitlines()]
-    files = [folder / n for n in names if (folder / n).is_file()]
+def all_square(files: Sequence[Path]) -> bool:
+    """Whether every one of ``files`` is a square image (then buckets change nothing)."""
     return all(w == h for w, h in image_sizes(files))

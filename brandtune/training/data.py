@@ -9,7 +9,6 @@ uses masks). Change any of them and a new cache is made; the old one is never re
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -50,16 +49,6 @@ def read_dataset(folder: Path) -> list[Example]:
     if not examples:
         raise TrainingError(f"dataset {folder} holds no images; ingest photos first")
     return examples
-
-
-def dataset_has_masks(folder: Path) -> bool:
-    """Whether any image of the dataset folder has a product mask (``mask_file_name`` in ``metadata.jsonl``)."""
-    meta = folder / "metadata.jsonl"
-    if not meta.is_file():
-        return False
-    return any(
-        json.loads(line).get("mask_file_name") for line in meta.read_text(encoding="utf-8").splitlines()
-    )
 
 
 def masks_key(examples: list[Example]) -> str | None:

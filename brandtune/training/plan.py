@@ -14,8 +14,8 @@ from brandtune.config import BrandSpec, TrainConfig
 from brandtune.config.train import BASE_RECOMMENDED
 from brandtune.errors import TrainingError
 from brandtune.provenance import config_hash
-from brandtune.training.buckets import dataset_is_square
-from brandtune.training.data import Encoded, Example, dataset_has_masks
+from brandtune.training.buckets import all_square
+from brandtune.training.data import Encoded, Example
 from brandtune.training.families import FamilyOps, family_ops
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ def resolve_job(config: TrainConfig, settings: Settings) -> TrainJob:
     """
     from brandtune.config import load_brand
     from brandtune.ingest import find_dataset
+    from brandtune.ingest.layout import dataset_images
     from brandtune.models import resolve_base
 
     brand = load_brand(config.brand)
@@ -76,7 +77,8 @@ def resolve_job(config: TrainConfig, settings: Settings) -> TrainJob:
     if taken:
         logger.info("from %s's recommendation (%s): %s", resolved.name, resolved.training_defaults.source,
                     ", ".join(taken))  # fmt: skip
-    traits = {"masks": dataset_has_masks(dataset_dir), "square": dataset_is_square(dataset_dir)}
+    images = dataset_images(dataset_dir)
+    traits = {"masks": any(img.mask for img in images), "square": all_square([img.file for img in images])}
     run_hash = run_identity(filled, dataset_dir.name, resolved, resolution, **traits)
     return TrainJob(filled, brand, resolved, dataset_dir, resolution, run_hash)
 
