@@ -133,8 +133,7 @@ def aspect_samplers(
     side, multiple = native_size(pipe), size_multiple(pipe)
     out = []
     for aspect in aspects:
-        # 1:1 is the native size itself, snapped or not: a brand without aspects samples as it always did
-        width, height = (side, side) if aspect in (None, "1:1") else aspect_size(aspect, side, multiple)
+        width, height = aspect_size(aspect or "1:1", side, multiple)
         out.append((aspect, sampler.model_copy(update={"width": width, "height": height})))
     return out
 

@@ -254,7 +254,7 @@ def aspect_size(aspect: str, side: int, multiple: int) -> tuple[int, int]:
 
     The exact sides are ``side * sqrt(r)`` by ``side / sqrt(r)`` (``r = W/H``, same area as the square); each is
     then rounded on its own to the nearest multiple of ``multiple`` (halves round up), and is at least one
-    ``multiple``. So ``"1:1"`` gives ``side`` x ``side`` whenever ``side`` is a multiple, and with a 64 px base and
+    ``multiple``; a square aspect is ``side`` x ``side`` itself. With a 64 px base and
     multiple 16 (builtin:tiny), ``"2:3"`` gives 48 x 80 (exact 52.3 x 78.4) and ``"16:9"`` 80 x 48 (85.3 x 48.0):
     each side is the nearest the grid allows, so the area can be ~10% off the square's on a coarse grid (2:3 at
     512 px, multiple 64: 448 x 640, exact 418.0 x 627.1).
@@ -275,6 +275,8 @@ def aspect_size(aspect: str, side: int, multiple: int) -> tuple[int, int]:
             f"aspect_size needs a positive side and multiple, got side={side}, multiple={multiple}"
         )
     w, h = parse_aspect(aspect)
+    if w == h:  # the square is the side itself, on the grid or not: a brand without aspects samples as it did
+        return side, side
     root = math.sqrt(w / h)
 
     def snap(x: float) -> int:

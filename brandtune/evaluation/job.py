@@ -139,6 +139,7 @@ def _generate_all(
     jobs = [(pi, seed) for pi in range(len(prompts)) for seed in cfg.seeds]
     bar = tqdm(total=len(jobs) * len(models) * len(aspects), desc="evaluate: generate", unit="img")
     pipes: dict[tuple[str, str], Any] = {}
+    samplers: dict[tuple[str, str], list[tuple[str | None, SamplerConfig]]] = {}  # per base: its sizes
     made: Made = {}
     for model in models:
         adapter = model.adapter or cand
@@ -146,11 +147,11 @@ def _generate_all(
         if base not in pipes:
             pipes[base] = load_base_pipeline(resolve_adapter_base(adapter, None, settings))
             apply_scheduler(pipes[base], cfg.sampler)
-            shaped = [
+            samplers[base] = [
                 (a, resolve_sampler(s, pipes[base]))
                 for a, s in aspect_samplers(pipes[base], cfg.sampler, aspects)
             ]
-        pipe = pipes[base]
+        pipe, shaped = pipes[base], samplers[base]
         if model.adapter is not None:
             name = adapter_name(model.adapter.version)
             load_adapter(pipe, model.adapter.path, weight_name=WEIGHTS_NAME, adapter_name=name)
@@ -173,6 +174,7 @@ def _generate_all(
             use_sequence_length(pipe, None)
         made[model.key] = rows
     bar.close()
+    shaped = samplers[(cand.base_model, cand.base_revision)]  # what the report names: the candidate's
     sizes = {a: [s.width, s.height] for a, s in shaped if a} if len(shaped) > 1 else {}
     return made, shaped[0][1], sizes
 

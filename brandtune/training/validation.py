@@ -47,10 +47,7 @@ def validation_sizes(plan: TrainPlan) -> list[tuple[int, int]]:
     from brandtune.config.brand import aspect_size
 
     multiple = plan.ops.resolution_multiple(plan.resolved.path)
-    return [
-        (plan.resolution, plan.resolution) if a == "1:1" else aspect_size(a, plan.resolution, multiple)
-        for a in plan.brand.aspects
-    ]
+    return [aspect_size(a, plan.resolution, multiple) for a in plan.brand.aspects]
 
 
 def sample(
