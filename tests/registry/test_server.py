@@ -4,86 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow_server import Server, free_port, on_server_env, stop, wait_healthy
 from registry_helpers import REPO_ROOT, clone_run, generate, reference_pipeline, train_acme
 
 from brandtune.errors import RegistryError
-from brandtune.services import server_env
 from brandtune.settings import Settings
 
 pytestmark = [pytest.mark.usefixtures("torch_threads"), pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, limit: float = 90.0) -> None:
-    import requests
-
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except requests.exceptions.RequestException:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"server at {url} not healthy after {limit}s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-class Server:
-    """An ``mlflow server`` on a sqlite store and artifact folder in tmp, restartable on the same port."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cmd = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-            "--artifacts-destination", str(self.root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-        ]  # fmt: skip
-        log = self.root / "server.log"
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, **server_env()},
-            )
-        wait_healthy(self.uri, self.proc, log)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -98,17 +31,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def on_server(server: Server) -> Iterator[Settings]:
-    """Point MLFLOW_TRACKING_URI (and mlflow's global URI) at the server for this module, then restore."""
-    import mlflow
-
-    old = os.environ["MLFLOW_TRACKING_URI"]
-    os.environ["MLFLOW_TRACKING_URI"] = server.uri
-    mlflow.set_tracking_uri(server.uri)
-    try:
-        yield Settings.from_env()
-    finally:
-        os.environ["MLFLOW_TRACKING_URI"] = old
-        mlflow.set_tracking_uri(old)
+    with on_server_env(server) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="module")
