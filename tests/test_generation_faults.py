@@ -1,0 +1,139 @@
+"""Generation under real faults: a ``brandtune generate`` process SIGKILLed at the fault points of
+brandtune.generation_manifest (``generation.mid_png``, ``generation.after_png``), then resumed; a truncated PNG; and
+the checks that keep one output folder to one set of settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from brandtune.config import GenerateConfig, SamplerConfig
+from brandtune.errors import GenerationError
+from brandtune.faults import FAULT_ENV
+from brandtune.fsutil import sha256_file
+from brandtune.generation import generate, reproduce
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+STEPS = 2
+
+
+def _job(out: Path, **overrides: object) -> GenerateConfig:
+    base = {
+        "brand": "acme",
+        "prompt": "a photo of {trigger} {subject}",
+        "settings": ["beach"],
+        "variations": 4,
+        "model": "base",
+        "sampler": SamplerConfig(num_inference_steps=STEPS),
+        "batch_size": 2,
+        "output_dir": out,
+    }
+    return GenerateConfig(**{**base, **overrides})
+
+
+def _killed_generate(tmp_path: Path, out: Path, fault: str) -> subprocess.CompletedProcess[str]:
+    """``brandtune generate`` of :func:`_job` in a process of its own, which the fault point SIGKILLs."""
+    config = tmp_path / "job.json"  # JSON is YAML
+    config.write_text(json.dumps(_job(out).model_dump(mode="json")))
+    env = {**os.environ, FAULT_ENV: fault, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "brandtune.cli", "generate", "--config", str(config)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def _entries(out: Path) -> dict[str, str]:
+    path = out / "manifest.json"
+    images = json.loads(path.read_text())["images"] if path.is_file() else []
+    return {e["file"]: e["sha256"] for e in images}
+
+
+def test_killed_between_png_and_manifest_and_mid_png_then_resumed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    first = out / "beach" / "000_seed0.png"
+    # 1. SIGKILL after the first PNG is renamed into place, before its manifest entry is written
+    done = _killed_generate(tmp_path, out, "generation.after_png")
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert first.is_file() and _entries(out) == {}
+    written = first.read_bytes()
+    # 2. resumed and SIGKILLed again halfway through writing that image anew (it has no entry, so it is remade)
+    done = _killed_generate(tmp_path, out, "generation.mid_png")
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert [p.name.startswith(".000_seed0.png.") for p in first.parent.glob("*.tmp")] == [True]
+    assert first.read_bytes() == written  # the half write went to the temporary file only
+    # 3. resumed without a fault: every image is made and recorded with the sha256 of its file
+    caplog.set_level(logging.INFO, logger="brandtune")
+    result = generate(_job(out), progress=False)
+    assert (result.generated, result.skipped) == (4, 0)
+    assert f"{first} has no manifest entry" in caplog.text
+    entries = _entries(out)
+    assert len(entries) == 4
+    assert all(sha256_file(out / file) == sha for file, sha in entries.items())
+    assert list(first.parent.glob("*.tmp")) == []
+    assert first.read_bytes() == written  # the image the killed process had fully written comes back the same
+    # 4. a truncated PNG is made again (and logged); the three good ones are kept
+    victim = out / "beach" / "002_seed2.png"
+    good = victim.read_bytes()
+    victim.write_bytes(good[: len(good) // 2])
+    caplog.clear()
+    again = generate(_job(out), progress=False)
+    assert (again.generated, again.skipped) == (1, 3)
+    assert f"{victim} differs from the sha256 in its manifest entry" in caplog.text
+    assert victim.read_bytes() == good and _entries(out) == entries
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_another_sampler_or_prompt_in_the_same_output_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    generate(_job(out, variations=1), progress=False)
+    before = _snapshot(out)
+    for overrides, message in [
+        (
+            {"sampler": SamplerConfig(num_inference_steps=STEPS + 1)},
+            "sampler num_inference_steps 2, but this job has 3",
+        ),
+        (
+            {"sampler": SamplerConfig(num_inference_steps=STEPS, guidance_scale=7.0)},
+            "sampler guidance_scale 4.0, but",
+        ),
+        (
+            {"sampler": SamplerConfig(num_inference_steps=STEPS, scheduler="default")},
+            "sampler scheduler 'ddim', but",
+        ),
+        ({"prompt": "a bottle of {trigger} on a rock"}, r"000_seed0\.png was made with prompt"),
+    ]:
+        with pytest.raises(GenerationError, match=message) as err:
+            generate(_job(out, variations=1, **overrides), progress=False)
+        assert len(str(err.value).splitlines()) == 1 and "use a new --output, or --overwrite" in str(
+            err.value
+        )
+        assert _snapshot(out) == before
+    # more variations with the same settings extend the campaign; --overwrite remakes it with new ones
+    assert generate(_job(out, variations=2), progress=False).generated == 1
+    changed = _job(out, variations=2, sampler=SamplerConfig(num_inference_steps=STEPS + 1))
+    assert generate(changed, progress=False, overwrite=True).generated == 2
+    assert {e["steps"] for e in json.loads((out / "manifest.json").read_text())["images"]} == {STEPS + 1}
+
+
+def test_reproduce_refuses_another_base_revision(tmp_path: Path) -> None:
+    result = generate(_job(tmp_path / "out", variations=1), progress=False)
+    data = json.loads(result.manifest.read_text())
+    recorded = data["model"]["base_revision"]
+    data["model"]["base_revision"] = "f" * 12
+    result.manifest.write_text(json.dumps(data))
+    with pytest.raises(GenerationError, match="base revision") as err:
+        reproduce(result.manifest, tmp_path / "again")
+    assert len(str(err.value).splitlines()) == 1
+    assert f"'{recorded}' here" in str(err.value) and f"recorded '{'f' * 12}'" in str(err.value)
+    assert not (tmp_path / "again").exists()
