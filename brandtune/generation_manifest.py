@@ -35,6 +35,9 @@ from brandtune.provenance import brandtune_version
 if TYPE_CHECKING:
     from PIL import Image
 
+    from brandtune.doctor import Finding
+    from brandtune.settings import Settings
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -370,3 +373,52 @@ def check_reproduce_model(manifest: Path, recorded: ManifestModel, info: dict[st
             )
         if not want:
             logger.warning("%s records no %s; reproducing without checking it", manifest, key)
+
+
+def check(settings: Settings, *, brand: str | None = None, fix: bool = False) -> list[Finding]:
+    """Doctor check of the campaigns under ``<home>/campaigns``: a manifest that does not pass the untrusted-input
+    checks, images whose file is not what their entry records, and temporary files a killed job left (``fix``
+    removes those). Campaigns written to another ``--output`` are not scanned."""
+    from brandtune.doctor import Finding
+
+    root = settings.home / "campaigns"
+    found: list[Finding] = []
+    for path in sorted(root.glob(f"{brand or '*'}/*/{MANIFEST}")):
+        out = path.parent
+        temps = sorted(out.glob("*/.*.png.*.tmp"))
+        if temps:
+            if fix:
+                for tmp in temps:
+                    tmp.unlink(missing_ok=True)
+            found.append(
+                Finding(
+                    "campaign",
+                    str(out),
+                    f"{len(temps)} temporary file(s) left by a killed generate job",
+                    "--fix removes them",
+                    fixed=fix,
+                )
+            )
+        try:
+            manifest = read_manifest(path, out, hint="delete the folder or re-run the job with --overwrite")
+        except GenerationError as exc:
+            found.append(
+                Finding("campaign", str(path), str(exc), "delete the folder or re-run with --overwrite")
+            )
+            continue
+        bad = [e.file for e in manifest.images if not _verified(out, e)]
+        if bad:
+            found.append(
+                Finding(
+                    "campaign",
+                    str(out),
+                    f"{len(bad)} image(s) do not match their manifest sha256 ({bad[0]}, ...)",
+                    "re-run the same job with --output set to this folder: it makes them again",
+                )
+            )
+    return found
+
+
+def _verified(out: Path, entry: ManifestImage) -> bool:
+    path = out / entry.file
+    return bool(entry.sha256) and path.is_file() and sha256_file(path) == entry.sha256
