@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brandtune.config import BrandSpec, GenerateConfig, load_brand
+from brandtune.config import BrandSpec, GenerateConfig, SamplerConfig, load_brand
 from brandtune.errors import GenerationError, RegistryError
 from brandtune.generation_manifest import (
     MANIFEST,
@@ -209,6 +209,29 @@ def _previous_manifest(out: Path, rows: list[dict[str, Any]], overwrite: bool) -
     return read_manifest(out / MANIFEST, out, hint=hint)
 
 
+def _make_batch(
+    pipe: Any,
+    out: Path,
+    batch: list[dict[str, Any]],
+    missing: set[str],
+    shaped: SamplerConfig,
+    init: Image.Image | None,
+    strength: float,
+) -> dict[str, dict[str, Any]]:
+    """Run one pipeline call and write its ``missing`` images; their manifest entries, each with its sha256."""
+    images = sample_batch(
+        pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch], shaped, init, strength
+    )
+    batch_record = {"prompts": [r["prompt"] for r in batch], "seeds": [r["seed"] for r in batch]}
+    size = {"width": shaped.width, "height": shaped.height, "size": [shaped.width, shaped.height]}
+    made = {}
+    for i, (row, image) in enumerate(zip(batch, images, strict=True)):
+        if row["file"] in missing:
+            sha = write_png(image, out / row["file"])  # on disk and fsynced before its entry exists
+            made[row["file"]] = {**row, **size, "batch": {**batch_record, "index": i}, "sha256": sha}
+    return made
+
+
 def generate(
     config: GenerateConfig,
     settings: Settings | None = None,
@@ -258,16 +281,9 @@ def generate(
         if not missing.intersection(r["file"] for r in batch):
             continue
         shaped = resolve_sampler(sizes[batch[0]["aspect"]], pipe)
-        images = sample_batch(
-            pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch], shaped, init, config.strength
-        )
-        batch_record = {"prompts": [r["prompt"] for r in batch], "seeds": [r["seed"] for r in batch]}
-        size = {"width": shaped.width, "height": shaped.height, "size": [shaped.width, shaped.height]}
-        for i, (row, image) in enumerate(zip(batch, images, strict=True)):
-            if row["file"] in missing:
-                sha = write_png(image, out / row["file"])  # on disk and fsynced before its entry exists
-                entries[row["file"]] = {**row, **size, "batch": {**batch_record, "index": i}, "sha256": sha}
-                bar.update(1)
+        made = _make_batch(pipe, out, batch, missing, shaped, init, config.strength)
+        entries.update(made)
+        bar.update(len(made))
         write_manifest(out, config, sampler, info, [entries[r["file"]] for r in rows if r["file"] in entries])
     bar.close()
     manifest = write_manifest(out, config, sampler, info, [entries[r["file"]] for r in rows])

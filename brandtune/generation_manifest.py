@@ -230,9 +230,19 @@ def write_manifest(
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "images": [{**common, **img} for img in images],
     }
-    atomic_write_json(out / MANIFEST, data)
+    try:
+        atomic_write_json(out / MANIFEST, data)
+    except OSError as exc:
+        raise _write_error(out / MANIFEST, exc) from exc
     fsync_dir(out)
     return out / MANIFEST
+
+
+def _write_error(path: Path, exc: OSError) -> GenerationError:
+    return GenerationError(
+        f"{path}: cannot be written ({exc.strerror or exc}); free space or fix the folder's permissions, then run "
+        "the same command again: the job resumes from the images already recorded"
+    )
 
 
 def write_png(image: Image.Image, path: Path) -> str:
@@ -255,9 +265,11 @@ def write_png(image: Image.Image, path: Path) -> str:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise
     fsync_dir(path.parent)
     fault_point("generation.after_png")  # a kill here leaves a whole PNG that has no manifest entry yet

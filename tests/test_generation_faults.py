@@ -164,3 +164,27 @@ def test_doctor_finds_damaged_campaigns_and_removes_stale_temporaries(tmp_path: 
         f for f in examine(settings, brand="acme") if f.check == "campaign" and "manifest.json" in f.subject
     ]
     assert "manifest.json: job: Field required" in broken.problem
+
+
+def test_a_full_disk_mid_png_is_one_line_and_the_job_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from brandtune.faults import ACTION_ENV
+
+    out = tmp_path / "out"
+    generate(_job(out, variations=2), progress=False)
+    recorded = _entries(out)
+    monkeypatch.setenv(FAULT_ENV, "generation.mid_png")
+    monkeypatch.setenv(ACTION_ENV, "enospc")
+    with pytest.raises(
+        GenerationError, match=r"002_seed2\.png: cannot be written \(No space left on device"
+    ) as err:
+        generate(_job(out, variations=4), progress=False)
+    assert len(str(err.value).splitlines()) == 1 and "run the same command again" in str(err.value)
+    assert list((out / "beach").glob(".*.tmp")) == [] and not (out / "beach" / "002_seed2.png").exists()
+    assert _entries(out) == recorded  # the manifest still lists exactly the images that are on disk
+    monkeypatch.delenv(FAULT_ENV)
+    assert generate(_job(out, variations=4), progress=False).generated == 2
+    assert (
+        all(sha256_file(out / file) == sha for file, sha in _entries(out).items()) and len(_entries(out)) == 4
+    )
