@@ -140,29 +140,30 @@ def test_reproduce_refuses_another_base_revision(tmp_path: Path) -> None:
 
 
 def test_doctor_finds_damaged_campaigns_and_removes_stale_temporaries(tmp_path: Path) -> None:
-    from brandtune.doctor import examine
+    from brandtune.doctor import CHECKS
+    from brandtune.generation_manifest import check
     from brandtune.settings import Settings
 
+    assert "brandtune.generation_manifest:check" in CHECKS
     settings = Settings(home=tmp_path / "home", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     out = settings.home / "campaigns" / "acme" / "job"
     generate(_job(out, variations=1), progress=False)
-    assert examine(settings, brand="acme") == []
+    assert check(settings, brand="acme") == []
     image = out / "beach" / "000_seed0.png"
     image.write_bytes(image.read_bytes()[:100])
     stale = out / "beach" / ".000_seed0.png.abc123.tmp"
     stale.write_bytes(b"half")
-    found = [f for f in examine(settings, brand="acme") if f.check == "campaign"]
+    found = check(settings, brand="acme")
     assert sorted(f.problem.split(" ", 1)[1] for f in found) == [
         "image(s) do not match their manifest sha256 (beach/000_seed0.png, ...)",
         "temporary file(s) left by a killed generate job",
     ]
     assert stale.exists() and not any(f.fixed for f in found)
-    fixed = [f for f in examine(settings, brand="acme", fix=True) if f.check == "campaign"]
+    fixed = check(settings, brand="acme", fix=True)
     assert not stale.exists() and [f.fixed for f in fixed if "temporary" in f.problem] == [True]
+    assert check(settings, brand="other") == []
     (out / "manifest.json").write_text('{"images": 3}')
-    [broken] = [
-        f for f in examine(settings, brand="acme") if f.check == "campaign" and "manifest.json" in f.subject
-    ]
+    [broken] = [f for f in check(settings, brand="acme") if "manifest.json" in f.subject]
     assert "manifest.json: job: Field required" in broken.problem
 
 
