@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,17 @@ if TYPE_CHECKING:
     from brandtune.training.rundir import RunChoice
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingKilledError(TrainingError):
+    """The training process was ended by a signal from outside (not by an error of its own): worth a retry."""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def build_command(
@@ -291,6 +303,12 @@ def _run_child(
         except BaseException:
             stop_process_group(proc, name="training")
             raise
+        if proc.returncode < 0:  # a signal from outside: the OOM killer, a preempted node, a kill
+            raise TrainingKilledError(
+                f"training of brand {config.brand!r} was killed by signal {-proc.returncode} "
+                f"({_signal_name(-proc.returncode)}); a retry of the same invocation continues its last "
+                "checkpoint"
+            )
         if proc.returncode != 0:
             detail = last_error.split(": ", 1)[-1] if last_error else f"exit code {proc.returncode}"
             raise TrainingError(f"training of brand {config.brand!r} failed: {detail}")

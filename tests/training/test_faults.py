@@ -194,3 +194,28 @@ def test_doctor_finds_and_removes_stale_run_locks(brandtune_home: Path) -> None:
         live.kill()
         live.wait()
         shutil.rmtree(settings.home / "runs" / "acme" / "live-1", ignore_errors=True)
+
+
+def test_a_tracker_that_cannot_finish_does_not_mask_the_training_error(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MLflow server is gone when a failed training ends its run: the training's error is what is raised, and
+    the failure to mark the run FAILED is logged (what ``train`` does in its ``finally``)."""
+    from brandtune.services import free_port
+    from brandtune.tracking import RunTracker, finish_quietly
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    tracker = RunTracker("0" * 32, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    tracker.log_metrics({"loss": float("nan")}, step=1)
+    nan = TrainingError("loss became nan at step 1; last good checkpoint: none")
+    with caplog.at_level(logging.ERROR, logger="brandtune.tracking"), pytest.raises(TrainingError) as raised:
+        try:
+            raise nan
+        except TrainingError:
+            finish_quietly(tracker, "FAILED")
+            raise
+    assert raised.value is nan
+    assert any(f"could not mark MLflow run {'0' * 32} FAILED" in r.getMessage() for r in caplog.records)
+    with pytest.raises(Exception, match=r"(?i)connection"):
+        tracker.finish("FAILED")  # (the failure finish_quietly logged is real)
