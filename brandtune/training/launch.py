@@ -251,9 +251,12 @@ def _claimed(
     lock: RunLock,
 ) -> TrainResult:
     """Claim the locked run folder and train in it in a child process."""
+    from brandtune.training.checkpoint import check_world
     from brandtune.training.lock import TOKEN_ENV
     from brandtune.training.rundir import CHOICE_ENV, claim
 
+    if choice.resume_from is not None and accelerate_config is None:  # (with a config, each child checks)
+        check_world(choice.resume_from, num_processes)  # refused before any process starts
     claim(choice, job)
     # the child trains exactly what was resolved here: this dataset, this folder
     child = config.model_copy(update={"output_dir": choice.run_dir, "dataset": job.fingerprint})

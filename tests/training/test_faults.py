@@ -89,11 +89,15 @@ def test_checkpoint_faults_resume_from_the_newest_good_checkpoint(
     assert not (cfg.output_dir / LOCK_FILE).exists(), "the failed training released its lock"
 
     bad = _bad_copies(root, good)
+    lines: list[str] = []
     with pytest.raises(TrainingError) as world:
-        launch(resume, num_processes=2, on_line=lambda line: None)
+        launch(resume, num_processes=2, on_line=lines.append)
+    assert "\n" not in str(world.value)
     assert f"checkpoint {good} was written by 1 training process(es) but this resume runs 2" in str(
         world.value
     )
+    assert not lines, "refused before any training process started"
+    assert (root / _name(4) / ckpt.MARKER).is_file() and not (cfg.output_dir / LOCK_FILE).exists()
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="brandtune.training"):
@@ -219,3 +223,30 @@ def test_a_tracker_that_cannot_finish_does_not_mask_the_training_error(
     assert any(f"could not mark MLflow run {'0' * 32} FAILED" in r.getMessage() for r in caplog.records)
     with pytest.raises(Exception, match=r"(?i)connection"):
         tracker.finish("FAILED")  # (the failure finish_quietly logged is real)
+
+
+def test_each_training_process_refuses_a_checkpoint_of_another_world_size(tmp_path: Path) -> None:
+    """What every process checks (under an accelerate config the launcher cannot count the processes): the
+    world size recorded in the checkpoint; a checkpoint from before it was recorded is accepted."""
+    import torch
+
+    weight = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.AdamW([weight])
+
+    def write(step: int, state: dict) -> Path:
+        return ckpt.write_checkpoint(
+            tmp_path,
+            step,
+            {"0/w": weight.detach()},
+            optimizer.state_dict(),
+            {},
+            state,
+            {0: ckpt.rng_state()},
+            5,
+        )
+
+    two = write(1, {"world_size": 2})
+    ckpt.check_world(two, 2)
+    with pytest.raises(TrainingError, match=r"written by 2 training process\(es\) but this resume runs 1"):
+        ckpt.check_world(two, 1)
+    ckpt.check_world(write(2, {}), 3)
