@@ -1,0 +1,135 @@
+"""The shared-host auth option (``brandtune ui --auth``) against REAL servers on loopback: a real ``mlflow server
+--app-name basic-auth`` and a real ``prefect server`` with ``PREFECT_SERVER_API_AUTH_STRING``. A request without
+credentials is refused (401), one with them succeeds, and the clients brandtune starts (MLflow's client, the
+Prefect CLI) authenticate from the environment alone."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from pydantic import SecretStr
+
+from brandtune import services
+from brandtune.errors import ConfigError
+from brandtune.settings import UiAuth
+
+PASSWORD = "correct horse battery staple"
+AUTH = UiAuth(username="brand-admin", password=SecretStr(PASSWORD))
+
+
+@dataclass
+class Stack:
+    home: Path
+    mlflow: services.Service
+    prefect: services.Service
+    prefect_home: Path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Both servers with auth on, started together (MLflow takes 12-20 s, Prefect 5-11 s)."""
+    home = tmp_path_factory.mktemp("auth_home")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("BRANDTUNE_HOME", str(home))
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"):
+        patch.delenv(name, raising=False)
+    logs = home / "logs"
+    with services.ServiceStack() as running:
+        try:
+            mlflow = running.add(services.mlflow_server(services.free_port(), logs, auth=AUTH))
+            prefect = running.add(
+                services.prefect_server(services.free_port(), logs, home / "prefect", auth=AUTH)
+            )
+            services.wait_http(prefect, f"{prefect.url}/api/health", timeout=120)
+            services.wait_http(mlflow, f"{mlflow.url}/health", timeout=180)
+            yield Stack(home, mlflow, prefect, home / "prefect")
+        finally:
+            patch.undo()
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_mlflow_refuses_requests_without_credentials(stack: Stack) -> None:
+    url = f"{stack.mlflow.url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    assert requests.get(url, timeout=30).status_code == 401
+    assert requests.get(url, headers=_basic(AUTH.username, "wrong password!!"), timeout=30).status_code == 401
+    assert requests.get(url, headers=_basic(AUTH.username, PASSWORD), timeout=30).status_code == 200
+    assert requests.get(f"{stack.mlflow.url}/health", timeout=30).status_code == 200  # probes stay open
+
+
+def test_the_mlflow_client_authenticates_from_the_environment(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=str(stack.mlflow.url))
+    with pytest.raises(MlflowException, match=r"401|nauthorized|credentials"):
+        client.search_experiments()
+    for key, value in AUTH.client_env().items():
+        monkeypatch.setenv(key, value)
+    assert client.create_experiment("auth-check")
+    assert [e.name for e in client.search_experiments()].count("auth-check") == 1
+
+
+def test_the_auth_config_is_private_and_holds_no_password(stack: Stack) -> None:
+    folder = stack.home / services.AUTH_DIR
+    ini = folder / services.AUTH_INI
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(ini.stat().st_mode) == 0o600
+    text = ini.read_text()
+    assert (
+        PASSWORD not in text and "admin_password" not in text and f"admin_username = {AUTH.username}" in text
+    )
+    assert (folder / services.AUTH_DB).is_file()  # the user database lives beside it, not in the repo
+    repo = Path(__file__).resolve().parents[1]
+    assert not any(PASSWORD in p.read_text(errors="ignore") for p in repo.glob("*.ini"))
+
+
+def test_prefect_refuses_requests_without_credentials(stack: Stack) -> None:
+    url = f"{stack.prefect.url}/api/admin/version"
+    assert requests.get(url, timeout=30).status_code == 401
+    assert requests.get(url, headers=_basic(AUTH.username, "wrong password!!"), timeout=30).status_code == 401
+    assert requests.get(url, headers=_basic(AUTH.username, PASSWORD), timeout=30).status_code == 200
+    assert requests.get(f"{stack.prefect.url}/api/health", timeout=30).status_code == 200
+
+
+def test_prefect_clients_authenticate_from_the_environment(stack: Stack) -> None:
+    """The work pool set-up of ``brandtune ui`` (the Prefect CLI) fails without the auth string, works with it."""
+    env = services.prefect_env(f"{stack.prefect.url}/api", stack.prefect_home)
+    with pytest.raises(services.ServiceError, match=r"401|Unauthorized"):
+        services.create_work_pool("auth-pool", {**env, "PREFECT_API_AUTH_STRING": ""})
+    services.create_work_pool("auth-pool", {**env, **AUTH.client_env()})
+
+
+def test_check_login_names_a_password_that_does_not_match(stack: Stack) -> None:
+    url = f"{stack.mlflow.url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    services.check_login(stack.mlflow, url, AUTH, fix="unused")
+    other = UiAuth(username=AUTH.username, password=SecretStr("another password"))
+    with pytest.raises(services.ServiceError, match=r"refused user 'brand-admin'.*\(401\): delete it") as err:
+        services.check_login(stack.mlflow, url, other, fix="delete it")
+    assert "\n" not in str(err.value) and "another password" not in str(err.value)
+
+
+def test_a_missing_or_short_password_is_a_one_line_error() -> None:
+    with pytest.raises(ConfigError, match="BRANDTUNE_UI_PASSWORD is not set; export") as err:
+        UiAuth.from_env({})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="has 5 characters"):
+        UiAuth.from_env({"BRANDTUNE_UI_PASSWORD": "short"})
+    got = UiAuth.from_env({"BRANDTUNE_UI_PASSWORD": PASSWORD, "BRANDTUNE_UI_USER": "ops"})
+    assert got.client_env() == {
+        "MLFLOW_TRACKING_USERNAME": "ops",
+        "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+        "PREFECT_API_AUTH_STRING": f"ops:{PASSWORD}",
+    }
+    assert PASSWORD not in repr(got) and os.environ.get("BRANDTUNE_UI_PASSWORD") != PASSWORD
