@@ -133,3 +133,37 @@ def test_a_missing_or_short_password_is_a_one_line_error() -> None:
         "PREFECT_API_AUTH_STRING": f"ops:{PASSWORD}",
     }
     assert PASSWORD not in repr(got) and os.environ.get("BRANDTUNE_UI_PASSWORD") != PASSWORD
+
+
+def test_brandtune_mlflow_ui_auth_serves_only_with_credentials(tmp_path: Path) -> None:
+    """The command itself (``brandtune mlflow-ui --auth``, what ``make mlflow-ui`` runs with BRANDTUNE_UI_AUTH=1)."""
+    import signal
+    import subprocess
+    import sys
+
+    port = services.free_port()
+    env = {
+        **os.environ,
+        "BRANDTUNE_HOME": str(tmp_path / "home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}",
+        "BRANDTUNE_UI_AUTH": "1",
+        "BRANDTUNE_UI_USER": AUTH.username,
+        "BRANDTUNE_UI_PASSWORD": PASSWORD,
+    }
+    log = tmp_path / "mlflow-ui.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from brandtune.cli import run; run()", "mlflow-ui", "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    service = services.Service("brandtune mlflow-ui", proc, log, f"http://127.0.0.1:{port}")
+    try:
+        services.wait_http(service, f"{service.url}/health", timeout=180)
+        url = f"{service.url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+        assert requests.get(url, timeout=30).status_code == 401
+        assert requests.get(url, headers=_basic(AUTH.username, PASSWORD), timeout=30).status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+    printed = log.read_text()
+    assert 'MLFLOW_TRACKING_PASSWORD="$BRANDTUNE_UI_PASSWORD"' in printed and PASSWORD not in printed
