@@ -163,3 +163,56 @@ def write_failed_report(brand_root: Path, report: dict[str, Any], attempt: Attem
         if holder is None or holder.key < attempt.key:
             atomic_write_json(brand_root / FAILED_REPORT, data)
     return own
+
+
+STALE_STAGING_S = 24 * 3600  # an ingest's private staging folder this old belongs to an ingest that died
+
+
+def check(settings: Any, *, brand: str | None = None, fix: bool = False) -> list[Any]:
+    """``brandtune doctor``: each brand's LATEST names a complete dataset and agrees with its record; staging
+    folders of killed ingests. ``fix`` rewrites a LATEST left behind by a crash and removes stale staging folders;
+    a LATEST that names a missing dataset is reported only (re-run the ingest)."""
+    import shutil
+
+    from brandtune.doctor import Finding
+
+    root = settings.datasets_dir
+    brands = (
+        [root / brand] if brand else sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
+    )
+    findings: list[Finding] = []
+    for brand_root in (b for b in brands if b.is_dir()):
+        latest = read_latest(brand_root)
+        if latest is not None and not (brand_root / latest / "manifest.json").is_file():
+            findings.append(Finding(
+                "dataset-pointer", str(brand_root / LATEST),
+                f"LATEST names dataset {latest}, which is missing or incomplete",
+                f"re-run `brandtune ingest --brand {brand_root.name}` to make a dataset and point LATEST at it",
+            ))  # fmt: skip
+        record = _read_json(brand_root / LATEST_RECORD)
+        if record is not None and latest is not None:
+            try:
+                plain = (brand_root / LATEST).read_text(encoding="utf-8").strip()
+            except OSError:
+                plain = ""
+            if plain != latest:
+                if fix:
+                    with pointers_lock(brand_root):
+                        _write_plain(brand_root, read_latest(brand_root) or latest)
+                findings.append(Finding(
+                    "dataset-pointer", str(brand_root / LATEST),
+                    f"LATEST says {plain or 'nothing'} but LATEST.json (the record) says {latest}: an ingest was "
+                    "killed between the two writes",
+                    "rewrite LATEST from LATEST.json", fixed=fix,
+                ))  # fmt: skip
+        for staging in brand_root.glob(".tmp-ingest-*"):
+            age = time.time() - staging.stat().st_mtime
+            if staging.is_dir() and age > STALE_STAGING_S:
+                if fix:
+                    shutil.rmtree(staging, ignore_errors=True)
+                findings.append(Finding(
+                    "dataset-staging", str(staging),
+                    f"staging folder of an ingest that stopped {age / 3600:.0f} h ago",
+                    "remove it (no dataset refers to it)", fixed=fix,
+                ))  # fmt: skip
+    return findings

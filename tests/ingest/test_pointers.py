@@ -158,3 +158,30 @@ def test_sigkill_before_latest_moves_leaves_the_old_pointer_and_a_complete_datas
     )  # the new dataset is complete; re-running the ingest reuses it and moves LATEST
     second_fp = _result(_start(home, second))["fingerprint"]
     assert read_latest(root) == second_fp != first_fp
+
+
+def test_doctor_finds_and_repairs_a_pointer_left_behind(tmp_path: Path) -> None:
+    from brandtune.ingest.pointers import STALE_STAGING_S, check
+
+    settings = Settings(home=tmp_path / "home")
+    root = settings.datasets_dir / "acme"
+    (root / "fp1").mkdir(parents=True)
+    (root / "fp1" / "manifest.json").write_text("{}")
+    assert advance_latest(root, "fp1", Attempt(1, "h", 1))
+    assert check(settings, fix=False) == []
+    (root / LATEST).write_text("stale\n")
+    stale = root / ".tmp-ingest-dead"
+    stale.mkdir()
+    os.utime(stale, (time.time() - STALE_STAGING_S - 60,) * 2)
+    (root / ".tmp-ingest-running").mkdir()
+    found = check(settings, brand="acme", fix=False)
+    assert [f.check for f in found] == ["dataset-pointer", "dataset-staging"] and not any(
+        f.fixed for f in found
+    )
+    fixed = check(settings, brand="acme", fix=True)
+    assert all(f.fixed for f in fixed) and (root / LATEST).read_text() == "fp1\n"
+    assert not stale.exists() and (root / ".tmp-ingest-running").exists()
+    assert check(settings, fix=False) == []
+    advance_latest(root, "gone", Attempt(2, "h", 2))
+    (missing,) = check(settings, fix=True)
+    assert "names dataset gone, which is missing" in missing.problem and not missing.fixed
