@@ -290,7 +290,7 @@ AUTH_DB = "mlflow-auth.db"
 def mlflow_auth_env(auth: UiAuth, home: Path) -> dict[str, str]:
     """Server environment for ``mlflow server --app-name basic-auth``.
 
-    Writes ``<home>/auth/mlflow-basic-auth.ini`` (folder 0700, file 0600): the user database beside it, the admin
+    Writes ``<home>/auth/mlflow-basic-auth.ini`` (folder 0700, files 0600): the user database beside it, the admin
     user's name, no permission for users an admin did not grant one. The password is not in it: MLflow reads it
     from ``MLFLOW_AUTH_ADMIN_PASSWORD`` when it creates the admin user on first start. The Flask secret key (CSRF)
     is ``MLFLOW_FLASK_SERVER_SECRET_KEY`` when set, else a fresh random one for this server's lifetime.
@@ -312,6 +312,11 @@ def mlflow_auth_env(auth: UiAuth, home: Path) -> dict[str, str]:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
     ini.chmod(0o600)
+    db = (
+        folder / AUTH_DB
+    )  # created empty (a valid sqlite file) so that MLflow's writes keep the owner-only mode
+    os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o600))
+    db.chmod(0o600)
     return {
         "MLFLOW_AUTH_CONFIG_PATH": str(ini),
         "MLFLOW_AUTH_ADMIN_USERNAME": auth.username,

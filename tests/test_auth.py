@@ -90,7 +90,8 @@ def test_the_auth_config_is_private_and_holds_no_password(stack: Stack) -> None:
     assert (
         PASSWORD not in text and "admin_password" not in text and f"admin_username = {AUTH.username}" in text
     )
-    assert (folder / services.AUTH_DB).is_file()  # the user database lives beside it, not in the repo
+    db = folder / services.AUTH_DB  # the user database lives beside it, not in the repo
+    assert db.stat().st_size > 0 and stat.S_IMODE(db.stat().st_mode) == 0o600
     repo = Path(__file__).resolve().parents[1]
     assert not any(PASSWORD in p.read_text(errors="ignore") for p in repo.glob("*.ini"))
 

@@ -84,16 +84,15 @@ def find_repo(start: Path | None = None) -> Path:
 
 def _print_client_auth(auth: UiAuth, prefect: bool = True) -> None:
     """How other shells authenticate (the password itself is never printed)."""
-    console.print(
-        f"  auth on: export MLFLOW_TRACKING_USERNAME={auth.username} "
-        'MLFLOW_TRACKING_PASSWORD="$BRANDTUNE_UI_PASSWORD"',
-        highlight=False,
-    )
+    lines = [
+        f"export MLFLOW_TRACKING_USERNAME={auth.username}",
+        'export MLFLOW_TRACKING_PASSWORD="$BRANDTUNE_UI_PASSWORD"',
+    ]
     if prefect:
-        console.print(
-            f'           export PREFECT_API_AUTH_STRING="{auth.username}:$BRANDTUNE_UI_PASSWORD"',
-            highlight=False,
-        )
+        lines.append(f'export PREFECT_API_AUTH_STRING="{auth.username}:$BRANDTUNE_UI_PASSWORD"')
+    console.print("  auth on, other shells also need:")
+    for line in lines:
+        console.print(f"                {line}", highlight=False, soft_wrap=True)
 
 
 def start_stack(
