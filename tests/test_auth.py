@@ -67,19 +67,27 @@ def test_mlflow_refuses_requests_without_credentials(stack: Stack) -> None:
     assert requests.get(f"{stack.mlflow.url}/health", timeout=30).status_code == 200  # probes stay open
 
 
-def test_the_mlflow_client_authenticates_from_the_environment(
+def test_brandtunes_mlflow_client_authenticates_from_the_environment(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlflow import MlflowClient
+    """brandtune's registry client (what every brandtune command uses) needs nothing but the client env."""
+    import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=str(stack.mlflow.url))
-    with pytest.raises(MlflowException, match=r"401|nauthorized|credentials"):
-        client.search_experiments()
-    for key, value in AUTH.client_env().items():
-        monkeypatch.setenv(key, value)
-    assert client.create_experiment("auth-check")
-    assert [e.name for e in client.search_experiments()].count("auth-check") == 1
+    from brandtune.registry._client import client
+    from brandtune.settings import Settings
+
+    before = mlflow.get_tracking_uri()
+    try:
+        registry = client(Settings(home=stack.home, tracking_uri=str(stack.mlflow.url)))
+        with pytest.raises(MlflowException, match=r"401|nauthorized|credentials"):
+            registry.search_experiments()
+        for key, value in AUTH.client_env().items():
+            monkeypatch.setenv(key, value)
+        assert registry.create_experiment("auth-check")
+        assert [e.name for e in registry.search_experiments()].count("auth-check") == 1
+    finally:
+        mlflow.set_tracking_uri(before)  # client() points the process at this server; later tests must not be
 
 
 def test_the_auth_config_is_private_and_holds_no_password(stack: Stack) -> None:
