@@ -54,6 +54,8 @@ MAX_ARCHIVE_MEMBERS = 10_000  # files examined in one archive; the rest are list
 MAX_MEMBER_BYTES = MAX_PHOTO_BYTES  # a member larger than a photo may be is refused unpacked
 MAX_CENTRAL_DIRECTORY_BYTES = 64 << 20  # ~1M entries: zipfile keeps one object per entry in memory
 MAX_COMPRESSION_RATIO = 200  # photos compress little (PNG/JPEG ~1:1, flat BMP/TIFF ~50:1); bombs ~1000:1
+MAX_CAPTION_BYTES = 64 << 10  # a sidecar caption longer than this is not a caption: refused, template used
+MAX_CAPTIONS_FILE_BYTES = 64 << 20  # captions.jsonl: about 100,000 long captions
 RATIO_CHECK_ABOVE = 1 << 20  # tiny entries may compress well without harm: judge the ratio above 1 MiB only
 # Archives are never unpacked inside an archive: by name, and by their first bytes once unpacked.
 ARCHIVE_SUFFIXES = {
@@ -260,6 +262,12 @@ class _limited:
 
 
 def _read_captions_jsonl(path: Path) -> dict[str, str]:
+    size = path.stat().st_size
+    if size > MAX_CAPTIONS_FILE_BYTES:
+        raise IngestError(
+            f"{path}: {size / 2**20:.0f} MiB, over the {MAX_CAPTIONS_FILE_BYTES >> 20} MiB limit for a captions file; "
+            "keep one short caption per photo"
+        )
     captions: dict[str, str] = {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -282,11 +290,22 @@ def _is_candidate(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in SIDECAR_SUFFIXES
 
 
-def _sidecar_caption(path: Path) -> str | None:
+def _sidecar_caption(path: Path, rejected: list[dict[str, str]], label: str) -> str | None:
+    """The caption in ``path``'s sidecar ``.txt``/``.caption``; one over :data:`MAX_CAPTION_BYTES` is reported (as
+    ``label``'s sidecar) and not used."""
     for suffix in (".txt", ".caption"):
         sidecar = path.with_suffix(suffix)
         if sidecar.is_file():
-            text = sidecar.read_text(encoding="utf-8", errors="replace").strip()
+            with open(sidecar, "rb") as handle:
+                data = handle.read(MAX_CAPTION_BYTES + 1)
+            if len(data) > MAX_CAPTION_BYTES:
+                detail = f"over {MAX_CAPTION_BYTES >> 10} KiB, not a caption; the template caption is used: shorten it"
+                rejected.append(
+                    {"source": f"{label}{suffix}", "reason": "caption_too_large", "detail": detail}
+                )
+                logger.warning("%s%s: %s", label, suffix, detail)
+                return None
+            text = data.decode("utf-8", errors="replace").strip()
             return text or None
     return None
 
@@ -364,7 +383,7 @@ def scan_folder(folder: Path, label_prefix: str = "") -> tuple[list[Candidate], 
     rejected: list[dict[str, str]] = []
     out = []
     for path, name, mask, mask_label in _attach(photos, masks, rejected):
-        caption, origin = _sidecar_caption(path), "sidecar"
+        caption, origin = _sidecar_caption(path, rejected, name.removesuffix(path.suffix)), "sidecar"
         rel = path.relative_to(folder).as_posix()
         if caption is None and rel in listed:
             caption, origin = listed[rel].strip() or None, CAPTIONS_FILE
@@ -380,7 +399,7 @@ def _single_files(files: list[Path], scan: SourceScan) -> None:
     given = {p.resolve() for p, _ in masks}
     masks += [(m, str(m)) for p, _ in photos for m in _masks_beside(p) if m.resolve() not in given]
     for path, name, mask, mask_label in _attach(photos, masks, scan.rejected):
-        caption = _sidecar_caption(path)
+        caption = _sidecar_caption(path, scan.rejected, str(path.with_suffix("")))
         scan.candidates.append(
             Candidate(path, name, caption, "sidecar" if caption else "template", mask, mask_label)
         )

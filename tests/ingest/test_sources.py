@@ -65,3 +65,22 @@ def test_zip_slip_writes_nothing_outside(brand: BrandSpec, settings: Settings, t
         brand, FIXTURES / "zipslip.zip", IngestConfig.for_brand(brand, min_images=1), settings, progress=False
     )
     assert not (FIXTURES.parent / "evil.png").exists()
+
+
+def test_a_caption_file_too_large_to_be_a_caption_is_reported_and_not_read(
+    brand: BrandSpec, settings: Settings, tmp_path: Path
+) -> None:
+    from brandtune.ingest.sources import MAX_CAPTION_BYTES
+
+    folder = tmp_path / "photos"
+    paths = make_photos(folder, 4)
+    paths[0].with_suffix(".txt").write_bytes(b"acme " * (MAX_CAPTION_BYTES // 5 + 1))
+    paths[1].with_suffix(".txt").write_text("acme on a table")
+    result = ingest(brand, folder, IngestConfig.for_brand(brand), settings, progress=False)
+    assert result.num_images == 4
+    rows = {
+        Path(r["source"]).name: r for r in json.loads((result.path / "manifest.json").read_text())["images"]
+    }
+    assert rows[paths[0].name]["caption_source"] == "template"
+    assert rows[paths[1].name]["caption"] == "acme on a table"
+    assert rejections(result.path) == {paths[0].with_suffix(".txt").name: "caption_too_large"}
