@@ -19,7 +19,9 @@ from brandtune.settings import Settings
 logger = logging.getLogger(__name__)
 
 #: The checks, in the order they run. Each is ``"module:function"``.
-CHECKS: tuple[str, ...] = ()
+CHECKS: tuple[str, ...] = (
+    "brandtune.registry._cache:check_cache",  # unverified/corrupt adapter-cache entries, dead downloads
+)
 
 
 @dataclass(frozen=True)
