@@ -42,3 +42,66 @@ def test_latent_cache_reused_and_invalidated(tmp_path: Path, acme_dataset: Path,
     # Back to the original dataset: its cache is still there.
     fourth = train(quick(tmp_path / "d", **original))
     assert fourth.cache_hit
+
+
+def _encoded(n: int = 3, rows: int | None = None):
+    import torch
+
+    from brandtune.training.data import Encoded
+
+    return Encoded(
+        torch.randn(n, 4, 4, 4),
+        torch.rand(n, 4, 4, 4),
+        {"prompt_embeds": torch.randn(rows or n, 7, 8)},
+    )
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong_keys", "wrong_rows", "other_count"])
+def test_unusable_latent_cache_is_deleted_with_a_warning(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from brandtune.training.data import CACHE_VERSION, read_cache, write_cache
+
+    cache = tmp_path / "latents" / "key.safetensors"
+    write_cache(cache, [_encoded()])
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary file left
+    assert len(read_cache(cache, rows=3)[0]) == 3
+    meta = {"brandtune.cache_version": str(CACHE_VERSION)}
+    if damage == "truncate":
+        cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    elif damage == "garbage":
+        cache.write_bytes(b"\xff" * 64)
+    elif damage == "wrong_keys":
+        save_file({"latent_mean": torch.zeros(3, 4, 4, 4)}, cache, metadata=meta)
+    elif damage == "wrong_rows":
+        write_cache(cache, [_encoded(3, rows=2)])
+    rows = 4 if damage == "other_count" else 3
+    with caplog.at_level("WARNING", logger="brandtune.training"):
+        assert read_cache(cache, rows=rows) is None
+    assert str(cache) in caplog.text and "encoding again" in caplog.text
+    assert not cache.exists()
+
+
+def test_truncated_latent_cache_is_recomputed_by_training(
+    tmp_path: Path, acme_dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from brandtune.settings import Settings
+    from brandtune.training.data import read_cache
+
+    latents = Settings.from_env().cache_dir / "latents"
+    before = set(latents.glob("*.safetensors")) if latents.is_dir() else set()
+    opts = {"max_train_steps": 1, "resolution": 48, "dataset": acme_dataset.name}
+    first = train(quick(tmp_path / "a", **opts))
+    (cache,) = set(latents.glob("*.safetensors")) - before
+    assert not first.cache_hit
+    cache.write_bytes(
+        cache.read_bytes()[:100]
+    )  # a crash or a full disk left a stub (or someone truncated it)
+    with caplog.at_level("WARNING", logger="brandtune.training"):
+        second = train(quick(tmp_path / "b", **opts))
+    assert not second.cache_hit and str(cache) in caplog.text
+    assert read_cache(cache) is not None  # encoded again and written whole
+    assert train(quick(tmp_path / "c", **opts)).cache_hit
