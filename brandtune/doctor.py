@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 #: The checks, in the order they run. Each is ``"module:function"``.
 CHECKS: tuple[str, ...] = (
     "brandtune.registry._cache:check_cache",  # unverified/corrupt adapter-cache entries, dead downloads
+    "brandtune.training.data:check_latent_cache",  # truncated latent-cache files, dead writes
 )
 
 

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     import torch
 
     from brandtune.config import TrainConfig
+    from brandtune.doctor import Finding
     from brandtune.models import BaseComponents
+    from brandtune.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -354,3 +356,64 @@ def _split_buckets(tensors: dict[str, torch.Tensor]) -> list[Encoded]:
         bucket, name = key.split("/", 1)
         groups.setdefault(int(bucket), {})[name] = value
     return [Encoded.from_tensors(groups[b]) for b in sorted(groups)]
+
+
+#: A temporary cache file older than this was left by a process that died while writing it.
+TEMP_STALE_S = 900.0
+
+
+def safetensors_damage(path: Path) -> str | None:
+    """Why a safetensors file is structurally broken (a bad header, a size that is not what its header says), or
+    ``None``; reads the header only."""
+    import json
+    import struct
+
+    try:
+        with path.open("rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size)) if size < (100 << 20) else None
+    except (OSError, ValueError, struct.error) as exc:
+        return f"its header cannot be read ({exc})"
+    if not isinstance(header, dict):
+        return "its header is not a safetensors header"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        return f"its header is malformed ({exc!r})"
+    actual = path.stat().st_size - 8 - size
+    return (
+        None if actual == end else f"it is truncated or padded ({actual} data bytes, its header says {end})"
+    )
+
+
+def check_latent_cache(settings: Settings, *, brand: str | None = None, fix: bool = False) -> list[Finding]:
+    """``brandtune doctor``: latent-cache files that are truncated or broken, and temporary files a killed write
+    left (older than :data:`TEMP_STALE_S`). The cache is shared by every brand, so ``brand`` does not narrow it.
+    ``fix`` deletes them (a later training encodes again)."""
+    import time
+
+    from brandtune.doctor import Finding
+
+    root = settings.cache_dir
+    files = [
+        *root.glob("latents/*"),
+        *root.glob("class_images/*/*.safetensors"),
+        *root.glob("class_images/*/.tmp-*"),
+    ]
+    findings = []
+    for path in sorted(p for p in files if p.is_file()):
+        if path.name.startswith(".tmp-"):
+            if time.time() - path.stat().st_mtime < TEMP_STALE_S:
+                continue
+            problem: str | None = "a cache write that never finished left this temporary file"
+        elif path.suffix == ".safetensors":
+            problem = safetensors_damage(path)
+        else:
+            continue
+        if problem is None:
+            continue
+        if fix:
+            path.unlink(missing_ok=True)
+        repair = "delete it (the next training encodes the dataset again)"
+        findings.append(Finding("latent-cache", str(path), problem, repair, fix))
+    return findings

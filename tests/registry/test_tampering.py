@@ -257,3 +257,27 @@ def test_two_concurrent_pulls_into_one_dest_take_turns(versions, settings, tmp_p
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
     assert _consistent(dest)["version"] in versions
+
+
+def test_fetch_killed_before_publishing_leaves_no_cache_entry(versions, settings) -> None:
+    import shutil
+
+    from brandtune.registry import fetch
+    from brandtune.registry._cache import TEMP_STALE_S, check_cache
+
+    number = versions[0]
+    entry = _entry(settings, number)
+    shutil.rmtree(entry)
+    code = f"from brandtune.registry import fetch; fetch('models:/acme-lora/{number}')"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "BRANDTUNE_FAULT": "registry.cache_verified"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    (staging,) = [p for p in entry.parent.iterdir() if p.name.startswith(f".tmp-{entry.name}-")]
+    assert not entry.exists()  # verified, but killed before the rename: nothing published
+    adapter = fetch(f"models:/acme-lora/{number}", settings=settings)
+    assert not adapter.cached and entry.is_dir()
+    assert check_cache(settings, brand="acme") == []  # a young staging folder may be a live download
+    old = time.time() - TEMP_STALE_S - 1
+    os.utime(staging, (old, old))
+    (finding,) = check_cache(settings, brand="acme", fix=True)
+    assert finding.subject == str(staging) and finding.fixed and not staging.exists()

@@ -105,3 +105,44 @@ def test_truncated_latent_cache_is_recomputed_by_training(
     assert not second.cache_hit and str(cache) in caplog.text
     assert read_cache(cache) is not None  # encoded again and written whole
     assert train(quick(tmp_path / "c", **opts)).cache_hit
+
+
+def test_training_killed_while_writing_the_latent_cache_leaves_no_cache(
+    tmp_path: Path, acme_dataset: Path
+) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from brandtune.doctor import CHECKS
+    from brandtune.settings import Settings
+    from brandtune.training.data import TEMP_STALE_S, check_latent_cache, read_cache
+
+    latents = Settings.from_env().cache_dir / "latents"
+    before = set(latents.glob("*")) if latents.is_dir() else set()
+    cfg = quick(tmp_path / "killed", max_train_steps=1, resolution=64, dataset=acme_dataset.name)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(cfg.model_dump(mode="json")))
+    env = {**os.environ, "BRANDTUNE_FAULT": "training.latent_cache_written"}
+    cmd = [sys.executable, "-m", "brandtune.training", "--config", str(config)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    left = set(latents.glob("*")) - before
+    assert [p.name.startswith(".tmp-") for p in left] == [True]  # the partial file never got the final name
+    result = train(quick(tmp_path / "again", max_train_steps=1, resolution=64, dataset=acme_dataset.name))
+    assert not result.cache_hit
+    (tmp,) = left
+    (cache,) = [p for p in set(latents.glob("*.safetensors")) - before if not p.name.startswith(".")]
+    assert read_cache(cache) is not None
+    # brandtune doctor: the dead process's temporary file, once it is old enough not to be a live write
+    assert str(tmp) not in [f.subject for f in check_latent_cache(Settings.from_env())]
+    old = time.time() - TEMP_STALE_S - 1
+    os.utime(tmp, (old, old))
+    cache.write_bytes(cache.read_bytes()[:-8])
+    found = {f.subject: f for f in check_latent_cache(Settings.from_env(), fix=True)}
+    assert found[str(tmp)].fixed and "temporary" in found[str(tmp)].problem and not tmp.exists()
+    assert found[str(cache)].fixed and "truncated" in found[str(cache)].problem and not cache.exists()
+    assert "brandtune.training.data:check_latent_cache" in CHECKS
