@@ -44,6 +44,19 @@ def test_latent_cache_reused_and_invalidated(tmp_path: Path, acme_dataset: Path,
     assert fourth.cache_hit
 
 
+def _own_dataset(seed: int) -> str:
+    """A small dataset of noise images no other test has (so its latent cache key is this test's alone)."""
+    from dataset_helpers import write_dataset
+
+    from brandtune.settings import Settings
+
+    rng = np.random.default_rng(seed)
+    items = [
+        (rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), "a photo of acme bottle", None) for _ in range(4)
+    ]
+    return write_dataset(Settings.from_env().datasets_dir, "acme", items, 64).name
+
+
 def _encoded(n: int = 3, rows: int | None = None):
     import torch
 
@@ -86,14 +99,14 @@ def test_unusable_latent_cache_is_deleted_with_a_warning(
 
 
 def test_truncated_latent_cache_is_recomputed_by_training(
-    tmp_path: Path, acme_dataset: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from brandtune.settings import Settings
     from brandtune.training.data import read_cache
 
     latents = Settings.from_env().cache_dir / "latents"
     before = set(latents.glob("*.safetensors")) if latents.is_dir() else set()
-    opts = {"max_train_steps": 1, "resolution": 48, "dataset": acme_dataset.name}
+    opts = {"max_train_steps": 1, "resolution": 32, "dataset": _own_dataset(1701)}
     first = train(quick(tmp_path / "a", **opts))
     (cache,) = set(latents.glob("*.safetensors")) - before
     assert not first.cache_hit
@@ -107,9 +120,7 @@ def test_truncated_latent_cache_is_recomputed_by_training(
     assert train(quick(tmp_path / "c", **opts)).cache_hit
 
 
-def test_training_killed_while_writing_the_latent_cache_leaves_no_cache(
-    tmp_path: Path, acme_dataset: Path
-) -> None:
+def test_training_killed_while_writing_the_latent_cache_leaves_no_cache(tmp_path: Path) -> None:
     import json
     import os
     import signal
@@ -123,7 +134,8 @@ def test_training_killed_while_writing_the_latent_cache_leaves_no_cache(
 
     latents = Settings.from_env().cache_dir / "latents"
     before = set(latents.glob("*")) if latents.is_dir() else set()
-    cfg = quick(tmp_path / "killed", max_train_steps=1, resolution=64, dataset=acme_dataset.name)
+    opts = {"max_train_steps": 1, "resolution": 32, "dataset": _own_dataset(1702)}
+    cfg = quick(tmp_path / "killed", **opts)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(cfg.model_dump(mode="json")))
     env = {**os.environ, "BRANDTUNE_FAULT": "training.latent_cache_written"}
@@ -132,7 +144,7 @@ def test_training_killed_while_writing_the_latent_cache_leaves_no_cache(
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     left = set(latents.glob("*")) - before
     assert [p.name.startswith(".tmp-") for p in left] == [True]  # the partial file never got the final name
-    result = train(quick(tmp_path / "again", max_train_steps=1, resolution=64, dataset=acme_dataset.name))
+    result = train(quick(tmp_path / "again", **opts))
     assert not result.cache_hit
     (tmp,) = left
     (cache,) = [p for p in set(latents.glob("*.safetensors")) - before if not p.name.startswith(".")]
