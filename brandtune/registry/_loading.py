@@ -146,7 +146,6 @@ def _download_verified(
             uri=settings.tracking_uri,
             what=f"download {version.uri}",
         )
-        fault_point("registry.cache_downloaded")
         try:
             info = verify_adapter(tmp, expected)
         except CorruptAdapterError as exc:
@@ -383,8 +382,9 @@ def pull(
     """Write a registered adapter's files and an ``adapter.json`` for generators that do not use brandtune.
 
     The adapter is fetched and verified first (:func:`fetch`). Pulls into one ``dest`` take turns: a second pull
-    waits up to ``wait_s`` seconds for the first, then is refused in one line. Each file is copied to a temporary
-    name, checked against its hash and renamed into place; ``adapter.json`` is written last.
+    waits up to ``wait_s`` seconds for the first, then is refused in one line. ``adapter.json`` is removed first and
+    written last, so where it exists the files beside it are the ones it names; each file is copied to a temporary
+    name, checked against its hash and renamed into place.
 
     Args:
         brand: Brand slug (model ``<brand>-lora``).
@@ -407,6 +407,8 @@ def pull(
     files[WEIGHTS_NAME] = adapter.sha256
     with _dest_lock(dest, wait_s):
         fault_point("registry.pull_locked")
+        # adapter.json goes first and comes back last: where it exists, the files beside it are the ones it names
+        (dest / "adapter.json").unlink(missing_ok=True)
         for filename in sorted(files):
             _copy_checked(adapter.path / filename, dest / filename, files[filename])
         _copy_checked(adapter.path / PROVENANCE_NAME, dest / PROVENANCE_NAME, None)

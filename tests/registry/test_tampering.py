@@ -281,3 +281,17 @@ def test_fetch_killed_before_publishing_leaves_no_cache_entry(versions, settings
     os.utime(staging, (old, old))
     (finding,) = check_cache(settings, brand="acme", fix=True)
     assert finding.subject == str(staging) and finding.fixed and not staging.exists()
+
+
+def test_pull_killed_midway_leaves_no_adapter_json_until_a_rerun(versions, settings, tmp_path) -> None:
+    dest = tmp_path / "dest"
+    first = _pull_process(dest, versions[0], 5.0)
+    assert first.wait(timeout=180) == 0, first.stderr.read()
+    killed = _pull_process(dest, versions[1], 5.0, BRANDTUNE_FAULT="registry.pull_copied")
+    assert killed.wait(timeout=180) == -signal.SIGKILL, killed.stderr.read()
+    # the weights are the new version's, and no adapter.json claims they are the old one's
+    assert not (dest / "adapter.json").exists()
+    assert not [p.name for p in dest.iterdir() if p.name.endswith(".tmp")]
+    again = _pull_process(dest, versions[1], 5.0)
+    assert again.wait(timeout=180) == 0, again.stderr.read()
+    assert _consistent(dest)["version"] == versions[1]
