@@ -155,7 +155,7 @@ def test_changed_png_is_refused_naming_it_and_reingest_rebuilds(
     assert again.path == first.path and not again.reused
     assert "does not verify" in caplog.text and str(victim) in caplog.text
     assert victim.read_bytes() == original and len(dataset_images(again.path)) == 5
-    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]
+    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".tmp")]  # no staging left
     # an edited caption is refused too (metadata.jsonl against the manifest)
     meta = again.path / "metadata.jsonl"
     meta.write_text(meta.read_text().replace("acme bottle", "evil bottle", 1))
