@@ -19,7 +19,10 @@ from brandtune.settings import Settings
 logger = logging.getLogger(__name__)
 
 #: The checks, in the order they run. Each is ``"module:function"``.
-CHECKS: tuple[str, ...] = ()
+CHECKS: tuple[str, ...] = (
+    "brandtune.registry._doctor:check_registrations",
+    "brandtune.registry._doctor:check_aliases",
+)
 
 
 @dataclass(frozen=True)
