@@ -64,9 +64,9 @@ def check_registrations(settings: Settings, *, brand: str | None = None, fix: bo
             rows = versions(mlc, name, uri)
             dups = _duplicates(mlc, name, rows, aliased, uri, fix)
             found += dups
-            gone = {f.subject for f in dups if f.fixed}
+            seen = {f.subject for f in dups}  # a duplicate is explained (and removed) once
             for row in rows:
-                if f"{name} version {row.version}" not in gone and not row.complete:
+                if f"{name} version {row.version}" not in seen and not row.complete:
                     found.append(_unfinished(mlc, row, aliased, settings, fix))
     return found
 
@@ -159,6 +159,8 @@ def check_aliases(settings: Settings, *, brand: str | None = None, fix: bool = F
                         fixed=done is not None,
                     )
                 )
+                if done is None:
+                    continue  # the pair is half-moved on purpose: finishing the intent is the repair
                 aliases = _aliases(mlc, name, uri)[0]
             rows = {r.version: r for r in versions(mlc, name, uri)}
             found += _pair(mlc, name, aliases, uri, fix)
