@@ -306,7 +306,8 @@ def test_duplicate_versions_of_one_run_from_older_code_are_found_and_removed(
     mv = mlc.get_model_version(NAME, number)
     # what the old blind retry of create_model_version left: a second version of the run, never completed
     tags = {k: v for k, v in mv.tags.items() if k != "brandtune.registration"}
-    dup = mlc.create_model_version(NAME, mv.source, run_id=run_id, tags=tags)
+    model_id = mv.source.removeprefix("models:/")
+    dup = mlc.create_model_version(NAME, mv.source, run_id=run_id, tags=tags, model_id=model_id)
     assert register("acme", run_id, settings=on_server).version == number  # the complete one, not the newest
     found = examine(on_server, brand="acme")
     assert [(f.check, f.subject, f.fixed) for f in found] == [
