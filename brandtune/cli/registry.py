@@ -94,8 +94,9 @@ def models_list_cmd(brand: BrandArg) -> None:
         images = row.tags.get("brandtune.dataset_images")
         dataset = row.tags.get("brandtune.dataset_fingerprint", "?") + (f" ({images} img)" if images else "")
         created = row.created.strftime("%Y-%m-%d %H:%M") if row.created else "?"
+        number = row.version if row.complete else f"{row.version} (half-registered: brandtune doctor)"
         table.add_row(
-            row.version, " ".join(f"@{a}" for a in row.aliases), metrics, dataset, row.base_model, created
+            number, " ".join(f"@{a}" for a in row.aliases), metrics, dataset, row.base_model, created
         )
     console.print(table)
 
