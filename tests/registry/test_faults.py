@@ -29,6 +29,7 @@ from brandtune.settings import Settings
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
 NAME = "acme-lora"
+EVALUATE = [sys.executable, "-m", "brandtune.cli", "evaluate", "--brand", "acme"]
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +290,43 @@ def test_two_promotions_at_once_one_wins_the_other_says_the_champion_moved(
     winner = (a, b)[codes.index(0)]
     loser_err = outs[codes.index(2)][1]
     assert f"champion moved from v{champion} to v{winner}" in loser_err, loser_err
+    assert _pair(on_server) == (winner, champion)
+    assert_consistent(on_server, [])
+
+
+def test_two_evaluations_promoting_at_once_one_wins_the_other_is_told_the_champion_moved(
+    server: Server, on_server: Settings, released: list[str], tmp_path: Path
+) -> None:
+    from brandtune.registry import fetch, model_uri
+
+    champion, _ = _pair(on_server)
+    a, b = (v for v in released if v != champion)
+    for number in (a, b, champion):  # in the adapter cache before the two processes start
+        fetch(model_uri("acme", number), settings=on_server)
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        "brand: acme\nseeds: [0]\ninclude_base: false\nsampler: {num_inference_steps: 2}\n"
+        "gate: {rules: [{metric: technical_ok, comparison: min, threshold: 0.0}]}\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+    procs = [
+        subprocess.Popen(
+            [*EVALUATE, "--candidate", v, "--config", str(config), "--output", str(tmp_path / f"eval-{v}")],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for v in (a, b)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs  # a refused promotion is an outcome, not a crash
+    promoted = ["promoted to @champion" in out for out, _ in outs]
+    assert sorted(promoted) == [False, True], outs
+    winner = (a, b)[promoted.index(True)]
+    _, loser_err = outs[promoted.index(False)]
+    assert f"champion moved from v{champion} to v{winner} since this evaluation" in loser_err, loser_err
     assert _pair(on_server) == (winner, champion)
     assert_consistent(on_server, [])
 
