@@ -365,15 +365,28 @@ def _ensure_registered_model(mlc: MlflowClient, name: str, brand: str, uri: str)
 def log_adapter(mlc: MlflowClient, run_id: str, adapter: Path, info: dict[str, Any], uri: str) -> str:
     """Log ``adapter`` as an ``mlflow.diffusers`` model into run ``run_id``; verify it and mark it READY.
 
+    Idempotent: a READY model of the run with the same weights (an earlier attempt that stopped before its version
+    was made) is used again instead of uploading another copy.
+
     Returns:
         The LoggedModel id (the version's source is ``models:/<id>``).
     """
     from brandtune.registry._flavor import create_logged_model, log_diffusers_model
 
+    sha = sha256_file(adapter / WEIGHTS_NAME)
+    earlier = _ready_logged_model(mlc, run_id, sha, uri)
+    if earlier is not None:
+        logger.info("run %s already has the READY adapter model %s; using it", run_id, earlier)
+        return earlier
     model_id = call(
         lambda: create_logged_model(mlc, run_id, info, MODEL_NAME), uri=uri, what="create the adapter model"
     )
     try:
+        call(
+            lambda: mlc.set_logged_model_tags(model_id, {ADAPTER_SHA_TAG: sha}),
+            uri=uri,
+            what="tag the adapter model",
+        )
         call(
             lambda: log_diffusers_model(model_id, run_id, adapter, info),
             uri=uri,
@@ -392,6 +405,19 @@ def log_adapter(mlc: MlflowClient, run_id: str, adapter: Path, info: dict[str, A
     except BaseException:
         _mark_failed(mlc, model_id)
         raise
+
+
+def _ready_logged_model(mlc: MlflowClient, run_id: str, sha: str, uri: str) -> str | None:
+    """A READY LoggedModel of ``run_id`` whose weights have sha256 ``sha``, or None."""
+    run = call(lambda: mlc.get_run(run_id), uri=uri, what=f"read run {run_id}")
+    query = f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}' AND tags.`{ADAPTER_SHA_TAG}` = '{sha}'"
+    found = call(
+        lambda: mlc.search_logged_models([run.info.experiment_id], filter_string=query),
+        uri=uri,
+        what=f"list the adapter models of run {run_id}",
+    )
+    ready = [m for m in found if str(m.status).endswith("READY")]  # the store cannot filter on status
+    return str(ready[0].model_id) if ready else None
 
 
 def _artifact_names(mlc: MlflowClient, model_id: str) -> set[str]:

@@ -130,6 +130,10 @@ def register_clone(settings: Settings, adapter: Path, tmp: Path) -> tuple[str, s
 def test_register_killed_at_each_step_then_run_again(
     fault: str, server: Server, on_server: Settings, adapter: Path, tmp_path: Path
 ) -> None:
+    import mlflow
+
+    from brandtune.registry import register
+
     run_id = clone_run(on_server.tracking_uri, adapter, tmp_path)
     crash(server, "register", "--brand", "acme", "--run", run_id, fault=fault)
     assert_aliases_safe(on_server)  # never an alias on the half-registered version
@@ -139,9 +143,11 @@ def test_register_killed_at_each_step_then_run_again(
     aliases, rows = state(on_server)
     mine = next(r for r in rows.values() if r.tags.get("brandtune.source_run_id") == run_id)
     assert aliases["candidate"] == mine.version == max(rows, key=int)
-    from brandtune.registry import register
-
     assert register("acme", run_id, settings=on_server).version == mine.version  # idempotent
+    mlc = mlflow.MlflowClient(on_server.tracking_uri)
+    experiment = mlc.get_run(run_id).info.experiment_id
+    logged = mlc.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'")
+    assert [m.model_id for m in logged] == [mine.source.removeprefix("models:/")]  # uploaded once
 
 
 def test_half_registered_version_is_refused_then_doctor_repairs_it(
