@@ -325,7 +325,7 @@ def reproduce(
 
     Each image's whole batch is re-run with the recorded prompts, seeds and sampler, so the pixels are identical
     on the same hardware and software. The manifest names the brand, adapter version and sampler, so it is all
-    that is needed; the manifest is untrusted input (see :func:`_read_untrusted_manifest`).
+    that is needed; the manifest is untrusted input (see :func:`~brandtune.generation_manifest.read_manifest`).
 
     Args:
         manifest: A campaign's ``manifest.json``.
@@ -340,6 +340,8 @@ def reproduce(
     import json
 
     hint = "use the manifest.json brandtune wrote, or remove that entry"
+    if not Path(manifest).exists():
+        raise GenerationError(f"--reproduce {manifest}: no such file; give a campaign's manifest.json")
     data = read_manifest(Path(manifest), Path(output_dir), hint=hint)
     spec = _manifest_brand(data.job.brand, brand, manifest)
     cfg, sampler = data.job, data.sampler

@@ -79,14 +79,17 @@ class Measure:
 
 
 # Unpacks an archive in a fresh process and prints its wall time, peak RSS and results as JSON.
+# Peak RSS from VmHWM (this process's own memory): ru_maxrss would carry over the high-water mark of the pytest
+# worker that spawned it (Linux keeps it across exec), which says nothing about the unpacking.
 UNPACK_CHILD = """
-import json, resource, sys, time
+import json, re, sys, time
 from pathlib import Path
 from brandtune.ingest.sources import unpack_zip
 started = time.perf_counter()
 folder, refused = unpack_zip(Path(sys.argv[1]), Path(sys.argv[2]))
+hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 print(json.dumps({"seconds": time.perf_counter() - started, "files": sum(1 for _ in folder.iterdir()),
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "refused": refused}))
+                  "peak_rss": hwm, "refused": refused}))
 """
 
 

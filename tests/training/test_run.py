@@ -241,6 +241,7 @@ def test_the_base_recommends_what_a_config_leaves_empty(trained) -> None:
 
 
 def test_nan_loss_stops_with_step_named(tmp_path: Path, trained) -> None:
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from brandtune.settings import Settings
@@ -251,10 +252,14 @@ def test_nan_loss_stops_with_step_named(tmp_path: Path, trained) -> None:
     try:
         for path in caches:
             tensors = load_file(path)
+            with safe_open(
+                path, "pt"
+            ) as handle:  # the cache's version and layout: kept, so the cache is read
+                metadata = handle.metadata()
             for name, tensor in tensors.items():
                 if name.rsplit("/", 1)[-1] == "latent_mean":  # every aspect bucket's ("<bucket>/latent_mean")
                     tensor[:] = float("nan")
-            save_file(tensors, path)
+            save_file(tensors, path, metadata=metadata)
         with pytest.raises(TrainingError, match=r"at step 1; last good checkpoint: none"):
             train(quick(tmp_path, max_train_steps=2))
     finally:
