@@ -9,7 +9,6 @@ the same hardware. Re-running a job skips images that already exist (every image
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from brandtune.config import BrandSpec, GenerateConfig, SamplerConfig, load_brand
+from brandtune.config._base import slugify
 from brandtune.errors import GenerationError, RegistryError
 from brandtune.fsutil import atomic_write_json
 from brandtune.images import save_png
@@ -44,28 +44,16 @@ class GenerationResult:
     model_version: str
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
-
-
 def expand_settings(brand: BrandSpec, settings: list[str]) -> list[tuple[str, str]]:
     """``(key, phrase)`` per setting: a brand.yaml key maps to its phrase, a phrase stands for itself.
 
     Raises:
         GenerationError: a one-word value that is not a known key (most likely a typo).
     """
-    out = []
-    for value in settings:
-        if value in brand.settings:
-            out.append((value, brand.settings[value]))
-        elif " " in value.strip():
-            out.append((_slug(value), value.strip()))
-        else:
-            known = ", ".join(sorted(brand.settings)) or "none"
-            raise GenerationError(
-                f"unknown setting {value!r} for brand {brand.name}: use a key from brand.yaml ({known}) "
-                "or a phrase such as 'on a beach'"
-            )
+    try:
+        out = [brand.setting_phrase(value) for value in settings]
+    except ValueError as exc:
+        raise GenerationError(str(exc)) from None
     return out or [("prompt", "")]
 
 
@@ -185,7 +173,7 @@ def generate(
     config = config.model_copy(update={"brand": brand.name})  # the manifest names the brand by its slug
     rows = plan_images(brand, config)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = config.output_dir or settings.home / "campaigns" / brand.name / f"{stamp}-{_slug(config.prompt)}"
+    out = config.output_dir or settings.home / "campaigns" / brand.name / f"{stamp}-{slugify(config.prompt)}"
     out.mkdir(parents=True, exist_ok=True)
     init = _init_image(config)
     todo = [r for r in rows if not (out / r["file"]).is_file()]
