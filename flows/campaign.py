@@ -64,6 +64,13 @@ def campaign_flow(
     A campaign already generated from the same version with the same settings is not generated again: this run
     says so and links the earlier gallery. So the run after a promotion makes new images, and a scheduled run with
     nothing new costs seconds.
+
+    Args:
+        brand: Brand slug: the folder under data/brands that holds brand.yaml (e.g. acme).
+        campaigns: Names of the brand's standard campaigns to generate; empty: all of them.
+        model: Adapter to generate from: an alias (champion, candidate) or a version number.
+        reason: Why this run happens, recorded with each campaign (the schedule, or the event that started it).
+        batch_size: Images per pipeline call; empty: the generation default.
     """
     from brandtune.registry import fetch, model_uri
 
