@@ -2,35 +2,46 @@
 
 A job writes ``<output>/<setting>/<nnn>_seed<seed>.png``, one contact sheet per setting, an ``index.html`` gallery
 and ``manifest.json``. The manifest lists, for every image, the prompt, negative prompt, seed, sampler, size,
-adapter version and base model, and the batch it was generated in, so ``reproduce`` makes it again bit for bit on
-the same hardware. Re-running a job skips images that already exist (every image is written atomically).
+adapter version, base model and the image's sha256, and the batch it was generated in, so ``reproduce`` makes it
+again bit for bit on the same hardware. Re-running a job into the same folder resumes it: an image counts as done
+only if its file matches the sha256 of its entry (see :mod:`brandtune.generation_manifest` for the crash-safe
+writes and the checks on a manifest read back).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel, Field
 
 from brandtune.config import BrandSpec, GenerateConfig, SamplerConfig, load_brand
 from brandtune.config._base import slugify
 from brandtune.errors import GenerationError, RegistryError
-from brandtune.fsutil import atomic_write_json
-from brandtune.images import save_png
-from brandtune.provenance import brandtune_version
+from brandtune.generation_manifest import (
+    MANIFEST,
+    Manifest,
+    check_reproduce_model,
+    check_same_images,
+    check_same_job,
+    read_manifest,
+    remove_stale_temps,
+    resolve_inside,
+    verified_entries,
+    write_manifest,
+    write_png,
+)
 from brandtune.sampling import apply_scheduler, aspect_samplers, resolve_sampler, sample_batch
 from brandtune.settings import Settings
 
 if TYPE_CHECKING:
     from PIL import Image
 
-logger = logging.getLogger(__name__)
+__all__ = ["MANIFEST", "GenerationResult", "generate", "plan_images", "reproduce"]
 
-MANIFEST = "manifest.json"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,11 @@ def plan_images(brand: BrandSpec, cfg: GenerateConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def _load(brand: BrandSpec, cfg: GenerateConfig, settings: Settings) -> tuple[Any, dict[str, str]]:
+def _resolve_model(
+    brand: BrandSpec, cfg: GenerateConfig, settings: Settings
+) -> tuple[dict[str, str], Callable[[], Any]]:
+    """The model a job uses, as recorded in its manifest, and a loader for its pipeline (called only after the
+    caller has checked the record). An alias is resolved once: the pipeline loads the version it resolved to."""
     from brandtune.models import load_base_pipeline, resolve_base
     from brandtune.registry import fetch, load_pipeline, model_uri
 
@@ -115,11 +130,10 @@ def _load(brand: BrandSpec, cfg: GenerateConfig, settings: Settings) -> tuple[An
             "base_model": resolved.name,
             "base_revision": resolved.revision,
         }
-        return load_base_pipeline(resolved), info
+        return info, lambda: load_base_pipeline(resolved)
     uri = model_uri(brand.name, cfg.model)
     try:
         adapter = fetch(uri, settings=settings)
-        pipe = load_pipeline(uri, fuse=cfg.fuse, settings=settings)
     except RegistryError as exc:
         if cfg.model.lstrip("@") == "champion":
             raise GenerationError(
@@ -130,11 +144,12 @@ def _load(brand: BrandSpec, cfg: GenerateConfig, settings: Settings) -> tuple[An
     info = {
         "model": uri,
         "version": adapter.version.version,
-        "base_model": adapter.base_model,
-        "base_revision": adapter.base_revision,
+        # the registry's tags first: the cached brandtune.json is a copy anyone can edit
+        "base_model": adapter.version.base_model or adapter.base_model,
+        "base_revision": adapter.version.base_revision or adapter.base_revision,
         "adapter_sha256": adapter.sha256,
     }
-    return pipe, info
+    return info, lambda: load_pipeline(adapter.version.uri, fuse=cfg.fuse, settings=settings)
 
 
 def _batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -160,10 +175,68 @@ def _init_image(cfg: GenerateConfig) -> Image.Image | None:
         raise GenerationError(f"--init-image {cfg.init_image}: not a readable image ({exc})") from exc
 
 
+def _campaign_dir(config: GenerateConfig, brand: BrandSpec, settings: Settings) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return config.output_dir or settings.home / "campaigns" / brand.name / f"{stamp}-{slugify(config.prompt)}"
+
+
+def _previous_manifest(out: Path, rows: list[dict[str, Any]], overwrite: bool) -> Manifest | None:
+    """The output folder's manifest, checked as untrusted input; ``None`` for a new folder or ``overwrite``.
+
+    Raises:
+        GenerationError: the manifest is malformed, or a planned image path leads out of the folder (a symlink).
+    """
+    for row in rows:
+        if resolve_inside(out, row["file"]) is None:
+            raise GenerationError(
+                f"--output {out}: {row['file']} resolves outside the folder (a symlink?); use another --output"
+            )
+    if overwrite or not (out / MANIFEST).is_file():
+        return None
+    hint = "restore or delete it, or use a new --output, or --overwrite to make every image again"
+    return read_manifest(out / MANIFEST, out, hint=hint)
+
+
+def _make_batch(
+    pipe: Any,
+    out: Path,
+    batch: list[dict[str, Any]],
+    missing: set[str],
+    shaped: SamplerConfig,
+    init: Image.Image | None,
+    strength: float,
+) -> dict[str, dict[str, Any]]:
+    """Run one pipeline call and write its ``missing`` images; their manifest entries, each with its sha256."""
+    images = sample_batch(
+        pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch], shaped, init, strength
+    )
+    batch_record = {"prompts": [r["prompt"] for r in batch], "seeds": [r["seed"] for r in batch]}
+    size = {"width": shaped.width, "height": shaped.height, "size": [shaped.width, shaped.height]}
+    made = {}
+    for i, (row, image) in enumerate(zip(batch, images, strict=True)):
+        if row["file"] in missing:
+            sha = write_png(image, out / row["file"])  # on disk and fsynced before its entry exists
+            made[row["file"]] = {**row, **size, "batch": {**batch_record, "index": i}, "sha256": sha}
+    return made
+
+
 def generate(
-    config: GenerateConfig, settings: Settings | None = None, progress: bool = True
+    config: GenerateConfig,
+    settings: Settings | None = None,
+    progress: bool = True,
+    *,
+    overwrite: bool = False,
 ) -> GenerationResult:
-    """Run a campaign job; images already on disk are skipped, so an interrupted job can simply be re-run."""
+    """Run a campaign job, resuming one in the same output folder.
+
+    On a resume an image counts as done only if its file's sha256 matches its manifest entry; any other image
+    (truncated, changed, or written but never recorded because the job was killed) is made again, and logged. The
+    folder's manifest is untrusted input, checked before anything is written; a job whose model, adapter, base
+    revision or sampler differ from the manifest's is refused (``overwrite``: make every image again instead).
+
+    Raises:
+        GenerationError: a bad job, a malformed manifest in the output folder, or other settings than its images'.
+    """
     from tqdm.auto import tqdm
 
     from brandtune.gallery import write_contact_sheets, write_gallery
@@ -172,167 +245,40 @@ def generate(
     brand = load_brand(config.brand)
     config = config.model_copy(update={"brand": brand.name})  # the manifest names the brand by its slug
     rows = plan_images(brand, config)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = config.output_dir or settings.home / "campaigns" / brand.name / f"{stamp}-{slugify(config.prompt)}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = _campaign_dir(config, brand, settings)
+    previous = _previous_manifest(out, rows, overwrite)
+    check_same_images(out, previous, rows)
     init = _init_image(config)
-    todo = [r for r in rows if not (out / r["file"]).is_file()]
-    pipe, info = _load(brand, config, settings)
+    info, load = _resolve_model(brand, config, settings)
+    pipe = load()
     sizes = dict(aspect_samplers(pipe, config.sampler, job_aspects(brand, config)))
     sampler = apply_scheduler(pipe, config.sampler)
     config = config.model_copy(update={"sampler": sampler})  # every empty setting filled for this model
-    previous = _read_manifest(out)
-    entries = {e["file"]: e for e in previous.get("images", [])}
-    bar = tqdm(
-        total=len(rows), initial=len(rows) - len(todo), desc="generate", unit="img", disable=not progress
-    )
+    if previous is not None:
+        check_same_job(out, previous, config, sampler, info)
+    out.mkdir(parents=True, exist_ok=True)  # nothing is written before every check has passed
+    remove_stale_temps(out, [r["file"] for r in rows])
+    entries = verified_entries(out, rows, previous)
+    todo = [r for r in rows if r["file"] not in entries]
+    bar = tqdm(total=len(rows), initial=len(entries), desc="generate", unit="img", disable=not progress)
     missing = {r["file"] for r in todo}
     # The job's batches are fixed by its rows and batch_size; a batch with a missing image is run whole, so a
     # resumed image is made in the same batch as the first time and comes out bit for bit the same (CPU and GPU
-    # kernels may round differently for another batch size). Images already on disk are not rewritten.
+    # kernels may round differently for another batch size). Verified images are not rewritten.
     for batch in _batches(rows, config.batch_size):
         if not missing.intersection(r["file"] for r in batch):
             continue
         shaped = resolve_sampler(sizes[batch[0]["aspect"]], pipe)
-        images = sample_batch(
-            pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch], shaped, init, config.strength
-        )
-        batch_record = {"prompts": [r["prompt"] for r in batch], "seeds": [r["seed"] for r in batch]}
-        size = {"width": shaped.width, "height": shaped.height, "size": [shaped.width, shaped.height]}
-        for i, (row, image) in enumerate(zip(batch, images, strict=True)):
-            if row["file"] in missing:
-                save_png(image, out / row["file"])
-                entries[row["file"]] = {**row, **size, "batch": {**batch_record, "index": i}}
-                bar.update(1)
-        _write_manifest(
-            out, config, sampler, info, [entries[r["file"]] for r in rows if r["file"] in entries]
-        )
+        made = _make_batch(pipe, out, batch, missing, shaped, init, config.strength)
+        entries.update(made)
+        bar.update(len(made))
+        write_manifest(out, config, sampler, info, [entries[r["file"]] for r in rows if r["file"] in entries])
     bar.close()
-    manifest = _write_manifest(
-        out, config, sampler, info, [entries[r["file"]] for r in rows if r["file"] in entries]
-    )
+    manifest = write_manifest(out, config, sampler, info, [entries[r["file"]] for r in rows])
     sheets = write_contact_sheets(out, rows)
     gallery = write_gallery(out, brand, config, info, rows, sheets)
     logger.info("campaign: %d generated, %d skipped, in %s", len(todo), len(rows) - len(todo), out)
     return GenerationResult(out, manifest, gallery, sheets, len(todo), len(rows) - len(todo), info["version"])
-
-
-def _read_manifest(out: Path) -> dict[str, Any]:
-    import json
-
-    path = out / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_manifest(
-    out: Path, cfg: GenerateConfig, sampler: SamplerConfig, info: dict[str, str], images: list[dict[str, Any]]
-) -> Path:
-    common = {
-        "brand": cfg.brand,
-        "negative_prompt": sampler.negative_prompt,
-        "steps": sampler.num_inference_steps,
-        "guidance": sampler.guidance_scale,
-        "size": [sampler.width, sampler.height],
-        "scheduler": sampler.scheduler,
-        **info,
-    }
-    data = {
-        "job": cfg.model_dump(mode="json"),
-        "sampler": sampler.model_dump(mode="json"),
-        "model": info,
-        "brandtune_version": brandtune_version(),
-        "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "images": [{**common, **img} for img in images],
-    }
-    atomic_write_json(out / MANIFEST, data)
-    return out / MANIFEST
-
-
-class _ManifestBatch(BaseModel):
-    """The pipeline call an image came from: every prompt and seed of it, and the image's place in it."""
-
-    prompts: list[str] = Field(min_length=1, max_length=64, description="Prompts of the batch, in order.")
-    seeds: list[int] = Field(min_length=1, max_length=64, description="Seeds of the batch, in order.")
-    index: int = Field(ge=0, description="The image's position in the batch.")
-
-
-class _ManifestImage(BaseModel):
-    """One image of a manifest, as far as ``reproduce`` reads it (other keys are informative)."""
-
-    file: str = Field(description="PNG path relative to the campaign folder.")
-    prompt: str | None = Field(default=None, description="The image's prompt (must match its batch entry).")
-    seed: int | None = Field(default=None, description="The image's seed (must match its batch entry).")
-    batch: _ManifestBatch = Field(description="The batch the image was generated in.")
-    width: int | None = Field(default=None, ge=32, le=4096, description="Width in px; empty: the sampler's.")
-    height: int | None = Field(
-        default=None, ge=32, le=4096, description="Height in px; empty: the sampler's."
-    )
-
-
-class _ManifestModel(BaseModel):
-    version: str = Field(
-        pattern=r"^\d*$", description="Registered adapter version; empty for the base model."
-    )
-
-
-class _Manifest(BaseModel):
-    """What ``reproduce`` needs of a manifest.json: the job, the sampler, the adapter version, the images."""
-
-    job: GenerateConfig = Field(description="The job as it was run.")
-    sampler: SamplerConfig = Field(description="The sampler with the size it used.")
-    model: _ManifestModel = Field(description="The adapter the images came from.")
-    images: list[_ManifestImage] = Field(description="Every image of the job.")
-
-
-def _read_untrusted_manifest(manifest: Path, output_dir: Path) -> _Manifest:
-    """Parse and check a manifest.json for ``reproduce``: well-formed, a brand slug, and every image file a PNG
-    path that stays inside ``output_dir`` (a manifest may come from anywhere).
-
-    Raises:
-        GenerationError: the file is missing or malformed, or an entry points outside the output folder.
-    """
-    import json
-
-    from pydantic import ValidationError
-
-    from brandtune.config import SLUG_RE, format_validation_error
-
-    try:
-        data = _Manifest.model_validate(json.loads(Path(manifest).read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise GenerationError(
-            f"--reproduce {manifest}: no such file; give a campaign's manifest.json"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GenerationError(f"--reproduce {manifest}: not a readable JSON manifest ({exc})") from exc
-    except ValidationError as exc:
-        raise GenerationError(format_validation_error(exc, str(manifest))) from exc
-    if not SLUG_RE.match(data.job.brand):
-        raise GenerationError(f"{manifest}: brand {data.job.brand!r} is not a brand slug such as 'acme'")
-    if len(data.images) > data.job.max_images:
-        raise GenerationError(
-            f"{manifest}: {len(data.images)} images, over its max_images ({data.job.max_images})"
-        )
-    root = Path(output_dir).resolve()
-    for entry in data.images:
-        rel = PurePosixPath(entry.file)
-        target = (root / rel).resolve()
-        if rel.is_absolute() or ".." in rel.parts or rel.suffix != ".png" or not target.is_relative_to(root):
-            raise GenerationError(
-                f"{manifest}: image file {entry.file!r} is not a .png path inside the output folder; "
-                "the manifest was edited or is not a brandtune manifest"
-            )
-        batch = entry.batch
-        if len(batch.prompts) != len(batch.seeds) or batch.index >= len(batch.prompts):
-            raise GenerationError(
-                f"{manifest}: {entry.file}: its batch record is inconsistent (prompts/seeds/index)"
-            )
-        prompt, seed = batch.prompts[batch.index], batch.seeds[batch.index]
-        if entry.prompt not in (None, prompt) or entry.seed not in (None, seed):
-            raise GenerationError(
-                f"{manifest}: {entry.file}: its prompt and seed differ from its batch record"
-            )
-    return data
 
 
 def _manifest_brand(recorded: str, given: str | Path | None, manifest: Path) -> BrandSpec:
@@ -381,11 +327,16 @@ def reproduce(
     """
     import json
 
-    data = _read_untrusted_manifest(manifest, output_dir)
+    hint = "use the manifest.json brandtune wrote, or remove that entry"
+    data = read_manifest(Path(manifest), Path(output_dir), hint=hint)
     spec = _manifest_brand(data.job.brand, brand, manifest)
     cfg, sampler = data.job, data.sampler
     settings = settings or Settings.from_env()
-    pipe, _ = _load(spec, cfg.model_copy(update={"model": data.model.version or "base"}), settings)
+    info, load = _resolve_model(
+        spec, cfg.model_copy(update={"model": data.model.version or "base"}), settings
+    )
+    check_reproduce_model(Path(manifest), data.model, info)
+    pipe = load()
     apply_scheduler(pipe, sampler)
     init = _init_image(cfg)
     wanted = [e for e in data.images if only is None or e.file in only]
@@ -397,6 +348,9 @@ def reproduce(
             shaped = sampler.model_copy(update=size)
             done[key] = sample_batch(pipe, entry.batch.prompts, entry.batch.seeds, shaped, init, cfg.strength)
         path = Path(output_dir) / entry.file
-        save_png(done[key][entry.batch.index], path)
+        sha = write_png(done[key][entry.batch.index], path)
+        if entry.sha256 and sha != entry.sha256:
+            logger.warning("%s: sha256 %s differs from the recorded %s (other hardware or software?)", path, sha,
+                           entry.sha256)  # fmt: skip
         written.append(path)
     return written

@@ -13,6 +13,7 @@ from PIL import Image
 
 from brandtune.config import GenerateConfig
 from brandtune.errors import GenerationError, RegistryError
+from brandtune.fsutil import sha256_file
 from brandtune.generation import generate, reproduce
 
 pytestmark = pytest.mark.usefixtures("torch_threads", "acme_dataset")
@@ -119,6 +120,7 @@ def _manifest(tmp_path: Path, **image: object) -> Path:
         "batch": {"prompts": ["a photo of acme bottle on a beach"], "seeds": [0], "index": 0},
         **image,
     }
+    entry = {k: v for k, v in entry.items() if v is not ...}  # ``...`` drops a key
     data = {
         "job": {"brand": "acme", "prompt": "a photo of {trigger} {subject}", "model": "base"},
         "sampler": {"num_inference_steps": 2, "width": 64, "height": 64},
@@ -130,23 +132,111 @@ def _manifest(tmp_path: Path, **image: object) -> Path:
     return path
 
 
+def _snapshot(*folders: Path) -> dict[str, bytes]:
+    """Every file under ``folders`` (and whether each folder exists), to show that nothing was written."""
+    out: dict[str, bytes] = {}
+    for folder in folders:
+        out[f"{folder} exists"] = str(folder.exists()).encode()
+        for path in sorted(folder.rglob("*")) if folder.exists() else []:
+            out[str(path)] = path.read_bytes() if path.is_file() else b"<dir>"
+    return out
+
+
+_BATCH = {"prompts": ["p"], "seeds": [0], "index": 0}
+
+
 @pytest.mark.parametrize(
     ("image", "message"),
     [
-        ({"file": "../escaped.png"}, "not a .png path inside the output folder"),
-        ({"file": "/tmp/escaped.png"}, "not a .png path inside the output folder"),
-        ({"file": "beach/notes.txt"}, "not a .png path inside the output folder"),
-        ({"batch": {"prompts": ["p"], "seeds": [0], "index": 3}}, "batch record is inconsistent"),
-        ({"seed": 7}, "differ from its batch record"),
-        ({"batch": {"prompts": ["p"], "seeds": ["zero"], "index": 0}}, r"images\.0\.batch\.seeds"),
+        ({"file": "../escaped.png"}, r"images\[0\]\.file: '\.\./escaped\.png' is not a \.png path inside"),
+        ({"file": "beach/../../escaped.png"}, r"images\[0\]\.file: .* is not a \.png path inside"),
+        ({"file": "/tmp/escaped.png"}, r"images\[0\]\.file: '/tmp/escaped\.png' is not a \.png path inside"),
+        ({"file": "beach\\..\\..\\escaped.png"}, r"images\[0\]\.file: .* is not a \.png path inside"),
+        ({"file": "beach/notes.txt"}, r"images\[0\]\.file: .* is not a \.png path inside"),
+        ({"file": ""}, r"images\[0\]\.file: .* is not a \.png path inside"),
+        ({"file": 3}, r"images\[0\]\.file: Input should be a valid string"),
+        ({"batch": None}, r"images\[0\]\.batch: Input should be a valid dictionary"),
+        (
+            {"batch": {"prompts": ["p"], "seeds": [0], "index": 3}},
+            r"images\[0\]\.batch: .* do not fit together",
+        ),
+        ({"seed": 7}, r"images\[0\]\.seed: 7 differs from its batch record"),
+        ({"seed": "zero"}, r"images\[0\]\.seed: Input should be a valid integer"),
+        (
+            {"batch": {**_BATCH, "seeds": ["zero"]}},
+            r"images\[0\]\.batch\.seeds\[0\]: Input should be a valid int",
+        ),
+        ({"batch": {"prompts": ["p"], "index": 0}}, r"images\[0\]\.batch\.seeds: Field required"),
+        ({"file": ...}, r"images\[0\]\.file: Field required"),
+        ({"sha256": "abc"}, r"images\[0\]\.sha256: String should match pattern"),
+        ({"colour": "red"}, r"images\[0\]\.colour: unknown key"),
     ],
-    ids=["parent-dir", "absolute", "not-png", "index", "seed-mismatch", "bad-type"],
+    ids=[
+        "parent-dir",
+        "nested-parent",
+        "absolute",
+        "backslashes",
+        "not-png",
+        "empty",
+        "file-type",
+        "batch-type",
+        "index",
+        "seed-mismatch",
+        "seed-type",
+        "batch-seed-type",
+        "missing-key",
+        "missing-file",
+        "bad-sha",
+        "unknown-key",
+    ],
 )
 def test_reproduce_refuses_a_tampered_manifest(tmp_path: Path, image: dict, message: str) -> None:
+    out, sentinel = tmp_path / "out", tmp_path / "sentinel"
+    sentinel.mkdir()
+    (sentinel / "keep.txt").write_text("untouched")
+    path = _manifest(tmp_path, **image)
+    before = _snapshot(out, sentinel)
+    with pytest.raises(GenerationError, match=message) as err:
+        reproduce(path, out)
+    assert len(str(err.value).splitlines()) == 1, err.value
+    assert "manifest.json" in str(err.value) and "; use the manifest.json brandtune wrote" in str(err.value)
+    assert _snapshot(out, sentinel) == before
+    assert (
+        not out.exists() and not (tmp_path / "escaped.png").exists() and not Path("/tmp/escaped.png").exists()
+    )
+
+
+def test_reproduce_refuses_a_symlink_that_leads_out_and_a_duplicate(tmp_path: Path) -> None:
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (out / "beach").symlink_to(outside)
+    before = _snapshot(out, outside)
+    with pytest.raises(
+        GenerationError, match=r"images\[0\]\.file: 'beach/000_seed0\.png' is not a \.png path"
+    ):
+        reproduce(_manifest(tmp_path), out)
+    assert _snapshot(out, outside) == before
+    path = _manifest(tmp_path)
+    data = json.loads(path.read_text())
+    data["images"].append(data["images"][0])
+    path.write_text(json.dumps(data))
+    with pytest.raises(GenerationError, match=r"images\[1\]\.file: 'beach/000_seed0\.png' is listed twice"):
+        reproduce(path, tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_bad_manifest_in_output_stops_a_resume_before_any_write(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with pytest.raises(GenerationError, match=message):
-        reproduce(_manifest(tmp_path, **image), out)
-    assert not out.exists() and not (tmp_path / "escaped.png").exists()
+    out.mkdir()
+    path = _manifest(tmp_path, file="../../escaped.png")
+    (out / "manifest.json").write_text(path.read_text())
+    before = _snapshot(out)
+    job = _job(tmp_path, model="base", settings=["beach"], variations=1)
+    with pytest.raises(GenerationError, match=r"out/manifest\.json: images\[0\]\.file: .*--overwrite") as err:
+        generate(job, progress=False)
+    assert len(str(err.value).splitlines()) == 1
+    assert _snapshot(out) == before and not (tmp_path / "escaped.png").exists()
 
 
 def test_reproduce_refuses_a_bad_brand_or_version_or_file(tmp_path: Path) -> None:
@@ -217,3 +307,32 @@ def test_size_multiple_matches_the_trainers(tmp_path: Path) -> None:
     assert size_multiple(pipe) == family_ops(resolved.family).resolution_multiple(resolved.path) == 16
     sizes = [(a, s.width, s.height) for a, s in aspect_samplers(pipe, FAST, ["1:1", "2:3", "16:9"])]
     assert sizes == [("1:1", 64, 64), ("2:3", 48, 80), ("16:9", 80, 48)]
+
+
+def test_another_version_in_the_same_output_and_another_adapter_to_reproduce_are_refused(
+    versions: list[str], tmp_path: Path
+) -> None:
+    result = generate(_job(tmp_path, settings=["beach"], variations=1), progress=False)
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["model"]["version"] == versions[-1]
+    [entry] = manifest["images"]
+    assert entry["sha256"] == sha256_file(result.output_dir / entry["file"])
+    assert manifest["model"]["adapter_sha256"] == entry["adapter_sha256"]
+    # the same folder with the older version: refused in one line, naming both versions; nothing is written
+    before = {p: p.read_bytes() for p in result.output_dir.rglob("*") if p.is_file()}
+    with pytest.raises(
+        GenerationError, match=rf"adapter version '{versions[-1]}', but this job has '{versions[0]}'"
+    ):
+        generate(_job(tmp_path, settings=["beach"], variations=1, model=versions[0]), progress=False)
+    assert {p: p.read_bytes() for p in result.output_dir.rglob("*") if p.is_file()} == before
+    # --reproduce against a registry whose version has other weights: refused, naming the version and both hashes
+    recorded = manifest["model"]["adapter_sha256"]
+    manifest["model"]["adapter_sha256"] = "0" * 64
+    result.manifest.write_text(json.dumps(manifest))
+    with pytest.raises(GenerationError) as err:
+        reproduce(result.manifest, tmp_path / "again")
+    text = str(err.value)
+    assert (
+        len(text.splitlines()) == 1 and f"version {versions[-1]} has adapter sha256 '{recorded}' here" in text
+    )
+    assert f"recorded '{'0' * 64}'" in text and not (tmp_path / "again").exists()

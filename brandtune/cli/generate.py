@@ -55,7 +55,7 @@ class GenerateCommand(TyperCommand):
     #: Job flags that --reproduce ignores (the manifest fixes them), so giving one with it is an error.
     job_options = (
         "prompt", "settings", "variations", "model", "steps", "guidance", "scheduler", "seed", "negative_prompt",
-        "init_image", "config",
+        "init_image", "config", "overwrite",
     )  # fmt: skip
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
@@ -125,7 +125,21 @@ def generate_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the first variation.")] = 0,
     negative_prompt: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     init_image: Annotated[Path | None, typer.Option(help="Product photo for img2img variations.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Output folder (re-use it to resume a job).")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output folder. Re-use it to resume a job: images whose sha256 matches the manifest are kept, "
+            "the rest are made again; other model or sampler settings are refused."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Make every image in --output again and rewrite its manifest, even if it was made with other "
+            "settings.",
+        ),
+    ] = False,
     reproduce: Annotated[
         Path | None,
         typer.Option(help="A manifest.json to make again bit for bit, into --output (needs nothing else)."),
@@ -162,7 +176,7 @@ def generate_cmd(
             "negative_prompt": ("sampler.negative_prompt", negative_prompt),
         },
     )
-    result = generate(job_config(GenerateConfig, config, flags))
+    result = generate(job_config(GenerateConfig, config, flags), overwrite=overwrite)
     console.print(f"[bold green]campaign[/] {result.generated} generated, {result.skipped} already there")
     console.print(f"  gallery:  {result.gallery}")
     console.print(f"  manifest: {result.manifest}")

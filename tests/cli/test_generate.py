@@ -132,3 +132,28 @@ def test_a_job_from_the_config_file_then_flags(tmp_path: Path, run_cli: RunCli) 
     code, out, err = run_cli(["generate", "--config", str(job)])
     assert code == 2 and out == ""
     assert err.startswith(f"error: {job}: sampler.guidance_scale: ") and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.usefixtures("acme_dataset", "one_torch_thread")
+def test_reusing_output_with_other_settings_is_one_line_and_overwrite_remakes(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    out_dir = tmp_path / "campaign"
+    args = ["generate", "-b", "acme", "--prompt", "a photo of {trigger} {subject}", "--model", "base"]
+    args += ["--variations", "1", "--output", str(out_dir)]
+    code, out, err = run_cli([*args, "--steps", "1"])
+    assert code == 0 and "campaign 1 generated" in out, err
+    before = (out_dir / "manifest.json").read_bytes()
+    code, out, err = run_cli([*args, "--steps", "2"])
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]  # (diffusers' load bars aside)
+    assert code == 2 and out == "" and err.rstrip().endswith(line), err
+    assert "sampler num_inference_steps 1, but this job has 2" in line and "--overwrite" in line
+    assert (out_dir / "manifest.json").read_bytes() == before
+    code, out, err = run_cli([*args, "--steps", "2", "--overwrite"])
+    assert code == 0 and "campaign 1 generated, 0 already there" in out, err
+    (image,) = json.loads((out_dir / "manifest.json").read_text())["images"]
+    assert image["steps"] == 2
+    from typer._click.exceptions import UsageError
+
+    with pytest.raises(UsageError, match="--overwrite cannot be combined"):
+        parse_command_line(["generate", "--reproduce", "m.json", "--output", "o", "--overwrite"])
