@@ -19,7 +19,10 @@ from brandtune.settings import Settings
 logger = logging.getLogger(__name__)
 
 #: The checks, in the order they run. Each is ``"module:function"``.
-CHECKS: tuple[str, ...] = ("brandtune.generation_manifest:check",)
+CHECKS: tuple[str, ...] = (
+    "brandtune.training.lock:check_locks",
+    "brandtune.generation_manifest:check",
+)
 
 
 @dataclass(frozen=True)

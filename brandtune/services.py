@@ -196,7 +196,11 @@ def _alive(pids: set[int]) -> set[int]:
 
 
 def stop(service: Service, grace: float = 10.0) -> None:
-    """Stop a service and everything it started: SIGTERM to its group, then SIGKILL to what is left."""
+    """Stop a service and everything it started: SIGTERM to its group, then SIGKILL to what is left.
+
+    Raises:
+        ServiceError: a process of the service is still alive after SIGKILL (named with its pid).
+    """
     others = _descendants(service.pid) | service.descendants
     stop_process_group(service.proc, grace, name=service.name)
     # descendants in other sessions (training children) get the same treatment
@@ -206,7 +210,21 @@ def stop(service: Service, grace: float = 10.0) -> None:
         time.sleep(0.2)
     _kill_pids(_alive(others), signal.SIGKILL)
     signal_group(service.pid, signal.SIGKILL)  # stragglers that stayed in the group
+    deadline = time.monotonic() + 5.0
+    while (left := _alive(others)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if left:
+        raise ServiceError(f"process(es) {', '.join(map(str, sorted(left)))} survived SIGKILL")
     logger.info("stopped %s (pid %d)", service.name, service.pid)
+
+
+def stop_failed(service: Service, exc: BaseException) -> str:
+    """One line for a service that could not be stopped: its pid, why, and what to do."""
+    return (
+        f"could not stop {service.name} (pid {service.pid}): {type(exc).__name__}: {exc}; stop it by hand "
+        f"(kill -TERM -- -{service.pid}, then kill -KILL -- -{service.pid}) before starting the services again, "
+        "or its port stays taken"
+    )
 
 
 class ServiceStack(contextlib.AbstractContextManager["ServiceStack"]):
@@ -224,16 +242,32 @@ class ServiceStack(contextlib.AbstractContextManager["ServiceStack"]):
         for service in self.services:
             service.descendants |= _descendants(service.pid)
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop_all()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.stop_all()
+        except ServiceError:
+            if exc_type is None:
+                raise
+            # the body's own error is the one raised; stop_all has logged what it could not stop
 
     def stop_all(self) -> None:
+        """Stop every service, the last started first; each failure is logged as an error and the others are still
+        stopped.
+
+        Raises:
+            ServiceError: a service could not be stopped (the first one, named with its pid and what to do).
+        """
+        failures: list[str] = []
         while self.services:
             service = self.services.pop()
             try:
                 stop(service)
-            except Exception as exc:  # keep stopping the others
-                logger.warning("could not stop %s (pid %d): %s", service.name, service.pid, exc)
+            except Exception as exc:  # keep stopping the others, then fail
+                failures.append(stop_failed(service, exc))
+                logger.error("%s", failures[-1])
+        if failures:
+            more = f" (and {len(failures) - 1} more, logged above)" if len(failures) > 1 else ""
+            raise ServiceError(failures[0] + more)
 
 
 def prefect_server(port: int, log_dir: Path, prefect_home: Path, host: str = "127.0.0.1") -> Service:

@@ -181,3 +181,18 @@ class RunTracker:
         if getattr(self, "_monitor", None) is not None:
             self._monitor.finish()
         self.client.set_terminated(self.run_id, status=status)
+
+
+def finish_quietly(tracker: RunTracker, status: str) -> None:
+    """End ``tracker``'s run as ``status`` while another error is on its way up: a failure here (an MLflow server
+    that is down, say) is logged and never replaces that error."""
+    try:
+        tracker.finish(status)
+    except Exception as exc:  # the error in flight is what the user must see; this one is secondary
+        logger.error(
+            "could not mark MLflow run %s %s (%s: %s); the training's own error follows",
+            tracker.run_id,
+            status,
+            type(exc).__name__,
+            exc,
+        )

@@ -7,7 +7,9 @@ a timeout) is declared here, once. ``tests/config/test_flow_params.py`` checks t
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -88,14 +90,18 @@ class TrainingParams(derive_model(TrainConfig, TRAINING_FIELDS, base=FlowParams)
         default=0,
         ge=0,
         le=5,
-        description="Retry a failed training this many times; a retry (same flow run) resumes from its own "
-        "last checkpoint instead of starting over.",
+        description="Retry a training that failed for a transient reason (its process killed, a server "
+        "unreachable) this many times; a retry (same flow run) resumes from its own last checkpoint. A bad config or "
+        "a NaN loss is never retried.",
     )
     retry_delay_seconds: float = Field(
         default=10, ge=0, le=3600, description="Seconds to wait before a retry of the training."
     )
     timeout_minutes: float | None = Field(
-        default=None, gt=0, description="Stop training (and its whole process tree) after this many minutes."
+        default=None,
+        gt=0,
+        description="Stop training (and its whole process tree) after this many minutes, GPU-slot wait included. "
+        "Empty: BRANDTUNE_TIMEOUT_TRAIN_S + BRANDTUNE_GPU_WAIT_S (30 hours unless set).",
     )
 
     def train_config(self, brand: str, dataset: str | None) -> TrainConfig:
@@ -137,3 +143,94 @@ class GenerationParams(derive_model(GenerateConfig, GENERATION_FIELDS, base=Flow
             model=model,
             **self._library_fields(GenerateConfig),
         )
+
+
+HOUR = 3600.0
+
+
+class Timeouts(BaseModel):
+    """How long each stage may run before Prefect stops it, in seconds: generous defaults, each settable through
+    the environment of the worker (or of the process that runs the flow), e.g. ``BRANDTUNE_TIMEOUT_TRAIN_S``.
+
+    A flow's own limit is the sum of what its tasks may take plus an hour. Prefect reads a flow's and a task's
+    limit when ``flows/`` is imported, which a process worker does anew for every flow run, so a changed variable
+    applies to the next run; the GPU-slot wait is read when the training task starts. The ``train`` flow's
+    ``training.timeout_minutes`` parameter overrides ``train`` for one run.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ingest: float = Field(
+        default=2 * HOUR, gt=0, description="ingest-photos task. Env: BRANDTUNE_TIMEOUT_INGEST_S."
+    )
+    train: float = Field(
+        default=24 * HOUR,
+        gt=0,
+        description="train-lora task: the training after its GPU slot is free. Env: BRANDTUNE_TIMEOUT_TRAIN_S.",
+    )
+    gpu_wait: float = Field(
+        default=6 * HOUR,
+        gt=0,
+        description="Longest wait for a slot of the brandtune-gpu concurrency limit before the training task "
+        "gives up. Env: BRANDTUNE_GPU_WAIT_S.",
+    )
+    evaluate: float = Field(
+        default=6 * HOUR, gt=0, description="evaluate-candidate task. Env: BRANDTUNE_TIMEOUT_EVALUATE_S."
+    )
+    generate: float = Field(
+        default=12 * HOUR, gt=0, description="generate-campaign task. Env: BRANDTUNE_TIMEOUT_GENERATE_S."
+    )
+    mlflow: float = Field(
+        default=0.5 * HOUR,
+        gt=0,
+        description="Each MLflow task (check-unchanged, register-candidate, record-lineage), retries included. "
+        "Env: BRANDTUNE_TIMEOUT_MLFLOW_S.",
+    )
+
+    ENV: ClassVar[dict[str, str]] = {
+        "ingest": "BRANDTUNE_TIMEOUT_INGEST_S",
+        "train": "BRANDTUNE_TIMEOUT_TRAIN_S",
+        "gpu_wait": "BRANDTUNE_GPU_WAIT_S",
+        "evaluate": "BRANDTUNE_TIMEOUT_EVALUATE_S",
+        "generate": "BRANDTUNE_TIMEOUT_GENERATE_S",
+        "mlflow": "BRANDTUNE_TIMEOUT_MLFLOW_S",
+    }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Timeouts:
+        """The defaults, overridden by the variables that are set.
+
+        Raises:
+            ConfigError: a variable is not a positive number of seconds.
+        """
+        from pydantic import ValidationError
+
+        from brandtune.errors import ConfigError
+
+        env = os.environ if environ is None else environ
+        values = {field: env[var] for field, var in cls.ENV.items() if env.get(var)}
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            bad = ", ".join(
+                f"{cls.ENV[str(e['loc'][0])]}={env[cls.ENV[str(e['loc'][0])]]!r}" for e in exc.errors()
+            )
+            raise ConfigError(
+                f"{bad}: a time-out must be a positive number of seconds; fix or unset it"
+            ) from None
+
+    def flow(self, name: Literal["ingest", "train", "evaluate", "generate", "retrain"]) -> float:
+        """The whole flow's limit: its tasks' limits added up, plus an hour for the rest."""
+        train = self.gpu_wait + self.train + 3 * self.mlflow
+        work = {
+            "ingest": self.ingest,
+            "train": train,
+            "evaluate": self.evaluate + self.mlflow,
+            "generate": self.generate + self.mlflow,
+            "retrain": self.ingest + train + self.evaluate + self.mlflow,
+        }[name]
+        return work + HOUR
+
+
+TIMEOUTS = Timeouts.from_env()
+"""The limits this process's flows and tasks were declared with (read once, when ``flows`` is imported)."""

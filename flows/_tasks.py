@@ -5,8 +5,12 @@
   but writes task runs through its event pipeline after the fact, so a summary published at the end of the flow
   run cannot read them yet.
 
-- Retries (with exponential backoff) only where the failure can be transient: MLflow calls. A task retries only when
-  :func:`brandtune.registry.is_transient` says the error looks like a server that is down or overloaded.
+- Retries (with exponential backoff) only where the failure can be transient. :func:`retry_worthy` is the one rule
+  for every task: a server that is down or overloaded (:func:`brandtune.registry.is_transient`) or a training
+  process killed from outside (a preempted node, the OOM killer) is retried; a deterministic failure - a
+  ``ConfigError``, a NaN loss, any other ``BrandtuneError`` - never is.
+- Every task and every flow has a time-out (:class:`flows._params.Timeouts`: generous defaults, one environment
+  variable each), and the wait for a ``brandtune-gpu`` slot is bounded too (``BRANDTUNE_GPU_WAIT_S``).
 - ``cache_policy=NO_CACHE`` everywhere: every task has side effects (datasets, runs, aliases, images).
 - Training runs as a child process in its own process group (:func:`brandtune.training.launch.launch`); its log is
   streamed into the Prefect run log; a cancel, timeout or crash kills the whole tree. The flow run's id is the
@@ -22,13 +26,15 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from brandtune.errors import ConfigError
+from brandtune.errors import ConfigError, TrainingError
+from flows._params import TIMEOUTS, Timeouts
 
 if TYPE_CHECKING:
     from brandtune.config import EvalConfig, GenerateConfig, TrainConfig
@@ -43,14 +49,30 @@ GPU_LIMIT = "brandtune-gpu"
 ACCELERATE_DIR = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
 
 
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only when the failure looks like an unreachable or overloaded MLflow server."""
+def retry_worthy(exc: BaseException) -> bool:
+    """Whether a task that failed with ``exc`` may succeed when run again: an unreachable or overloaded server, or a
+    training process killed from outside. A ``ConfigError`` or a run folder held by another training never is,
+    nor a ``BrandtuneError`` whose cause is not transient (a NaN loss, a bad dataset)."""
     from brandtune.registry import is_transient
+    from brandtune.training.launch import TrainingKilledError
+    from brandtune.training.lock import RunDirLockedError
 
+    if isinstance(exc, ConfigError | RunDirLockedError):
+        return False
+    return isinstance(exc, TrainingKilledError) or is_transient(exc)
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``: retry only what :func:`retry_worthy` allows (the reason is logged)."""
     try:
         state.result()
     except Exception as exc:
-        return is_transient(exc)
+        again = retry_worthy(exc)
+        if not again and task.retries:
+            get_run_logger().info(
+                "not retrying %s: %s is not a transient failure", task.name, type(exc).__name__
+            )
+        return again
     return False
 
 
@@ -59,6 +81,7 @@ MLFLOW_IO: dict[str, Any] = {
     "retry_delay_seconds": [2, 8, 30],
     "retry_condition_fn": _transient,
     "cache_policy": NO_CACHE,
+    "timeout_seconds": TIMEOUTS.mlflow,
 }
 
 
@@ -69,7 +92,7 @@ def photo_sources(brand: str, sources: list[str] | None) -> list[Path]:
     return [Path(s) for s in sources] if sources else [brand_dir(load_brand(brand).name) / "photos"]
 
 
-@task(name="ingest-photos", cache_policy=NO_CACHE, log_prints=False)
+@task(name="ingest-photos", cache_policy=NO_CACHE, log_prints=False, timeout_seconds=TIMEOUTS.ingest)
 def ingest_task(
     brand: str, sources: list[str] | None, resolution: int | None, min_images: int | None
 ) -> tuple[IngestResult, float]:
@@ -112,25 +135,108 @@ def accelerate_config_path(name: str) -> Path | None:
     return path
 
 
-def _ensure_gpu_limit() -> int:
-    """Create the ``brandtune-gpu`` global concurrency limit if missing; return its slots (0: disabled)."""
+def gpu_slots() -> int:
+    """``BRANDTUNE_GPU_SLOTS``: trainings that may run at once on this Prefect server (0: no limit).
+
+    Raises:
+        ConfigError: it is not a whole number.
+    """
+    raw = os.environ.get("BRANDTUNE_GPU_SLOTS", "1")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"BRANDTUNE_GPU_SLOTS={raw!r} is not a whole number; set it to the number of GPUs trainings may use "
+            "at once (0: no limit)"
+        ) from None
+
+
+def ensure_gpu_limit(logger: Any) -> int:
+    """Create the ``brandtune-gpu`` global concurrency limit if missing, or bring an existing one to
+    ``BRANDTUNE_GPU_SLOTS`` (logging old -> new); return its slots (0: disabled)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    slots = int(os.environ.get("BRANDTUNE_GPU_SLOTS", "1"))
+    slots = gpu_slots()
     if slots <= 0:
         return 0
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
         except ObjectNotFound:  # first training on this server
             # another training may create it at the same moment
             with contextlib.suppress(ObjectAlreadyExists):
                 client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots)
                 )
+            return slots
+        if limit.limit != slots:
+            client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots))
+            logger.info("%s: slots %d -> %d (BRANDTUNE_GPU_SLOTS)", GPU_LIMIT, limit.limit, slots)
     return slots
+
+
+def _holders(own_task_run: str | None) -> str:
+    """The running training task runs (other than this one), as the GPU-slot message names them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterName,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    running = TaskRunFilter(
+        name=TaskRunFilterName(like_="train-lora"),
+        state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
+    )
+    with get_client(sync_client=True) as client:
+        runs = [
+            r for r in client.read_task_runs(task_run_filter=running, limit=20) if str(r.id) != own_task_run
+        ]
+    if not runs:
+        return "no training task run (something outside a train-lora task holds it)"
+    return "held by " + ", ".join(f"task run {r.name} of flow run {r.flow_run_id}" for r in runs)
+
+
+def gpu_wait_error(slots: int, waited: float) -> TrainingError:
+    """The one line of a training that gave up waiting for a ``brandtune-gpu`` slot."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import task_run
+
+    with get_client(sync_client=True) as client:
+        active = client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots
+    return TrainingError(
+        f"no free slot of the Prefect concurrency limit {GPU_LIMIT} after waiting {waited:.0f} s "
+        f"(BRANDTUNE_GPU_WAIT_S): {active} of {slots} slot(s) in use, {_holders(task_run.get_id())}. Wait for "
+        f"that training to end, or raise BRANDTUNE_GPU_SLOTS (now {slots}) where more GPUs are free"
+    )
+
+
+@contextlib.contextmanager
+def gpu_slot(slots: int, timeouts: Timeouts) -> Iterator[None]:
+    """Hold one ``brandtune-gpu`` slot for the block (nothing when ``slots`` is 0), waiting at most
+    ``timeouts.gpu_wait`` seconds for it.
+
+    Raises:
+        TrainingError: no slot came free in time (see :func:`gpu_wait_error`).
+    """
+    from prefect.concurrency.sync import concurrency
+
+    with contextlib.ExitStack() as stack:
+        gave_up = False
+        if slots:
+            try:
+                stack.enter_context(
+                    concurrency(GPU_LIMIT, occupy=1, strict=True, timeout_seconds=timeouts.gpu_wait)
+                )
+            except TimeoutError:  # only the wait: a time-out of the training itself is not caught here
+                gave_up = True
+        if gave_up:  # raised outside the handler: Prefect's "timed out" must not make it look transient
+            raise gpu_wait_error(slots, timeouts.gpu_wait)
+        yield
 
 
 def invocation_id() -> str | None:
@@ -178,7 +284,13 @@ def check_unchanged_task(config: TrainConfig) -> dict[str, Any]:
     }
 
 
-@task(name="train-lora", cache_policy=NO_CACHE, log_prints=False)
+@task(
+    name="train-lora",
+    cache_policy=NO_CACHE,
+    log_prints=False,
+    timeout_seconds=TIMEOUTS.gpu_wait + TIMEOUTS.train,
+    retry_condition_fn=_transient,
+)
 def train_task(
     config: TrainConfig, num_processes: int = 1, accelerate_config: str = "none"
 ) -> tuple[TrainResult, float]:
@@ -195,7 +307,6 @@ def train_task(
     Returns:
         The training's result and the seconds it took (waiting for a GPU slot not counted).
     """
-    from prefect.concurrency.sync import concurrency
     from prefect.runtime import flow_run, task_run
 
     from brandtune.provenance import FLOW_RUN_ENV
@@ -211,10 +322,15 @@ def train_task(
             "attempt %d of this training (invocation %s): continuing its own checkpoint", attempt, invocation
         )
     env = {FLOW_RUN_ENV: str(flow_run.get_id() or "")}
-    slots = _ensure_gpu_limit()
+    slots = ensure_gpu_limit(logger)
+    timeouts = Timeouts.from_env()
     if slots:
-        logger.info("waiting for a GPU slot (global concurrency limit %s)", GPU_LIMIT)
-    with concurrency(GPU_LIMIT, occupy=1, strict=True) if slots else contextlib.nullcontext():
+        logger.info(
+            "waiting for a GPU slot (global concurrency limit %s, at most %.0f s)",
+            GPU_LIMIT,
+            timeouts.gpu_wait,
+        )
+    with gpu_slot(slots, timeouts):
         start = time.perf_counter()
         result = launch(
             config,
@@ -252,7 +368,7 @@ def lineage_task(run_id: str | None, model: str | None = None, version: str | No
     return tag_lineage(tags, run_id=run_id, name=model, version=version)
 
 
-@task(name="evaluate-candidate", cache_policy=NO_CACHE, log_prints=False)
+@task(name="evaluate-candidate", cache_policy=NO_CACHE, log_prints=False, timeout_seconds=TIMEOUTS.evaluate)
 def evaluate_task(config: EvalConfig) -> tuple[EvalOutcome, float]:
     """Render the fixed prompt suite for candidate, champion and base; score it; apply the promotion gate."""
     from brandtune.evaluation.job import evaluate
@@ -269,7 +385,7 @@ def evaluate_task(config: EvalConfig) -> tuple[EvalOutcome, float]:
     return outcome, time.perf_counter() - start
 
 
-@task(name="generate-campaign", cache_policy=NO_CACHE, log_prints=False)
+@task(name="generate-campaign", cache_policy=NO_CACHE, log_prints=False, timeout_seconds=TIMEOUTS.generate)
 def generate_task(config: GenerateConfig) -> tuple[GenerationResult, float]:
     """Generate prompt x settings x variations from the chosen adapter, with manifest and contact sheets."""
     from brandtune.generation import generate

@@ -10,7 +10,7 @@ from pydantic import Field
 from brandtune.registry import model_name
 from brandtune.settings import Settings
 from flows._artifacts import metric_rows, publish, run_link, version_link
-from flows._params import BrandSlug, EvaluationParams, ModelRef
+from flows._params import TIMEOUTS, BrandSlug, EvaluationParams, ModelRef
 from flows._tasks import evaluate_task, lineage_task
 
 
@@ -47,7 +47,7 @@ def gate_markdown(outcome: Any) -> str:
     return "## Gate\n\n" + ("\n".join(lines) or "_no rules_")
 
 
-@flow(name="evaluate", log_prints=False, validate_parameters=True)
+@flow(name="evaluate", log_prints=False, validate_parameters=True, timeout_seconds=TIMEOUTS.flow("evaluate"))
 def evaluate_flow(
     brand: BrandSlug = "acme",
     candidate: ModelRef = "candidate",

@@ -11,14 +11,14 @@ from pydantic import Field
 from brandtune.registry import model_name
 from brandtune.settings import Settings
 from flows._artifacts import artifact_key, publish, version_link
-from flows._params import BrandSlug, GenerationParams
+from flows._params import TIMEOUTS, BrandSlug, GenerationParams
 from flows._tasks import generate_task
 
 if TYPE_CHECKING:
     from brandtune.generation import GenerationResult
 
 
-@flow(name="generate", log_prints=False, validate_parameters=True)
+@flow(name="generate", log_prints=False, validate_parameters=True, timeout_seconds=TIMEOUTS.flow("generate"))
 def generate_flow(
     brand: BrandSlug = "acme",
     prompt: Annotated[

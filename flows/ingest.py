@@ -9,7 +9,7 @@ from pydantic import Field
 
 from brandtune.config import IngestConfig, field_type
 from flows._artifacts import publish
-from flows._params import BrandSlug
+from flows._params import TIMEOUTS, BrandSlug
 from flows._tasks import ingest_task, photo_sources
 
 # IngestConfig's bounds (the form's descriptions are the docstring's).
@@ -17,7 +17,7 @@ Resolution = field_type(IngestConfig, "resolution", optional=True)
 MinImages = field_type(IngestConfig, "min_images")
 
 
-@flow(name="ingest", log_prints=False, validate_parameters=True)
+@flow(name="ingest", log_prints=False, validate_parameters=True, timeout_seconds=TIMEOUTS.flow("ingest"))
 def ingest_flow(
     brand: BrandSlug = "acme",
     sources: Annotated[

@@ -10,7 +10,7 @@ from pydantic import Field
 from brandtune.registry import model_name
 from brandtune.settings import Settings
 from flows._artifacts import markdown_table, metric_rows, publish, version_link
-from flows._params import BrandSlug, EvaluationParams, TrainingParams
+from flows._params import TIMEOUTS, BrandSlug, EvaluationParams, TrainingParams
 from flows._tasks import evaluate_task, ingest_task, lineage_task, register_task
 from flows.evaluate import evaluation_facts, gate_markdown
 from flows.train import ForceParam, run_training, training_facts, unchanged_facts
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from brandtune.ingest import IngestResult
 
 
-@flow(name="retrain", log_prints=False, validate_parameters=True)
+@flow(name="retrain", log_prints=False, validate_parameters=True, timeout_seconds=TIMEOUTS.flow("retrain"))
 def retrain_flow(
     brand: BrandSlug = "acme",
     sources: Annotated[

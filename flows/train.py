@@ -9,7 +9,7 @@ from pydantic import Field
 
 from brandtune.settings import Settings
 from flows._artifacts import publish, run_link, version_link
-from flows._params import BrandSlug, TrainingParams
+from flows._params import TIMEOUTS, BrandSlug, TrainingParams
 from flows._tasks import check_unchanged_task, lineage_task, register_task, train_task
 
 ForceParam = Annotated[
@@ -54,7 +54,10 @@ def run_training(brand: str, dataset: str | None, training: TrainingParams, forc
     task = train_task.with_options(
         retries=training.retries,
         retry_delay_seconds=training.retry_delay_seconds,
-        timeout_seconds=training.timeout_minutes * 60 if training.timeout_minutes else None,
+        # the parameter, else the task's default limit (None would lift it)
+        timeout_seconds=training.timeout_minutes * 60
+        if training.timeout_minutes
+        else train_task.timeout_seconds,
     )
     result, seconds = task(config, training.num_processes, training.accelerate_config)
     return {**result.model_dump(mode="json"), "seconds": seconds, "trained": True, "unchanged_version": None}
@@ -90,7 +93,7 @@ def unchanged_facts(settings: Settings, result: dict[str, Any]) -> list[tuple[st
     ]
 
 
-@flow(name="train", log_prints=False, validate_parameters=True)
+@flow(name="train", log_prints=False, validate_parameters=True, timeout_seconds=TIMEOUTS.flow("train"))
 def train_flow(
     brand: BrandSlug = "acme",
     dataset: Annotated[

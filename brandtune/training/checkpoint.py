@@ -5,10 +5,16 @@ A checkpoint folder ``checkpoints/checkpoint-<step>/`` holds the trainable (LoRA
 safetensors, and the LR-scheduler and loop state as JSON. It is written under a temporary name, then ``COMPLETE``
 (step and a sha256 of every file) is written, then the folder is renamed. A folder without a valid ``COMPLETE``, or
 whose files do not match it, is skipped with a warning and never loaded.
+
+``state.json`` records what a resume must match beyond the config hash: the number of training processes
+(``world_size``), which decides which examples each process draws and how many images an optimizer step sees.
+A write that fails (a full disk) removes its temporary folder and stops the training with one line; the
+checkpoints already there stay as they were.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import random
@@ -16,6 +22,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from brandtune.errors import TrainingError
+from brandtune.faults import fault_point
 from brandtune.fsutil import atomic_write_json, replace_dir, sha256_file
 
 if TYPE_CHECKING:
@@ -100,24 +108,71 @@ def write_checkpoint(
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
-    if ema is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / EMA_FILE)
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
-    (tmp / "scheduler.json").write_text(json.dumps(scheduler_state, default=float))
-    (tmp / "state.json").write_text(json.dumps({**loop_state, "step": step}))
-    for rank, (tensors, meta) in rng_files.items():
-        save_file(tensors, tmp / f"rng-{rank}.safetensors")
-        (tmp / f"rng-{rank}.json").write_text(json.dumps(meta))
-    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-    atomic_write_json(tmp / MARKER, {"step": step, "files": files})
-    replace_dir(tmp, final)  # an earlier checkpoint of this step stays until the new one is in place
+    try:
+        tmp.mkdir()
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors"
+        )
+        fault_point("train.checkpoint_write")  # a test's full disk, half way through the folder
+        if ema is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / EMA_FILE)
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+        (tmp / "scheduler.json").write_text(json.dumps(scheduler_state, default=float))
+        (tmp / "state.json").write_text(json.dumps({**loop_state, "step": step}))
+        for rank, (tensors, meta) in rng_files.items():
+            save_file(tensors, tmp / f"rng-{rank}.safetensors")
+            (tmp / f"rng-{rank}.json").write_text(json.dumps(meta))
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        atomic_write_json(tmp / MARKER, {"step": step, "files": files})
+        replace_dir(tmp, final)  # an earlier checkpoint of this step stays until the new one is in place
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half checkpoint behind
+        raise write_failed(root, step, exc) from exc
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_failed(root: Path, step: int, exc: OSError) -> TrainingError:
+    """The one-line error of a checkpoint that could not be written (a full disk says so)."""
+    kept = list_checkpoints(root)
+    kept_note = f"the newest one kept is {kept[-1].name}" if kept else "no earlier checkpoint exists"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TrainingError(
+            f"checkpoint {step} could not be written to {root}: no space left on device; free disk space there "
+            f"and resume (resume: latest); {kept_note}"
+        )
+    return TrainingError(
+        f"checkpoint {step} could not be written to {root}: {exc.strerror or exc}; fix that folder and resume "
+        f"(resume: latest); {kept_note}"
+    )
+
+
+def check_world(folder: Path, world_size: int) -> None:
+    """Refuse to continue ``folder`` with another number of training processes.
+
+    A checkpoint's batches, per-process RNG states and learning-rate schedule were made for the number of processes
+    that wrote it: each process draws micro-step ``m``'s examples by its rank, and an optimizer step sees
+    ``batch x processes x accumulation`` images. accelerate could load the (whole, unsharded) weights and optimizer
+    state into another number of processes, but the continued run would then train on other batches than the one
+    it resumes, so brandtune refuses rather than resume inexactly. A checkpoint written before ``world_size`` was
+    recorded is accepted.
+
+    Raises:
+        TrainingError: the checkpoint records another ``world_size``.
+    """
+    try:
+        recorded = json.loads((folder / "state.json").read_text()).get("world_size")
+    except (OSError, ValueError, AttributeError):
+        return  # verify() has judged the folder; an unreadable state fails where it is read
+    if isinstance(recorded, int) and recorded != world_size:
+        raise TrainingError(
+            f"checkpoint {folder} was written by {recorded} training process(es) but this resume runs "
+            f"{world_size}: resume with num_processes {recorded} (the same accelerate config), or train anew "
+            "without resume"
+        )
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -165,13 +220,22 @@ def verify(folder: Path) -> str | None:
 
 
 def latest_valid(root: Path) -> Path | None:
-    """The newest checkpoint that verifies; broken ones are skipped with a warning."""
+    """The newest checkpoint that verifies. Each one passed over (broken, or newer than the one returned, or a
+    ``checkpoint-*`` folder that is not named by a step) is logged as a warning naming it and why."""
+    for other in _misnamed(root):
+        logger.warning("skipping %s: not a checkpoint folder (checkpoint-<step>); it is never loaded", other)
     for folder in reversed(list_checkpoints(root)):
         problem = verify(folder)
         if problem is None:
             return folder
         logger.warning("skipping checkpoint %s: %s", folder, problem)
     return None
+
+
+def _misnamed(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir() and not p.name[len(PREFIX) :].isdigit())
 
 
 def read_checkpoint(folder: Path, rank: int) -> dict[str, Any]:

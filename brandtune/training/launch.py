@@ -10,10 +10,12 @@ folder is refused before anything starts, and exactly one process holds the lock
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,9 +33,22 @@ from brandtune.training.result import TrainResult, read_result_file
 if TYPE_CHECKING:
     from accelerate.commands.config.config_args import ClusterConfig
 
+    from brandtune.training.lock import RunLock
     from brandtune.training.plan import TrainJob
+    from brandtune.training.rundir import RunChoice
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingKilledError(TrainingError):
+    """The training process was ended by a signal from outside (not by an error of its own): worth a retry."""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def build_command(
@@ -198,9 +213,9 @@ def launch(
     """
     import dataclasses
 
-    from brandtune.training.lock import TOKEN_ENV, run_lock
+    from brandtune.training.lock import run_lock
     from brandtune.training.plan import resolve_job
-    from brandtune.training.rundir import CHOICE_ENV, choose_run_dir, claim, new_invocation_id, read_result
+    from brandtune.training.rundir import choose_run_dir, new_invocation_id, read_result
 
     cpu_world_size(num_processes, accelerate_config)  # a launch that cannot run is refused before any claim
     settings = settings or Settings.from_env()
@@ -210,16 +225,43 @@ def launch(
         job = dataclasses.replace(
             job, config=job.config.model_copy(update={"invocation_id": config.invocation_id})
         )
-    choice = choose_run_dir(job, settings)
-    if choice.finished:
-        (on_line or logger.info)(choice.describe())
-        return read_result(choice.run_dir)
-    with run_lock(choice.run_dir, config.invocation_id) as lock:
-        claim(choice, job)
-        # the child trains exactly what was resolved here: this dataset, this folder
-        child = config.model_copy(update={"output_dir": choice.run_dir, "dataset": job.fingerprint})
-        child_env = {**(env or {}), TOKEN_ENV: lock.token, CHOICE_ENV: choice.to_json()}
-        return _run_child(child, num_processes, accelerate_config, on_line, child_env, settings)
+    out = job.config.output_dir
+    # an explicit output_dir is locked before its contents are read: a second training there is refused at once
+    with run_lock(Path(out), config.invocation_id) if out is not None else contextlib.nullcontext() as held:
+        choice = choose_run_dir(job, settings)
+        if choice.finished:
+            (on_line or logger.info)(choice.describe())
+            return read_result(choice.run_dir)
+        own = run_lock(choice.run_dir, config.invocation_id) if held is None else contextlib.nullcontext(held)
+        with own as lock:
+            return _claimed(
+                choice, job, config, num_processes, accelerate_config, on_line, env, settings, lock
+            )
+
+
+def _claimed(
+    choice: RunChoice,
+    job: TrainJob,
+    config: TrainConfig,
+    num_processes: int,
+    accelerate_config: Path | None,
+    on_line: Callable[[str], None] | None,
+    env: dict[str, str] | None,
+    settings: Settings,
+    lock: RunLock,
+) -> TrainResult:
+    """Claim the locked run folder and train in it in a child process."""
+    from brandtune.training.checkpoint import check_world
+    from brandtune.training.lock import TOKEN_ENV
+    from brandtune.training.rundir import CHOICE_ENV, claim
+
+    if choice.resume_from is not None and accelerate_config is None:  # (with a config, each child checks)
+        check_world(choice.resume_from, num_processes)  # refused before any process starts
+    claim(choice, job)
+    # the child trains exactly what was resolved here: this dataset, this folder
+    child = config.model_copy(update={"output_dir": choice.run_dir, "dataset": job.fingerprint})
+    child_env = {**(env or {}), TOKEN_ENV: lock.token, CHOICE_ENV: choice.to_json()}
+    return _run_child(child, num_processes, accelerate_config, on_line, child_env, settings)
 
 
 def _run_child(
@@ -264,6 +306,12 @@ def _run_child(
         except BaseException:
             stop_process_group(proc, name="training")
             raise
+        if proc.returncode < 0:  # a signal from outside: the OOM killer, a preempted node, a kill
+            raise TrainingKilledError(
+                f"training of brand {config.brand!r} was killed by signal {-proc.returncode} "
+                f"({_signal_name(-proc.returncode)}); a retry of the same invocation continues its last "
+                "checkpoint"
+            )
         if proc.returncode != 0:
             detail = last_error.split(": ", 1)[-1] if last_error else f"exit code {proc.returncode}"
             raise TrainingError(f"training of brand {config.brand!r} failed: {detail}")

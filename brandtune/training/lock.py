@@ -23,9 +23,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brandtune.errors import TrainingError
+
+if TYPE_CHECKING:
+    from brandtune.doctor import Finding
+    from brandtune.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -179,3 +183,43 @@ def held_for_me(run_dir: Path) -> bool:
     token = os.environ.get(TOKEN_ENV)
     holder = read_lock(run_dir / LOCK_FILE)
     return bool(token) and holder is not None and holder.get("token") == token
+
+
+def check_locks(settings: Settings, *, brand: str | None = None, fix: bool = False) -> list[Finding]:
+    """Doctor check: ``train.lock`` files under ``<home>/runs`` whose holder is gone (killed, crashed, rebooted).
+
+    A lock of a live process, or of another host, is not a finding (it may be training). With ``fix`` a stale lock
+    is removed, only if it still names the same dead holder (so a training that took it over meanwhile keeps it).
+    """
+    from brandtune.doctor import Finding
+
+    root = settings.home / "runs"
+    pattern = f"{brand}/*/{LOCK_FILE}" if brand else f"*/*/{LOCK_FILE}"
+    findings = []
+    for path in sorted(root.glob(pattern)) if root.is_dir() else []:
+        holder = read_lock(path)
+        if holder is None:
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - path.stat().st_mtime < _UNREADABLE_GRACE_S:
+                    continue  # being written right now
+            problem = "the lock file cannot be read (its writer died while creating it)"
+        elif holder_alive(holder):
+            continue
+        else:
+            problem = f"its holder, {_describe(holder)}, is gone: the training was killed or crashed"
+        fixed = False
+        if fix and read_lock(path) == holder:
+            path.unlink(missing_ok=True)
+            fixed = True
+            logger.info("removed the stale lock %s", path)
+        findings.append(
+            Finding(
+                check="lock",
+                subject=str(path),
+                problem=problem,
+                repair="remove the lock file (the next training there would take it over anyway); resume the "
+                "run with resume: latest if it left a checkpoint",
+                fixed=fixed,
+            )
+        )
+    return findings

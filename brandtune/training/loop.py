@@ -373,6 +373,7 @@ def save_checkpoint(plan: TrainPlan, state: TrainState, step: int) -> Path | Non
                 "config_hash": plan.run_hash,
                 "mlflow_run_id": plan.mlflow_run_id,
                 "invocation_id": plan.config.invocation_id,
+                "world_size": plan.world,  # a resume must run as many processes (checkpoint.check_world)
             },
             dict(rngs),
             plan.config.checkpoints_total_limit,

@@ -13,6 +13,7 @@ from brandtune.config import TrainConfig
 from brandtune.errors import TrainingError
 from brandtune.procs import default_threads
 from brandtune.settings import Settings
+from brandtune.tracking import finish_quietly
 from brandtune.training import ema
 from brandtune.training.data import (
     cache_key,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from brandtune.tracking import RunTracker
+    from brandtune.training.lock import RunLock
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +261,8 @@ def train(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     """
     from accelerate import Accelerator
 
-    from brandtune.training.lock import acquire, held_for_me
+    from brandtune.training.checkpoint import check_world
+    from brandtune.training.lock import held_for_me
     from brandtune.training.rundir import claim, read_result
 
     settings = settings or Settings.from_env()
@@ -272,15 +275,18 @@ def train(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
         mixed_precision=job.config.mixed_precision,
         gradient_accumulation_steps=job.config.gradient_accumulation_steps,
     )
-    choice = _choose(job, settings, accelerator)
-    if choice.finished:
-        logger.info("%s", choice.describe())
-        return read_result(choice.run_dir)
-    lock = None
-    if accelerator.is_main_process and not held_for_me(choice.run_dir):
-        lock = acquire(choice.run_dir, job.config.invocation_id)
-        claim(choice, job)
+    # an explicit output_dir is locked before its contents are read, so a second training is refused at once
+    lock = _lock(job.config.output_dir, job, accelerator)
     try:
+        choice = _choose(job, settings, accelerator)
+        if choice.finished:
+            logger.info("%s", choice.describe())
+            return read_result(choice.run_dir)
+        if choice.resume_from is not None:
+            check_world(choice.resume_from, accelerator.num_processes)
+        if accelerator.is_main_process and not held_for_me(choice.run_dir):
+            lock = lock or _lock(choice.run_dir, job, accelerator)
+            claim(choice, job)
         if accelerator.is_main_process:
             logger.info("%s", choice.describe())
         plan = TrainPlan.from_job(job, examples, choice.run_dir)
@@ -288,6 +294,16 @@ def train(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     finally:
         if lock is not None:
             lock.release()
+
+
+def _lock(run_dir: Path | None, job: TrainJob, accelerator: Accelerator) -> RunLock | None:
+    """Take ``run_dir``'s lock on the main process, unless the launcher holds it for this process (or no folder
+    is known yet)."""
+    from brandtune.training.lock import acquire, held_for_me
+
+    if run_dir is None or not accelerator.is_main_process or held_for_me(Path(run_dir)):
+        return None
+    return acquire(Path(run_dir), job.config.invocation_id)
 
 
 def _train(
@@ -303,7 +319,6 @@ def _train(
     if resume_from is not None:
         start = restore_checkpoint(plan, state, resume_from)
         logger.info("resumed from %s at step %d", resume_from, start)
-    status = "FAILED"
     try:
         loss = run_loop(plan, state, start, resume_from)
         adapter_dir = plan.run_dir / "adapter"
@@ -311,10 +326,12 @@ def _train(
         if accelerator.is_main_process or is_sharded(accelerator):
             _finish(plan, state, adapter_dir)
         accelerator.wait_for_everyone()
-        status = "FINISHED"
-    finally:
+    except BaseException:
         if state.tracker is not None:
-            state.tracker.finish(status)
+            finish_quietly(state.tracker, "FAILED")  # the training's error is the one raised
+        raise
+    if state.tracker is not None:
+        state.tracker.finish("FINISHED")
     result = TrainResult(
         run_dir=plan.run_dir,
         adapter_dir=adapter_dir,
