@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 #: The checks, in the order they run. Each is ``"module:function"``.
 CHECKS: tuple[str, ...] = (
+    "brandtune.ingest.pointers:check",
     "brandtune.training.lock:check_locks",
     "brandtune.generation_manifest:check",
 )

@@ -24,9 +24,13 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from brandtune.errors import BrandtuneError, ConfigError
 from brandtune.procs import signal_group, stop_process_group
+
+if TYPE_CHECKING:
+    from brandtune.settings import UiAuth
 
 logger = logging.getLogger(__name__)
 
@@ -270,15 +274,24 @@ class ServiceStack(contextlib.AbstractContextManager["ServiceStack"]):
             raise ServiceError(failures[0] + more)
 
 
-def prefect_server(port: int, log_dir: Path, prefect_home: Path, host: str = "127.0.0.1") -> Service:
-    """``prefect server start`` on ``host:port`` with its sqlite database under ``prefect_home``."""
+def prefect_server(
+    port: int, log_dir: Path, prefect_home: Path, host: str = "127.0.0.1", auth: UiAuth | None = None
+) -> Service:
+    """``prefect server start`` on ``host:port`` with its sqlite database under ``prefect_home``.
+
+    With ``auth``, every API request but the health probes needs its basic credentials
+    (``PREFECT_SERVER_API_AUTH_STRING``, passed in the environment, never on the command line).
+    """
     cmd = [bin_path("prefect"), "server", "start", "--host", host, "--port", str(port)]
     env = {"PREFECT_HOME": str(prefect_home), "PREFECT_API_URL": f"http://{host}:{port}/api"}
+    if auth is not None:
+        env |= {"PREFECT_SERVER_API_AUTH_STRING": auth.basic, "PREFECT_API_AUTH_STRING": auth.basic}
     return start("prefect-server", cmd, log_dir, env=env, url=f"http://{host}:{port}")
 
 
-def server_command(port: int, host: str = "127.0.0.1") -> list[str]:
-    """The ``mlflow server`` command line for the project's local store (sqlite + artifacts dir).
+def server_command(port: int, host: str = "127.0.0.1", app_name: str | None = None) -> list[str]:
+    """The ``mlflow server`` command line for the project's local store (sqlite + artifacts dir); ``app_name``
+    ``basic-auth`` turns MLflow's authentication on (see :func:`mlflow_auth_env`).
 
     Raises:
         ConfigError: ``MLFLOW_TRACKING_URI`` already points at a server.
@@ -300,7 +313,76 @@ def server_command(port: int, host: str = "127.0.0.1") -> list[str]:
         "--backend-store-uri", settings.tracking_uri,
         "--default-artifact-root", settings.artifacts_dir.as_uri(), "--no-serve-artifacts",
         "--host", host, "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
+    ] + (["--app-name", app_name] if app_name else [])  # fmt: skip
+
+
+AUTH_DIR = "auth"  # under BRANDTUNE_HOME: MLflow's auth config and user database, private to the owner
+AUTH_INI = "mlflow-basic-auth.ini"
+AUTH_DB = "mlflow-auth.db"
+
+
+def mlflow_auth_env(auth: UiAuth, home: Path) -> dict[str, str]:
+    """Server environment for ``mlflow server --app-name basic-auth``.
+
+    Writes ``<home>/auth/mlflow-basic-auth.ini`` (folder 0700, files 0600): the user database beside it, the admin
+    user's name, no permission for users an admin did not grant one. The password is not in it: MLflow reads it
+    from ``MLFLOW_AUTH_ADMIN_PASSWORD`` when it creates the admin user on first start. The Flask secret key (CSRF)
+    is ``MLFLOW_FLASK_SERVER_SECRET_KEY`` when set, else a fresh random one for this server's lifetime.
+    """
+    import secrets
+
+    folder = home / AUTH_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    ini = folder / AUTH_INI
+    text = (
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{folder / AUTH_DB}\n"
+        f"admin_username = {auth.username}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    fd = os.open(ini, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    ini.chmod(0o600)
+    db = (
+        folder / AUTH_DB
+    )  # created empty (a valid sqlite file) so that MLflow's writes keep the owner-only mode
+    os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o600))
+    db.chmod(0o600)
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_USERNAME": auth.username,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": auth.password.get_secret_value(),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
+        or secrets.token_urlsafe(32),
+    }
+
+
+def check_login(service: Service, url: str, auth: UiAuth, fix: str) -> None:
+    """GET ``url`` (an endpoint behind the server's auth) with ``auth``'s credentials; it must answer 200.
+
+    Raises:
+        ServiceError: the server refused the credentials (``fix`` says what to do) or did not answer.
+    """
+    import base64
+    import urllib.error
+    import urllib.request
+
+    token = base64.b64encode(auth.basic.encode()).decode()
+    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise ServiceError(
+                f"{service.name} refused user {auth.username!r} with BRANDTUNE_UI_PASSWORD ({exc.code}): {fix}"
+            ) from exc
+        raise ServiceError(f"{service.name}: {url} answered {exc.code}; log: {service.log_path}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise ServiceError(f"{service.name}: {url} did not answer ({exc}); log: {service.log_path}") from exc
 
 
 def server_env() -> dict[str, str]:
@@ -313,10 +395,22 @@ def server_env() -> dict[str, str]:
     }
 
 
-def mlflow_server(port: int, log_dir: Path, host: str = "127.0.0.1") -> Service:
-    """``mlflow server`` on the project's local store (sqlite + artifacts under BRANDTUNE_HOME)."""
-    cmd = server_command(port, host)
-    return start("mlflow-server", cmd, log_dir, env=server_env(), url=f"http://{host}:{port}")
+def mlflow_server(port: int, log_dir: Path, host: str = "127.0.0.1", auth: UiAuth | None = None) -> Service:
+    """``mlflow server`` on the project's local store (sqlite + artifacts under BRANDTUNE_HOME); with ``auth``,
+    MLflow's basic-auth app, whose admin is ``auth``'s user (:func:`mlflow_auth_env`)."""
+    from brandtune.settings import Settings
+
+    if auth is None:
+        return start(
+            "mlflow-server",
+            server_command(port, host),
+            log_dir,
+            env=server_env(),
+            url=f"http://{host}:{port}",
+        )
+    cmd = server_command(port, host, app_name="basic-auth")
+    env = {**server_env(), **mlflow_auth_env(auth, Settings.from_env().home)}
+    return start("mlflow-server", cmd, log_dir, env=env, url=f"http://{host}:{port}")
 
 
 def prefect_env(api_url: str, prefect_home: Path, **extra: str) -> dict[str, str]:

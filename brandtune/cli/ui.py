@@ -4,6 +4,11 @@ and ``brandtune mlflow-ui`` (the MLflow UI alone).
 The processes are supervised by :mod:`brandtune.services`: each runs in its own process group and Ctrl-C stops all
 of them (SIGTERM, then SIGKILL after a grace period). ``ui --demo`` runs the flows through their deployments, so
 it reaches them over the Prefect API, never by importing ``flows``.
+
+The servers listen on loopback only, which any user of the machine can reach. On a shared host, ``--auth`` (or
+``BRANDTUNE_UI_AUTH=1``, so that ``make ui`` and ``make mlflow-ui`` get it too) turns on MLflow's basic-auth app and
+Prefect's API auth string, with the user and password of ``BRANDTUNE_UI_USER`` / ``BRANDTUNE_UI_PASSWORD``
+(:class:`brandtune.settings.UiAuth`); the worker and the deploys get the client credentials in their environment.
 """
 
 from __future__ import annotations
@@ -13,14 +18,19 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from brandtune.cli._common import console
 from brandtune.errors import ConfigError
 
+if TYPE_CHECKING:
+    from brandtune.settings import UiAuth
+
 POOL = "brandtune-local"
+AUTH_HELP = "Require a user and password (BRANDTUNE_UI_USER, default admin, and BRANDTUNE_UI_PASSWORD) on a shared host."
+AuthOption = Annotated[bool, typer.Option("--auth", envvar="BRANDTUNE_UI_AUTH", help=AUTH_HELP)]
 
 
 def add_commands(app: typer.Typer) -> None:
@@ -31,16 +41,24 @@ def add_commands(app: typer.Typer) -> None:
 
 def mlflow_ui_cmd(
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 5000,
+    auth: AuthOption = False,
 ) -> None:
     """Start an MLflow server (UI + registry) on the project's local store; Ctrl-C stops it."""
     from brandtune.procs import stop_process_group
-    from brandtune.services import server_command, server_env, stop_signals_interrupt
+    from brandtune.services import mlflow_auth_env, server_command, server_env, stop_signals_interrupt
+    from brandtune.settings import Settings, UiAuth
 
-    cmd = server_command(port)
+    ui_auth = UiAuth.from_env() if auth else None
+    cmd = server_command(port, app_name="basic-auth" if ui_auth else None)
+    env = {**os.environ, **server_env()}
+    if ui_auth is not None:
+        env |= mlflow_auth_env(ui_auth, Settings.from_env().home)
     url = f"http://127.0.0.1:{port}"
     console.print(f"[bold green]MLflow[/] at {url}  (store {cmd[cmd.index('--backend-store-uri') + 1]})")
     console.print(f"  other shells: export MLFLOW_TRACKING_URI={url}   stop: Ctrl-C")
-    proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, **server_env()})
+    if ui_auth is not None:
+        _print_client_auth(ui_auth, prefect=False)
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
     try:
         with stop_signals_interrupt():  # also when started with SIGINT ignored (a shell's background job)
             code = proc.wait()
@@ -64,25 +82,54 @@ def find_repo(start: Path | None = None) -> Path:
     )
 
 
-def start_stack(stack: Any, repo: Path, prefect_port: int, mlflow_port: int, pool: str) -> dict[str, str]:
-    """Start server, MLflow and worker into ``stack``, deploy everything; return the URLs and environment."""
+def _print_client_auth(auth: UiAuth, prefect: bool = True) -> None:
+    """How other shells authenticate (the password itself is never printed)."""
+    lines = [
+        f"export MLFLOW_TRACKING_USERNAME={auth.username}",
+        'export MLFLOW_TRACKING_PASSWORD="$BRANDTUNE_UI_PASSWORD"',
+    ]
+    if prefect:
+        lines.append(f'export PREFECT_API_AUTH_STRING="{auth.username}:$BRANDTUNE_UI_PASSWORD"')
+    console.print("  auth on, other shells also need:")
+    for line in lines:
+        console.print(f"                {line}", highlight=False, soft_wrap=True)
+
+
+def start_stack(
+    stack: Any, repo: Path, prefect_port: int, mlflow_port: int, pool: str, auth: UiAuth | None = None
+) -> dict[str, str]:
+    """Start server, MLflow and worker into ``stack``, deploy everything; return the URLs and environment.
+
+    With ``auth``, both servers require its credentials, and the deploys and the worker get them as client
+    settings (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, ``PREFECT_API_AUTH_STRING``).
+    """
     from brandtune import services
     from brandtune.settings import Settings
 
     settings = Settings.from_env()
     logs = settings.home / "logs" / "ui"
     prefect_home = Path(os.environ.get("PREFECT_HOME") or settings.home / "prefect")
-    api = stack.add(services.prefect_server(prefect_port, logs, prefect_home))
-    mlflow = stack.add(services.mlflow_server(mlflow_port, logs))
+    api = stack.add(services.prefect_server(prefect_port, logs, prefect_home, auth=auth))
+    mlflow = stack.add(services.mlflow_server(mlflow_port, logs, auth=auth))
     console.print(f"starting Prefect ({api.url}) and MLflow ({mlflow.url}); logs in {logs}")
     services.wait_http(api, f"{api.url}/api/health", timeout=120)
     services.wait_http(mlflow, f"{mlflow.url}/health", timeout=180)
+    if auth is not None:
+        users = settings.home / services.AUTH_DIR / services.AUTH_DB
+        services.check_login(
+            mlflow,
+            f"{mlflow.url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default",
+            auth,
+            fix=f"MLflow set its admin password when it created {users}; export that password, or stop the UI "
+            "and delete that file to start over",
+        )
     env = services.prefect_env(
         f"{api.url}/api",
         prefect_home,
         MLFLOW_TRACKING_URI=str(mlflow.url),
         BRANDTUNE_REPO=str(repo),
         BRANDTUNE_HOME=str(settings.home),
+        **(auth.client_env() if auth is not None else {}),
     )
     services.create_work_pool(pool, env)
     console.print("deploying prefect.yaml ...")
@@ -131,26 +178,33 @@ def ui_cmd(
     demo: Annotated[
         bool, typer.Option(help="Also run retrain then generate on acme through Prefect.")
     ] = False,
+    auth: AuthOption = False,
 ) -> None:
     """Start the Prefect UI, the MLflow UI and a worker with every deployment; Ctrl-C stops them all."""
     from brandtune.services import stop_signals_interrupt
+    from brandtune.settings import UiAuth
 
+    ui_auth = UiAuth.from_env() if auth else None  # a missing password stops here, before anything starts
     repo = find_repo()
     with stop_signals_interrupt():  # Ctrl-C, a closed terminal and `kill` all end in the same clean stop
-        _serve(repo, prefect_port, mlflow_port, pool, demo)
+        _serve(repo, prefect_port, mlflow_port, pool, demo, ui_auth)
     console.print("all services stopped")
 
 
-def _serve(repo: Path, prefect_port: int, mlflow_port: int, pool: str, demo: bool) -> None:
+def _serve(
+    repo: Path, prefect_port: int, mlflow_port: int, pool: str, demo: bool, auth: UiAuth | None = None
+) -> None:
     from brandtune.services import ServiceStack
 
     with ServiceStack() as stack:
         try:
-            env = start_stack(stack, repo, prefect_port, mlflow_port, pool)
+            env = start_stack(stack, repo, prefect_port, mlflow_port, pool, auth)
             console.print(f"[bold green]Prefect UI[/]  {env['prefect']}/deployments")
             console.print(f"[bold green]MLflow UI[/]   {env['mlflow']}")
             console.print(f"  other shells: export PREFECT_API_URL={env['PREFECT_API_URL']}")
             console.print(f"                export MLFLOW_TRACKING_URI={env['mlflow']}")
+            if auth is not None:
+                _print_client_auth(auth)
             console.print("  stop: Ctrl-C")
             if demo:
                 run_demo(env)

@@ -70,10 +70,3 @@ class BrandAutomation(StrictModel):
         description="An ingest that makes a new dataset starts the weekly-retrain deployment for this brand "
         "(when the retrain-on-new-photos trigger in prefect.yaml is enabled).",
     )
-    approval_timeout_hours: float = Field(
-        default=72.0,
-        gt=0,
-        le=24 * 30,
-        description="Hours a promotion waits for approval; after that the candidate stays unpromoted "
-        "(state 'Approval expired').",
-    )

@@ -20,7 +20,9 @@ Layout of ``<home>/datasets/<brand>/<fingerprint>/``:
 The fingerprint covers the normalised pixels, the captions, the mask pixels and the settings.
 
 The folder is built under a temporary name and renamed into place in one step, so a folder with the final name is
-always complete. ``<home>/datasets/<brand>/LATEST`` names the newest dataset of the brand.
+always complete. ``<home>/datasets/<brand>/LATEST`` names the dataset of the newest (latest-started) ingest of
+the brand; it only moves forward, under a lock, and each failed ingest keeps its own report
+(:mod:`brandtune.ingest.pointers`).
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ from tqdm.auto import tqdm
 
 from brandtune.config import BrandSpec, IngestConfig, ensure_trigger
 from brandtune.errors import IngestError
-from brandtune.fsutil import atomic_write_json, atomic_write_text, canonical_json, publish_dir, sha256_bytes
+from brandtune.faults import fault_point
+from brandtune.fsutil import atomic_write_json, canonical_json, publish_dir, sha256_bytes
 from brandtune.ingest.images import Accepted, Rejected, process_photo
+from brandtune.ingest.pointers import Attempt, advance_latest, read_latest, write_failed_report
 from brandtune.ingest.report import write_contact_sheet
 from brandtune.ingest.sources import Candidate, SourceScan, collect
 from brandtune.provenance import brandtune_version
@@ -55,7 +59,6 @@ logger = logging.getLogger(__name__)
 
 FINGERPRINT_LEN = 16
 SERIAL_BELOW = 48  # fewer photos than this are processed in-process: a pool costs more than it saves
-LATEST = "LATEST"
 
 
 @dataclass(frozen=True)
@@ -291,13 +294,20 @@ def _too_few(
     rejected: list[dict[str, str]],
     cfg: IngestConfig,
     sources: Sequence[Path],
+    attempt: Attempt,
 ) -> IngestError:
-    """Write the rejections to ``failed-report.json`` and return the error that points at it."""
-    report = brand_root / "failed-report.json"
-    atomic_write_json(report, {"brand": brand.name, "accepted": len(keep), "rejected": rejected})
+    """Write this attempt's failure report (and the ``failed-report.json`` copy); return the error that names it."""
+    summary = {
+        "brand": brand.name,
+        "accepted": len(keep),
+        "rejected": rejected,
+        "sources": [str(s) for s in sources],
+    }
+    report = write_failed_report(brand_root, summary, attempt)
     return IngestError(
         f"ingest of {', '.join(map(str, sources))}: {len(keep)} photo(s) accepted, at least "
-        f"{cfg.min_images} needed; {len(rejected)} rejected, reasons in {report}"
+        f"{cfg.min_images} needed; {len(rejected)} rejected (the newest failure is also in failed-report.json), "
+        f"reasons in {report}"
     )
 
 
@@ -329,6 +339,7 @@ def ingest(
     sources = [Path(sources)] if isinstance(sources, str | Path) else [Path(s) for s in sources]
     brand_root = settings.datasets_dir / brand.name
     brand_root.mkdir(parents=True, exist_ok=True)
+    attempt = Attempt.now()  # what "newer" means for LATEST and failed-report.json
     staging = Path(tempfile.mkdtemp(prefix=".tmp-ingest-", dir=brand_root))
     try:
         scan = collect(sources, staging / "unpacked")
@@ -340,7 +351,7 @@ def ingest(
         keep, rejected = _screen(scan, work, cfg, progress)
         notes = [{"source": scan.candidates[a.index].source, "notes": a.notes} for a in keep if a.notes]
         if len(keep) < cfg.min_images:
-            raise _too_few(brand, brand_root, keep, rejected, cfg, sources)
+            raise _too_few(brand, brand_root, keep, rejected, cfg, sources, attempt)
         items = [
             (a.pixels_sha256, _caption(scan.candidates[a.index], cfg)[0], a.mask_pixels_sha256 or "")
             for a in keep
@@ -354,7 +365,8 @@ def ingest(
             out.mkdir()
             _write_dataset(out, brand, keep, scan.candidates, rejected, notes, cfg, fingerprint, sources)
             reused = not publish_dir(out, final)
-        atomic_write_text(brand_root / LATEST, fingerprint + "\n")
+        fault_point("ingest.before_latest")
+        advance_latest(brand_root, fingerprint, attempt)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info(
@@ -378,8 +390,7 @@ def find_dataset(brand: str, fingerprint: str | None = None, settings: Settings 
     root = settings.datasets_dir / brand
     have = sorted(p.name for p in root.glob("*") if (p / "manifest.json").is_file()) if root.is_dir() else []
     if fingerprint is None:
-        latest = root / LATEST
-        fingerprint = latest.read_text().strip() if latest.is_file() else None
+        fingerprint = read_latest(root)
         if fingerprint is None:
             raise IngestError(
                 f"brand {brand!r} has no dataset yet; run `brandtune ingest --brand {brand}` first"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +156,9 @@ def process_photo(
     """
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_PHOTO_BYTES + 1)  # never more than the cap, whatever the file claims
+            # never more than the cap, whatever the file claims; sized by the file, since read(n) allocates n bytes
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(min(size, MAX_PHOTO_BYTES) + 1)
     except OSError as exc:
         return Rejected(index, "unreadable", f"cannot read the file: {exc.strerror or exc}")
     if len(data) > MAX_PHOTO_BYTES:

@@ -1,7 +1,23 @@
 """Finding the photos of an ingest: folders, zip archives and file lists, with their captions.
 
-A zip archive is unpacked into a private folder entry by entry; an entry whose name is absolute, climbs out with
-``..``, or is a symbolic link is refused and listed in the report: nothing is ever written outside that folder.
+A zip archive is untrusted input. It is unpacked into a private folder entry by entry; an entry whose name is
+absolute, climbs out with ``..``, or is a symbolic link is refused and listed in the report: nothing is ever written
+outside that folder. Bounds keep a hostile archive (a zip bomb, millions of entries) to bounded time, memory and
+disk, and each refused entry is listed with its reason code in ``report.json``:
+
+- the central directory is read only when it is at most :data:`MAX_CENTRAL_DIRECTORY_BYTES` (else the archive is
+  refused as a whole, before Python's zipfile builds its entry list);
+- the first :data:`MAX_ARCHIVE_MEMBERS` files are examined; the rest are one ``too_many_archive_entries`` line with
+  their count;
+- an entry over :data:`MAX_MEMBER_BYTES` unpacked (``archive_entry_too_large``), one that would bring the bytes
+  unpacked so far over :data:`MAX_ARCHIVE_BYTES` (``archive_total_too_large``), and one that compresses better than
+  :data:`MAX_COMPRESSION_RATIO` to 1 (``suspicious_compression_ratio``, a zip bomb) are refused unread;
+- an archive inside the archive is refused as ``nested_archive`` (by its name, or by its first bytes once unpacked)
+  and never recursed into;
+- an encrypted entry, an unsupported compression method and a corrupt entry (bad CRC, truncated) are refused as
+  ``encrypted_archive_entry``, ``unsupported_archive_entry`` and ``corrupt_archive_entry``.
+
+No entry ever writes more bytes than its header declares, so the bounds judged from headers hold on disk.
 
 Mask files are never photos: they are attached to the photo they belong to (in folders and archives alike). Three
 conventions are read, the first found wins: ``<name>.mask.png`` beside ``<name>.<ext>`` (brandtune's own),
@@ -33,9 +49,30 @@ CAPTIONS_FILE = "captions.jsonl"
 # Mask-file conventions, in the order they win: (how the name ends, its convention's name).
 MASK_SUFFIXES = ((".mask.png", "brandtune"), ("-masklabel.png", "onetrainer"))
 KOHYA_MASK_DIR = "mask"
-MAX_ARCHIVE_BYTES = 8 << 30  # refuse archives that would unpack to more than 8 GiB
-MAX_ARCHIVE_MEMBERS = 10_000  # files read from one archive; the rest are listed as one rejection
+MAX_ARCHIVE_BYTES = 8 << 30  # bytes unpacked from one archive; entries past this are refused one by one
+MAX_ARCHIVE_MEMBERS = 10_000  # files examined in one archive; the rest are listed as one rejection
 MAX_MEMBER_BYTES = MAX_PHOTO_BYTES  # a member larger than a photo may be is refused unpacked
+MAX_CENTRAL_DIRECTORY_BYTES = 64 << 20  # ~1M entries: zipfile keeps one object per entry in memory
+MAX_COMPRESSION_RATIO = 200  # photos compress little (PNG/JPEG ~1:1, flat BMP/TIFF ~50:1); bombs ~1000:1
+MAX_CAPTION_BYTES = 64 << 10  # a sidecar caption longer than this is not a caption: refused, template used
+MAX_CAPTIONS_FILE_BYTES = 64 << 20  # captions.jsonl: about 100,000 long captions
+RATIO_CHECK_ABOVE = 1 << 20  # tiny entries may compress well without harm: judge the ratio above 1 MiB only
+# Archives are never unpacked inside an archive: by name, and by their first bytes once unpacked.
+ARCHIVE_SUFFIXES = {
+    ".zip",
+    ".jar",
+    ".7z",
+    ".rar",
+    ".tar",
+    ".tgz",
+    ".gz",
+    ".bz2",
+    ".xz",
+    ".zst",
+    ".lz",
+    ".cab",
+}
+ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"7z\xbc\xaf", b"Rar!", b"BZh", b"\xfd7zXZ")
 # What Python's zipfile can decompress; other methods (e.g. deflate64, PPMd) are refused entry by entry.
 READABLE_COMPRESSION = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 
@@ -71,43 +108,80 @@ def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def unpack_zip(archive: Path, dest: Path) -> tuple[Path, list[dict[str, str]]]:
-    """Unpack the regular files of ``archive`` under ``dest``, refusing unsafe or unreadable entries one by one.
+def _central_directory(archive: Path) -> tuple[int, int]:
+    """(entries, bytes) of the archive's central directory, from its end record, without reading the directory.
 
-    At most :data:`MAX_ARCHIVE_MEMBERS` files are read (the rest are one rejection), none larger than
-    :data:`MAX_MEMBER_BYTES` unpacked, and the whole at most :data:`MAX_ARCHIVE_BYTES`. An encrypted entry, an
-    unsupported compression method or a corrupt entry (bad CRC, truncated data) is refused with its reason and the
-    others are unpacked.
-
-    Returns:
-        The folder holding the unpacked files, and one report entry per refused archive entry.
+    Raises:
+        IngestError: the file has no end record (not a zip archive).
     """
-    rejected: list[dict[str, str]] = []
     try:
-        zf = zipfile.ZipFile(archive)
+        with open(archive, "rb") as handle:
+            end = zipfile._EndRecData(handle)  # the stdlib's own reader of the end record (zip64 included)
+    except OSError as exc:
+        raise IngestError(f"{archive}: cannot be read ({exc}); check the path and its permissions") from exc
+    if end is None:
+        raise IngestError(
+            f"{archive}: not a readable zip archive (no end record); pass a folder or a valid .zip"
+        )
+    return int(end[zipfile._ECD_ENTRIES_TOTAL]), int(end[zipfile._ECD_SIZE])
+
+
+def _open_zip(archive: Path) -> zipfile.ZipFile:
+    """Open ``archive`` once its central directory is known to be small enough to hold in memory."""
+    entries, size = _central_directory(archive)
+    if size > MAX_CENTRAL_DIRECTORY_BYTES:
+        raise IngestError(
+            f"{archive}: its directory lists {entries:,} entries ({size / 2**20:.0f} MiB), over the "
+            f"{MAX_CENTRAL_DIRECTORY_BYTES / 2**20:g} MiB limit; split it into archives of at most "
+            f"{MAX_ARCHIVE_MEMBERS:,} photos"
+        )
+    try:
+        return zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
         raise IngestError(
             f"{archive}: not a readable zip archive ({exc}); pass a folder or a valid .zip"
         ) from exc
-    root = dest.resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    with zf:
+
+
+def unpack_zip(archive: Path, dest: Path) -> tuple[Path, list[dict[str, str]]]:
+    """Unpack the regular files of ``archive`` under ``dest``, refusing unsafe or unreadable entries one by one.
+
+    The bounds of the module docstring apply: at most :data:`MAX_ARCHIVE_MEMBERS` files are examined (the rest
+    are one rejection with their count), each and all of them within their size bounds, no zip bomb, no nested
+    archive. Every examined entry that is refused is listed with its reason; the others are unpacked.
+
+    Returns:
+        The folder holding the unpacked files, and one report entry per refused archive entry.
+
+    Raises:
+        IngestError: the archive cannot be read at all, or its directory is over the size bound.
+    """
+    rejected: list[dict[str, str]] = []
+    with _open_zip(archive) as zf:
+        root = dest.resolve()
+        root.mkdir(parents=True, exist_ok=True)
         infos = [i for i in zf.infolist() if not i.is_dir()]
-        total = sum(i.file_size for i in infos[:MAX_ARCHIVE_MEMBERS])
-        if total > MAX_ARCHIVE_BYTES:
-            raise IngestError(
-                f"{archive}: unpacks to {total / 2**30:.1f} GiB, over the {MAX_ARCHIVE_BYTES >> 30} GiB limit; "
-                "split it or pass a folder"
-            )
         if len(infos) > MAX_ARCHIVE_MEMBERS:
             rejected.append(_refused(archive, f"{len(infos) - MAX_ARCHIVE_MEMBERS} entries", "too_many_archive_entries",
                                      f"the archive holds {len(infos):,} files; only the first "
                                      f"{MAX_ARCHIVE_MEMBERS:,} are read: split it"))  # fmt: skip
-        for info in infos[:MAX_ARCHIVE_MEMBERS]:
+        del infos[MAX_ARCHIVE_MEMBERS:]
+        unpacked = 0
+        for info in infos:
             kind, reason = _entry_problem(info, root)
+            if reason is None and unpacked + info.file_size > MAX_ARCHIVE_BYTES:
+                kind, reason = (
+                    "archive_total_too_large",
+                    (
+                        f"the archive's entries before it already unpack to {unpacked / 2**20:.0f} MiB; with it they "
+                        f"would pass the {MAX_ARCHIVE_BYTES >> 20} MiB limit per archive: split the archive"
+                    ),
+                )
             if reason is None:
                 kind, reason = _extract(zf, info, root / info.filename)
-            if reason is not None:
+            if reason is None:
+                unpacked += info.file_size
+            else:
                 rejected.append(_refused(archive, info.filename, kind, reason))
     return root, rejected
 
@@ -125,6 +199,11 @@ def _entry_problem(info: zipfile.ZipInfo, root: Path) -> tuple[str, str | None]:
         reason = "path resolves outside the archive's folder"
     if reason is not None:
         return "unsafe_archive_entry", reason
+    if PurePosixPath(info.filename).suffix.lower() in ARCHIVE_SUFFIXES:
+        return (
+            "nested_archive",
+            "an archive inside the archive is not unpacked; unpack it and pass its photos",
+        )
     if info.flag_bits & 0x1:
         return "encrypted_archive_entry", "the entry is encrypted; unpack it yourself and pass the folder"
     if info.compress_type not in READABLE_COMPRESSION:
@@ -133,21 +212,37 @@ def _entry_problem(info: zipfile.ZipInfo, root: Path) -> tuple[str, str | None]:
         return "archive_entry_too_large", (
             f"unpacks to {info.file_size / 2**20:.0f} MiB, over the {MAX_MEMBER_BYTES >> 20} MiB limit per photo"
         )
+    if info.file_size > RATIO_CHECK_ABOVE and info.file_size > MAX_COMPRESSION_RATIO * max(
+        info.compress_size, 1
+    ):
+        return "suspicious_compression_ratio", (
+            f"{info.compress_size:,} bytes unpack to {info.file_size:,} (over {MAX_COMPRESSION_RATIO}:1), as in a "
+            "zip bomb; no photo compresses that well: re-export it"
+        )
     return "", None
 
 
 def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> tuple[str, str | None]:
-    """Copy one entry to ``target`` (at most its declared size); a corrupt entry leaves no file behind."""
+    """Copy one entry to ``target`` (at most its declared size); a corrupt entry or an archive under a photo's
+    name leaves no file behind."""
     target = target.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with zf.open(info) as src, open(target, "wb") as dst:
             # Never trust the declared size: copy at most that many bytes, then read on to the CRC check.
-            shutil.copyfileobj(_limited(src, info.file_size), dst)
+            head = src.read(min(info.file_size, 8))
+            dst.write(head)
+            shutil.copyfileobj(_limited(src, info.file_size - len(head)), dst)
             src.read(1)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
         target.unlink(missing_ok=True)
         return "corrupt_archive_entry", f"cannot be unpacked: {exc}"
+    if head.startswith(ARCHIVE_MAGIC):
+        target.unlink(missing_ok=True)
+        return (
+            "nested_archive",
+            "an archive under a photo's name is not unpacked; unpack it and pass its photos",
+        )
     return "", None
 
 
@@ -167,6 +262,12 @@ class _limited:
 
 
 def _read_captions_jsonl(path: Path) -> dict[str, str]:
+    size = path.stat().st_size
+    if size > MAX_CAPTIONS_FILE_BYTES:
+        raise IngestError(
+            f"{path}: {size / 2**20:.0f} MiB, over the {MAX_CAPTIONS_FILE_BYTES >> 20} MiB limit for a captions file; "
+            "keep one short caption per photo"
+        )
     captions: dict[str, str] = {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -189,11 +290,22 @@ def _is_candidate(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in SIDECAR_SUFFIXES
 
 
-def _sidecar_caption(path: Path) -> str | None:
+def _sidecar_caption(path: Path, rejected: list[dict[str, str]], label: str) -> str | None:
+    """The caption in ``path``'s sidecar ``.txt``/``.caption``; one over :data:`MAX_CAPTION_BYTES` is reported (as
+    ``label``'s sidecar) and not used."""
     for suffix in (".txt", ".caption"):
         sidecar = path.with_suffix(suffix)
         if sidecar.is_file():
-            text = sidecar.read_text(encoding="utf-8", errors="replace").strip()
+            with open(sidecar, "rb") as handle:
+                data = handle.read(MAX_CAPTION_BYTES + 1)
+            if len(data) > MAX_CAPTION_BYTES:
+                detail = f"over {MAX_CAPTION_BYTES >> 10} KiB, not a caption; the template caption is used: shorten it"
+                rejected.append(
+                    {"source": f"{label}{suffix}", "reason": "caption_too_large", "detail": detail}
+                )
+                logger.warning("%s%s: %s", label, suffix, detail)
+                return None
+            text = data.decode("utf-8", errors="replace").strip()
             return text or None
     return None
 
@@ -271,7 +383,7 @@ def scan_folder(folder: Path, label_prefix: str = "") -> tuple[list[Candidate], 
     rejected: list[dict[str, str]] = []
     out = []
     for path, name, mask, mask_label in _attach(photos, masks, rejected):
-        caption, origin = _sidecar_caption(path), "sidecar"
+        caption, origin = _sidecar_caption(path, rejected, name.removesuffix(path.suffix)), "sidecar"
         rel = path.relative_to(folder).as_posix()
         if caption is None and rel in listed:
             caption, origin = listed[rel].strip() or None, CAPTIONS_FILE
@@ -287,7 +399,7 @@ def _single_files(files: list[Path], scan: SourceScan) -> None:
     given = {p.resolve() for p, _ in masks}
     masks += [(m, str(m)) for p, _ in photos for m in _masks_beside(p) if m.resolve() not in given]
     for path, name, mask, mask_label in _attach(photos, masks, scan.rejected):
-        caption = _sidecar_caption(path)
+        caption = _sidecar_caption(path, scan.rejected, str(path.with_suffix("")))
         scan.candidates.append(
             Candidate(path, name, caption, "sidecar" if caption else "template", mask, mask_label)
         )

@@ -29,3 +29,29 @@ def test_mlflow_ui_refuses_a_tracking_server(monkeypatch: pytest.MonkeyPatch, ru
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     code, out, err = run_cli(["mlflow-ui", "--port", "5999"])
     assert code == 2 and out == "" and "that is already a server" in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("command", [["ui", "--auth"], ["mlflow-ui", "--auth", "--port", "5999"]])
+def test_auth_without_a_password_is_one_line_before_anything_starts(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli: RunCli
+) -> None:
+    monkeypatch.setenv("BRANDTUNE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("BRANDTUNE_UI_PASSWORD", raising=False)
+    monkeypatch.chdir(REPO)
+    code, out, err = run_cli(command)
+    assert code == 2 and out == "", (out, err)
+    assert (
+        "--auth needs a password: BRANDTUNE_UI_PASSWORD is not set" in err and len(err.splitlines()) == 1
+    ), err
+    assert not (tmp_path / "home").exists()  # no server, no auth config written
+
+
+def test_brandtune_ui_auth_in_the_environment_turns_auth_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli: RunCli
+) -> None:
+    """``make ui`` runs plain ``brandtune ui``: BRANDTUNE_UI_AUTH=1 gives it --auth."""
+    monkeypatch.setenv("BRANDTUNE_UI_AUTH", "1")
+    monkeypatch.setenv("BRANDTUNE_UI_PASSWORD", "short")
+    monkeypatch.chdir(REPO)
+    code, out, err = run_cli(["ui"])
+    assert code == 2 and out == "" and "BRANDTUNE_UI_PASSWORD has 5 characters" in err, err
