@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 CHECKS: tuple[str, ...] = (
     "brandtune.ingest.pointers:check",
     "brandtune.training.lock:check_locks",
+    "brandtune.training.data:check_latent_cache",  # truncated latent-cache files, dead writes
+    "brandtune.registry._cache:check_cache",  # unverified/corrupt adapter-cache entries, dead downloads
     "brandtune.generation_manifest:check",
 )
 

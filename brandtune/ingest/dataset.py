@@ -47,8 +47,9 @@ from tqdm.auto import tqdm
 from brandtune.config import BrandSpec, IngestConfig, ensure_trigger
 from brandtune.errors import IngestError
 from brandtune.faults import fault_point
-from brandtune.fsutil import atomic_write_json, canonical_json, publish_dir, sha256_bytes
+from brandtune.fsutil import atomic_write_json, canonical_json, publish_dir, replace_dir, sha256_bytes
 from brandtune.ingest.images import Accepted, Rejected, process_photo
+from brandtune.ingest.layout import dataset_images
 from brandtune.ingest.pointers import Attempt, advance_latest, read_latest, write_failed_report
 from brandtune.ingest.report import write_contact_sheet
 from brandtune.ingest.sources import Candidate, SourceScan, collect
@@ -311,6 +312,23 @@ def _too_few(
     )
 
 
+def _reusable(final: Path, fingerprint: str) -> bool:
+    """Whether an existing dataset folder under ``fingerprint`` is complete and verifies (every image and mask has
+    the sha256 its manifest records); one that does not is logged and rebuilt."""
+    if not final.exists():
+        return False
+    try:
+        images = dataset_images(final)
+        recorded = json.loads((final / "manifest.json").read_text(encoding="utf-8")).get("fingerprint")
+    except (IngestError, OSError, ValueError) as exc:
+        logger.warning("existing dataset %s does not verify (%s): rebuilding it", final, exc)
+        return False
+    if recorded != fingerprint or not images:
+        logger.warning("existing dataset %s records fingerprint %s: rebuilding it", final, recorded)
+        return False
+    return True
+
+
 def ingest(
     brand: BrandSpec,
     sources: Sequence[Path] | Path,
@@ -328,7 +346,8 @@ def ingest(
         progress: Show a progress bar.
 
     Returns:
-        The dataset's fingerprint and folder. Re-ingesting the same input returns the existing folder.
+        The dataset's fingerprint and folder. Re-ingesting the same input returns the existing folder when it
+        verifies (:func:`~brandtune.ingest.layout.dataset_images`); a damaged one is rebuilt and replaced in one step.
 
     Raises:
         IngestError: a source is missing or unreadable, or fewer than ``config.min_images`` photos were accepted
@@ -358,13 +377,16 @@ def ingest(
         ]
         fingerprint = compute_fingerprint(items, cfg)
         final = brand_root / fingerprint
-        if (final / "manifest.json").is_file():
-            reused = True
-        else:
+        reused = _reusable(final, fingerprint)
+        if not reused:
             out = staging / "dataset"
             out.mkdir()
             _write_dataset(out, brand, keep, scan.candidates, rejected, notes, cfg, fingerprint, sources)
-            reused = not publish_dir(out, final)
+            if final.exists():  # a damaged folder under this fingerprint: replaced in one step
+                replace_dir(out, final)
+                logger.warning("rebuilt dataset %s, which failed verification", final)
+            else:
+                reused = not publish_dir(out, final)
         fault_point("ingest.before_latest")
         advance_latest(brand_root, fingerprint, attempt)
     finally:

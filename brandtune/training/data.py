@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from brandtune.errors import IngestError, TrainingError
-from brandtune.fsutil import canonical_json, sha256_bytes
+from brandtune.faults import fault_point
+from brandtune.fsutil import canonical_json, fsync_dir, sha256_bytes
 from brandtune.ingest.layout import DatasetImage, dataset_images
 
 if TYPE_CHECKING:
     import torch
 
     from brandtune.config import TrainConfig
+    from brandtune.doctor import Finding
     from brandtune.models import BaseComponents
+    from brandtune.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -255,12 +258,10 @@ def load_or_encode(
     Returns:
         One :class:`Encoded` per bucket and whether the cache was hit.
     """
-    from safetensors.torch import load_file, save_file
-
-    if cache_file is not None and cache_file.is_file():
-        tensors = load_file(cache_file)
+    rows = len(examples) * (2 if flip else 1)
+    if cache_file is not None and (cached := read_cache(cache_file, rows)) is not None:
         logger.info("latent/text cache hit: %s", cache_file.name)
-        return _split_buckets(tensors), True
+        return cached, True
     sizes = sizes or [(resolution, resolution)] * len(examples)
     masks = config.masked_loss and any(ex.mask for ex in examples)
     encoded = []
@@ -269,18 +270,81 @@ def load_or_encode(
         kwargs = {"flip": flip, "with_text": with_text, "device": device, "size": size, "masks": masks}
         encoded.append(encode_examples(components, members, resolution, config, **kwargs))
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=cache_file.parent)
-        os.close(fd)
+        write_cache(cache_file, encoded)
+    return encoded, False
+
+
+def write_cache(cache_file: Path, encoded: list[Encoded]) -> None:
+    """Write the buckets to ``cache_file`` atomically: a temporary file beside it, flushed, then renamed."""
+    from safetensors.torch import save_file
+
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=cache_file.parent)
+    os.close(fd)
+    try:
         tensors = {
             (k if len(encoded) == 1 else f"{b}/{k}"): v.contiguous()
             for b, enc in enumerate(encoded)
             for k, v in enc.tensors().items()
         }
         save_file(tensors, tmp, metadata={"brandtune.cache_version": str(CACHE_VERSION)})
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        fault_point("training.latent_cache_written")
         os.replace(tmp, cache_file)
-        logger.info("wrote latent/text cache %s", cache_file)
-    return encoded, False
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(cache_file.parent)
+    logger.info("wrote latent/text cache %s", cache_file)
+
+
+def read_cache(cache_file: Path, rows: int | None = None) -> list[Encoded] | None:
+    """The buckets in ``cache_file`` (``rows`` encoded examples in all, when given), or ``None`` when there is none
+    or it is unusable.
+
+    A truncated or corrupt file, one of another cache version, or one whose tensors do not make whole buckets
+    (missing names, mismatched example counts) is deleted with a WARNING naming it, so the caller encodes again
+    instead of failing on it in every retry.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not cache_file.is_file():
+        return None
+    try:
+        buckets = _checked_buckets(cache_file, load_file(cache_file))
+        if rows is not None and sum(len(b) for b in buckets) != rows:
+            raise ValueError(f"it holds {sum(len(b) for b in buckets)} encoded examples, expected {rows}")
+        return buckets
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        logger.warning("latent cache %s is unusable (%s): deleting it and encoding again", cache_file, exc)
+        cache_file.unlink(missing_ok=True)
+        return None
+
+
+def _checked_buckets(cache_file: Path, tensors: dict[str, torch.Tensor]) -> list[Encoded]:
+    """Split the tensors into buckets and check that each is whole; ValueError/KeyError when not."""
+    from safetensors import safe_open
+
+    with safe_open(cache_file, framework="pt") as handle:
+        version = (handle.metadata() or {}).get("brandtune.cache_version")
+    if version != str(CACHE_VERSION):
+        raise ValueError(f"cache version {version}, expected {CACHE_VERSION}")
+    buckets = _split_buckets(tensors)
+    for number, enc in enumerate(buckets):
+        count = len(enc)
+        if enc.latent_std.shape != enc.latent_mean.shape or enc.latent_mean.ndim != 4:
+            raise ValueError(
+                f"bucket {number}: latent mean {tuple(enc.latent_mean.shape)} and std "
+                f"{tuple(enc.latent_std.shape)} do not match"
+            )
+        rows = {k: v.shape[0] for k, v in enc.tensors().items() if v.ndim == 0 or v.shape[0] != count}
+        if rows or not enc.conditioning:
+            raise ValueError(
+                f"bucket {number}: tensors {rows or 'conditioning'} do not hold {count} examples"
+            )
+    return buckets
 
 
 def _split_buckets(tensors: dict[str, torch.Tensor]) -> list[Encoded]:
@@ -292,3 +356,64 @@ def _split_buckets(tensors: dict[str, torch.Tensor]) -> list[Encoded]:
         bucket, name = key.split("/", 1)
         groups.setdefault(int(bucket), {})[name] = value
     return [Encoded.from_tensors(groups[b]) for b in sorted(groups)]
+
+
+#: A temporary cache file older than this was left by a process that died while writing it.
+TEMP_STALE_S = 900.0
+
+
+def safetensors_damage(path: Path) -> str | None:
+    """Why a safetensors file is structurally broken (a bad header, a size that is not what its header says), or
+    ``None``; reads the header only."""
+    import json
+    import struct
+
+    try:
+        with path.open("rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size)) if size < (100 << 20) else None
+    except (OSError, ValueError, struct.error) as exc:
+        return f"its header cannot be read ({exc})"
+    if not isinstance(header, dict):
+        return "its header is not a safetensors header"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        return f"its header is malformed ({exc!r})"
+    actual = path.stat().st_size - 8 - size
+    return (
+        None if actual == end else f"it is truncated or padded ({actual} data bytes, its header says {end})"
+    )
+
+
+def check_latent_cache(settings: Settings, *, brand: str | None = None, fix: bool = False) -> list[Finding]:
+    """``brandtune doctor``: latent-cache files that are truncated or broken, and temporary files a killed write
+    left (older than :data:`TEMP_STALE_S`). The cache is shared by every brand, so ``brand`` does not narrow it.
+    ``fix`` deletes them (a later training encodes again)."""
+    import time
+
+    from brandtune.doctor import Finding
+
+    root = settings.cache_dir
+    files = [
+        *root.glob("latents/*"),
+        *root.glob("class_images/*/*.safetensors"),
+        *root.glob("class_images/*/.tmp-*"),
+    ]
+    findings = []
+    for path in sorted(p for p in files if p.is_file()):
+        if path.name.startswith(".tmp-"):
+            if time.time() - path.stat().st_mtime < TEMP_STALE_S:
+                continue
+            problem: str | None = "a cache write that never finished left this temporary file"
+        elif path.suffix == ".safetensors":
+            problem = safetensors_damage(path)
+        else:
+            continue
+        if problem is None:
+            continue
+        if fix:
+            path.unlink(missing_ok=True)
+        repair = "delete it (the next training encodes the dataset again)"
+        findings.append(Finding("latent-cache", str(path), problem, repair, fix))
+    return findings

@@ -219,6 +219,8 @@ def _masked_dataset(home: Path, fingerprint: str = "f1ab2c3d4e5f60718293") -> Pa
     two with a ``<sha>.mask.png`` beside them (255 product, 0 background), the third without."""
     from PIL import Image
 
+    from brandtune.fsutil import sha256_file
+
     folder = home / "datasets" / "acme" / fingerprint
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({"resolution": 64, "images": []}))
@@ -235,6 +237,17 @@ def _masked_dataset(home: Path, fingerprint: str = "f1ab2c3d4e5f60718293") -> Pa
             row["mask_file_name"] = f"{name}.mask.png"
         rows.append(row)
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    images = [  # the sha256 of each file, as ingest records them (the layout reader checks them)
+        {
+            "file_name": r["file_name"],
+            "caption": r["text"],
+            "sha256": sha256_file(folder / r["file_name"]),
+            "mask": r["mask_file_name"]
+            and {"file": r["mask_file_name"], "sha256": sha256_file(folder / r["mask_file_name"])},
+        }
+        for r in rows
+    ]
+    (folder / "manifest.json").write_text(json.dumps({"resolution": 64, "images": images}))
     Image.new("RGB", (32, 32)).save(
         folder / "masks.png"
     )  # ingest's contact sheet: in the folder, not a photo

@@ -41,7 +41,10 @@ def write_dataset(
             digest.update(hashlib.sha256(mask.tobytes()).digest())
             files[row["mask_file_name"]] = Image.fromarray(mask, "L")
         rows.append(row)
-        images.append({"file_name": name, "caption": caption, "original_size": [width, height]})
+        entry = {"file_name": name, "caption": caption, "original_size": [width, height], "mask": None}
+        if mask is not None:
+            entry["mask"] = {"file": row["mask_file_name"]}
+        images.append(entry)
     folder = datasets_dir / brand / digest.hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     for name, img in files.items():
@@ -49,4 +52,19 @@ def write_dataset(
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     manifest = {"brand": brand, "fingerprint": folder.name, "resolution": resolution, "images": images}
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    record_hashes(folder)
     return folder
+
+
+def record_hashes(folder: Path) -> None:
+    """Record in ``manifest.json`` the sha256 of each image and mask file as they are now, as ingest records them
+    (the layout reader refuses a file whose bytes differ from its record)."""
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for entry in manifest["images"]:
+        entry["sha256"] = hashlib.sha256((folder / entry["file_name"]).read_bytes()).hexdigest()
+        if entry.get("mask"):
+            entry["mask"]["sha256"] = hashlib.sha256(
+                (folder / entry["mask"]["file"]).read_bytes()
+            ).hexdigest()
+    path.write_text(json.dumps(manifest))

@@ -125,3 +125,40 @@ def test_dataset_loads_with_hf_datasets(brand: BrandSpec, settings: Settings, tm
     for row in ds:
         if row["mask"] is not None:
             assert row["mask"].mode == "L" and row["mask"].size == row["image"].size
+
+
+def test_changed_png_is_refused_naming_it_and_reingest_rebuilds(
+    brand: BrandSpec, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from brandtune.errors import TrainingError
+    from brandtune.ingest.layout import dataset_images
+    from brandtune.training.data import read_dataset
+
+    folder = tmp_path / "photos"
+    make_photos(folder, 5)
+    first = ingest(brand, folder, IngestConfig.for_brand(brand), settings, progress=False)
+    assert len(dataset_images(first.path)) == 5
+    victim = sorted(first.path.glob("*.png"))[0]
+    original = victim.read_bytes()
+    arr = np.asarray(Image.open(victim)).copy()
+    arr[0, 0] = 255 - arr[0, 0]
+    Image.fromarray(arr).save(victim)  # a valid PNG, one pixel changed
+    with pytest.raises(IngestError) as err:
+        dataset_images(first.path)
+    message = str(err.value)
+    assert "\n" not in message and str(victim) in message and "brandtune ingest --brand acme" in message
+    with pytest.raises(TrainingError, match=victim.name):  # what training reads through
+        read_dataset(first.path)
+    # a re-ingest of the same photos does not reuse the damaged folder: it rebuilds it in one step
+    with caplog.at_level("WARNING", logger="brandtune.ingest"):
+        again = ingest(brand, folder, IngestConfig.for_brand(brand), settings, progress=False)
+    assert again.path == first.path and not again.reused
+    assert "does not verify" in caplog.text and str(victim) in caplog.text
+    assert victim.read_bytes() == original and len(dataset_images(again.path)) == 5
+    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".tmp")]  # no staging left
+    # an edited caption is refused too (metadata.jsonl against the manifest)
+    meta = again.path / "metadata.jsonl"
+    meta.write_text(meta.read_text().replace("acme bottle", "evil bottle", 1))
+    with pytest.raises(IngestError, match=r"caption of .* was edited after ingest"):
+        dataset_images(again.path)
+    assert ingest(brand, folder, IngestConfig.for_brand(brand), settings, progress=False).reused is False

@@ -95,7 +95,8 @@ def test_load_pipeline_by_alias_matches_in_memory_adapter(v1, trained) -> None:
     assert pipe.get_active_adapters() == [f"acme_lora_v{v1.version}"]
 
 
-def test_cache_by_version_and_tampered_file_refused(v1, settings) -> None:
+def test_cache_by_version_and_tampered_file_healed(v1, settings, caplog) -> None:
+    from brandtune.fsutil import sha256_file
     from brandtune.registry import adapter_cache_dir, fetch
 
     first = fetch(f"models:/acme-lora/{v1.version}", settings=settings)
@@ -105,16 +106,11 @@ def test_cache_by_version_and_tampered_file_refused(v1, settings) -> None:
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    try:
-        with pytest.raises(RegistryError) as err:
-            fetch("models:/acme-lora@candidate", settings=settings)
-        assert v1.tags["brandtune.adapter_sha256"] in str(err.value)
-        from brandtune.fsutil import sha256_file
-
-        assert sha256_file(weights) in str(err.value)
-    finally:
-        data[-1] ^= 0xFF
-        weights.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="brandtune.registry"):
+        healed = fetch("models:/acme-lora@candidate", settings=settings)
+    assert not healed.cached and healed.path == first.path
+    assert sha256_file(weights) == v1.tags["brandtune.adapter_sha256"]
+    assert str(weights) in caplog.text and "downloading it again" in caplog.text
 
 
 def test_plain_mlflow_loads_builtin_base_through_resolver(v1, trained) -> None:

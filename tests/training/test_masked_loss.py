@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dataset_helpers import write_dataset
+from dataset_helpers import record_hashes, write_dataset
 from training_helpers import quick
 
 from brandtune.errors import TrainingError
@@ -170,6 +170,9 @@ def test_masks_are_cached_mirrored_and_keyed_by_their_bytes(tmp_path: Path) -> N
     before = masks_key(examples)
     Image.fromarray(np.full((RES, RES), 255, np.uint8), "L").save(examples[0].mask)
     assert masks_key(examples) != before
+    with pytest.raises(TrainingError, match="changed after ingest"):  # a changed file is refused...
+        read_dataset(folder)
+    record_hashes(folder)  # ...unless its manifest records it (here: a hand-made dataset, re-recorded)
     assert not train(quick(tmp_path / "c", **cfg)).cache_hit
     off = train(quick(tmp_path / "d", **cfg, masked_loss=False))
     assert not off.cache_hit and "mask" not in load_file(max(cache.glob("*"), key=os.path.getmtime))
