@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 #: The checks, in the order they run. Each is ``"module:function"``.
 CHECKS: tuple[str, ...] = (
+    "brandtune.registry._doctor:check_registrations",
+    "brandtune.registry._doctor:check_aliases",
     "brandtune.ingest.pointers:check",
     "brandtune.training.lock:check_locks",
     "brandtune.training.data:check_latent_cache",  # truncated latent-cache files, dead writes

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from brandtune.cli import base, demo, evaluate, generate, ingest, registry, train, ui
+from brandtune.cli import base, demo, doctor, evaluate, generate, ingest, registry, train, ui
 from brandtune.cli._common import PROG, err_console, print_error
 from brandtune.errors import BrandtuneError
 
@@ -39,7 +39,7 @@ def main(
 
 
 # the order of `brandtune --help` (typer lists the groups, base and models, after the commands)
-for module in (ingest, train, demo, base, registry, evaluate, generate, ui):
+for module in (ingest, train, demo, base, registry, evaluate, generate, ui, doctor):
     module.add_commands(app)
 
 

@@ -40,7 +40,9 @@ def register_cmd(
     run: Annotated[str, typer.Option("--run", help="MLflow run id of the training run.")],
     flow_run_id: Annotated[str | None, typer.Option(help="Prefect flow run id to record.")] = None,
 ) -> None:
-    """Register a training run's adapter as a new version of <brand>-lora, with alias @candidate."""
+    """Register a training run's adapter as a new version of <brand>-lora, with alias @candidate.
+
+    Safe to run again: it finishes a registration of the same run that was interrupted."""
     from brandtune.registry import register
 
     version = register(brand, run, flow_run_id=flow_run_id)
@@ -52,11 +54,27 @@ def register_cmd(
 def promote_cmd(
     brand: BrandArg,
     version: Annotated[int, typer.Option("--version", help="Version to make @champion.")],
+    expect_champion: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-champion",
+            help="Refuse unless @champion is this version now ('none': there is no champion); use the one you "
+            "compared against.",
+        ),
+    ] = None,
 ) -> None:
     """Move @champion to a version; the old champion becomes @previous-champion."""
-    from brandtune.registry import promote
+    from brandtune.registry import ANY_CHAMPION, promote
 
-    _moves(promote(brand, version))
+    expected: object = ANY_CHAMPION
+    if expect_champion is not None:
+        text = expect_champion.strip().lstrip("v").lower()
+        if text != "none" and not text.isdigit():
+            raise ConfigError(
+                f"--expect-champion {expect_champion!r} is not a version: give a number (e.g. 3) or 'none'."
+            )
+        expected = None if text == "none" else text
+    _moves(promote(brand, version, expected_champion=expected))
 
 
 def rollback_cmd(brand: BrandArg) -> None:
@@ -76,8 +94,9 @@ def models_list_cmd(brand: BrandArg) -> None:
         images = row.tags.get("brandtune.dataset_images")
         dataset = row.tags.get("brandtune.dataset_fingerprint", "?") + (f" ({images} img)" if images else "")
         created = row.created.strftime("%Y-%m-%d %H:%M") if row.created else "?"
+        number = row.version if row.complete else f"{row.version} (half-registered: brandtune doctor)"
         table.add_row(
-            row.version, " ".join(f"@{a}" for a in row.aliases), metrics, dataset, row.base_model, created
+            number, " ".join(f"@{a}" for a in row.aliases), metrics, dataset, row.base_model, created
         )
     console.print(table)
 

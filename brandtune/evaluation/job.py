@@ -5,8 +5,10 @@ scored with the weight-free metrics (and, when the config names local CLIP/DINOv
 dino against the product regions of the brand photos: :mod:`brandtune.evaluation.subject_fidelity`), aggregated with bootstrap confidence intervals, written as report.json and
 report.html, logged to an MLflow evaluation run, and recorded as ``brandtune.metric.*`` tags on the candidate
 version. The gate sees the per-model means and the per-image rows (its first-champion rule pairs the candidate's
-images with the base model's by prompt and seed). When it passes, ``@champion`` moves to the candidate; when it
-fails, nothing moves and the reason is recorded on the version.
+images with the base model's by prompt and seed). The run is logged and the version tagged first; then, when the
+gate passed, ``@champion`` moves to the candidate, provided it still is the champion the candidate was judged
+against (a champion that moved meanwhile is reported in ``EvalOutcome.promotion_note``, nothing moves); when the
+gate fails, nothing moves and the reason is recorded on the version.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class EvalOutcome:
     mlflow_run_id: str
     metrics: dict[str, dict[str, float]]  # model key -> metric -> mean
     timings: dict[str, float] = field(default_factory=dict)  # generate_s, score_s, total_s
+    promotion_note: str | None = None  # why a passing candidate was not promoted (the champion moved)
 
 
 @dataclass
@@ -58,21 +61,24 @@ def _alias_exists(brand: str, alias: str, settings: Settings) -> bool:
     return any(alias in v.aliases for v in list_versions(brand, settings=settings))
 
 
-def _models(cfg: EvalConfig, settings: Settings) -> list[_Model]:
+def _models(cfg: EvalConfig, settings: Settings) -> tuple[list[_Model], str | None]:
+    """The models to compare, and the version ``cfg.against`` resolved to (None: none), which a promotion
+    carries as the champion it was judged against."""
     from brandtune.registry import fetch, model_uri
 
     cand = fetch(model_uri(cfg.brand, cfg.candidate), settings=settings)
     models = [_Model("candidate", f"Candidate v{cand.version.version}", cand)]
-    against = cfg.against
+    against, seen = cfg.against, None
     if against and (against.isdigit() or _alias_exists(cfg.brand, against.lstrip("@"), settings)):
         champ = fetch(model_uri(cfg.brand, against), settings=settings)
+        seen = champ.version.version
         if champ.version.version != cand.version.version:
             models.append(_Model("champion", f"{against.title()} v{champ.version.version}", champ))
     elif against:
         logger.info("%s has no @%s yet: the candidate is judged as a first champion", cfg.brand, against)
     if cfg.include_base:
         models.append(_Model("base", "Base model", None))
-    return models
+    return models, seen
 
 
 #: How many of the training photos the report shows.
@@ -244,7 +250,7 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
     if not prompts:
         raise EvaluationError(f"brand {brand.name} has no evaluation_prompts in brand.yaml")
     fidelity = SubjectFidelity.load(config)  # loaded once, before minutes of sampling
-    models = _models(config, settings)
+    models, seen_champion = _models(config, settings)
     cand = models[0].adapter
     assert cand is not None
     out = _output_dir(config, brand, cand, settings)
@@ -267,9 +273,10 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
     results = results.model_copy(update={"gate": gate.to_dict()})
     report_json, report_html = write_report(results, out)
     metrics = {m.key: _means(results, m.key) for m in models}
-    promoted = _release(config, brand, cand, champion, gate, metrics["candidate"], settings)
-    run_id = _log_run(config, brand, models, metrics, gate, out, promoted, settings)
+    # recorded before anything moves: a crash after this point leaves an evaluated, tagged version
+    run_id = _log_run(config, brand, models, metrics, gate, out, False, settings)
     _tag_candidate(brand, cand, metrics["candidate"], gate, run_id, settings)
+    promoted, note = _release(config, brand, cand, seen_champion, gate, run_id, settings)
     timings = {"generate_s": t1 - t0, "score_s": t2 - t1, "total_s": time.perf_counter() - t0}
     logger.info("evaluation of v%s: %s (report %s)", cand.version.version, gate.summary(), report_html)
     return EvalOutcome(
@@ -282,6 +289,7 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
         run_id,
         metrics,
         timings,
+        note,
     )
 
 
@@ -357,16 +365,33 @@ def _release(
     cfg: EvalConfig,
     brand: BrandSpec,
     cand: FetchedAdapter,
-    champion: _Model | None,
+    expected_champion: str | None,
     gate: GateResult,
-    metrics: dict[str, float],
+    run_id: str,
     settings: Settings,
-) -> bool:
-    from brandtune.registry import CHAMPION, promote
+) -> tuple[bool, str | None]:
+    """Promote a passing candidate, as long as @champion still is the version it was judged against.
+
+    Returns:
+        Whether it was promoted, and why not when it passed but the champion had moved.
+    """
+    from brandtune.registry import CHAMPION, ChampionMovedError, promote, tag_lineage
 
     if not (gate.passed and cfg.promote) or cfg.against not in (None, CHAMPION, f"@{CHAMPION}"):
-        return False
-    return bool(promote(brand.name, cand.version.version, settings=settings))
+        return False, None
+    try:
+        promoted = bool(
+            promote(brand.name, cand.version.version, expected_champion=expected_champion, settings=settings)
+        )
+        note = None
+    except ChampionMovedError as exc:
+        logger.warning("%s", exc)
+        promoted, note = False, str(exc)
+    tags = {"brandtune.promoted": str(promoted).lower()}
+    if note:
+        tags["brandtune.promotion_refused"] = note[:4900]
+    tag_lineage(tags, run_id=run_id, settings=settings)
+    return promoted, note
 
 
 def _tag_candidate(

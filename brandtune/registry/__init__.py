@@ -7,7 +7,7 @@ use) and ``@previous-champion`` (rollback).
 Example:
     >>> from brandtune.registry import register, promote, load_pipeline
     >>> v = register("acme", run_id)
-    >>> promote("acme", v.version)
+    >>> promote("acme", v.version, expected_champion=None)  # refused if a champion appeared meanwhile
     >>> pipe = load_pipeline("models:/acme-lora@champion")
 
 Importing this package is cheap: mlflow, torch and diffusers are imported inside the functions.
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from brandtune.provenance import WEIGHTS_NAME
 from brandtune.registry._aliases import (
+    ANY_CHAMPION,
     AliasMove,
+    ChampionMovedError,
     list_versions,
     promote,
     rollback,
@@ -39,20 +41,25 @@ from brandtune.registry._register import register
 from brandtune.registry._versions import (
     CANDIDATE,
     CHAMPION,
+    COMPLETE_TAG,
     PREVIOUS,
     RegisteredVersion,
     model_name,
     model_uri,
     parse_uri,
+    require_complete,
 )
 
 __all__ = [
+    "ANY_CHAMPION",
     "CANDIDATE",
     "CHAMPION",
+    "COMPLETE_TAG",
     "PREVIOUS",
     "START_SERVER_HINT",
     "WEIGHTS_NAME",
     "AliasMove",
+    "ChampionMovedError",
     "FetchedAdapter",
     "RegisteredVersion",
     "adapter_cache_dir",
@@ -67,6 +74,7 @@ __all__ = [
     "promote",
     "pull",
     "register",
+    "require_complete",
     "resolve_adapter_base",
     "rollback",
     "set_version_tags",

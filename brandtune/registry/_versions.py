@@ -19,6 +19,21 @@ TAG = "brandtune."
 SOURCE_RUN_TAG = "brandtune.source_run_id"
 ADAPTER_SHA_TAG = "brandtune.adapter_sha256"
 METRIC_TAG = "brandtune.metric."
+#: Set last by registration, once the version is READY with its whole lineage tag set: only then may an alias
+#: point at it.
+COMPLETE_TAG = "brandtune.registration"
+COMPLETE = "complete"
+#: The tags every registered version carries (set in the ``create_model_version`` call itself).
+REQUIRED_TAGS = (
+    SOURCE_RUN_TAG,
+    ADAPTER_SHA_TAG,
+    "brandtune.dataset_fingerprint",
+    "brandtune.base_model",
+    "brandtune.base_revision",
+    "brandtune.config_hash",
+    "brandtune.git_sha",
+)
+READY = "READY"
 CANDIDATE, CHAMPION, PREVIOUS = "candidate", "champion", "previous-champion"
 
 _URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))")
@@ -37,6 +52,7 @@ class RegisteredVersion:
         created: Creation time (UTC).
         source: The MLflow source URI of the version's artifacts (``models:/<logged model id>``).
         description: What the adapter was trained on.
+        status: MLflow's registration status (``READY``, ``PENDING_REGISTRATION``, ``FAILED_REGISTRATION``).
     """
 
     name: str
@@ -47,6 +63,12 @@ class RegisteredVersion:
     created: datetime | None = None
     source: str = ""
     description: str = ""
+    status: str = READY
+
+    @property
+    def complete(self) -> bool:
+        """READY and tagged ``brandtune.registration=complete``: the only state an alias may point at."""
+        return self.status == READY and self.tags.get(COMPLETE_TAG) == COMPLETE
 
     @property
     def uri(self) -> str:
@@ -85,6 +107,7 @@ class RegisteredVersion:
             created=created,
             source=mv.source or "",
             description=mv.description or "",
+            status=str(getattr(mv, "status", None) or READY),
         )
 
 
@@ -144,10 +167,53 @@ def get_model(mlc: MlflowClient, name: str, uri: str) -> Any:
     return model
 
 
+def require_complete(version: RegisteredVersion) -> RegisteredVersion:
+    """``version`` itself when its registration finished (READY with ``brandtune.registration=complete``).
+
+    Fetch, promote, rollback, evaluate and every alias move call this before they use a version.
+
+    Raises:
+        RegistryError: the version is half-registered (one line: which version, what is missing, what to run).
+    """
+    if version.complete:
+        return version
+    missing = [] if version.status == READY else [f"status {version.status}"]
+    if version.tags.get(COMPLETE_TAG) != COMPLETE:
+        missing.append(f"no {COMPLETE_TAG}={COMPLETE} tag")
+    brand = version.name.removesuffix(SUFFIX)
+    run = version.tags.get(SOURCE_RUN_TAG) or version.run_id or "RUN_ID"
+    raise RegistryError(
+        f"{version.name} version {version.version} is a half-finished registration ({', '.join(missing)}): "
+        f"run `brandtune register --brand {brand} --run {run}` again or `brandtune doctor --fix`."
+    )
+
+
+def canonical(rows: list[RegisteredVersion], aliased: set[str]) -> RegisteredVersion | None:
+    """The one version to keep among versions of the same training run (older code could make duplicates).
+
+    The order: a version an alias points at, then a complete one, then a READY one, then a pending one; among
+    equals the oldest (lowest number), so every process (and ``brandtune doctor``) picks the same one. FAILED
+    versions are never picked.
+    """
+    usable = [r for r in rows if r.status != "FAILED_REGISTRATION"]
+    if not usable:
+        return None
+    return max(usable, key=lambda r: (r.version in aliased, r.complete, r.status == READY, -int(r.version)))
+
+
 def resolve(
-    mlc: MlflowClient, name: str, alias: str | None, version: str | None, uri: str
+    mlc: MlflowClient,
+    name: str,
+    alias: str | None,
+    version: str | None,
+    uri: str,
+    *,
+    complete: bool = True,
 ) -> RegisteredVersion:
-    """Resolve an alias or a version number of ``name`` to one version (one registry call when it exists)."""
+    """Resolve an alias or a version number of ``name`` to one version (one registry call when it exists).
+
+    With ``complete`` (the default) a half-finished registration is refused (:func:`require_complete`).
+    """
     if alias is not None:
         mv = find(
             lambda: mlc.get_model_version_by_alias(name, alias), uri=uri, what=f"resolve {name}@{alias}"
@@ -155,7 +221,8 @@ def resolve(
     else:
         mv = find(lambda: mlc.get_model_version(name, str(version)), uri=uri, what=f"read {name}/{version}")
     if mv is not None:
-        return RegisteredVersion.from_mlflow(mv)
+        found = RegisteredVersion.from_mlflow(mv)
+        return require_complete(found) if complete else found
     model = get_model(mlc, name, uri)  # raises with the list of models when the model is unknown
     aliases = dict(getattr(model, "aliases", None) or {})
     existing = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"

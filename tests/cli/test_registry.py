@@ -32,3 +32,16 @@ def test_pull_needs_exactly_one_of_alias_and_version(run_cli: RunCli, tmp_path: 
     for extra in ([], ["--alias", "champion", "--version", "1"]):
         code, _, err = run_cli(["pull", "acme", "--dest", str(tmp_path), *extra])
         assert code == 2 and "Give exactly one of --alias NAME or --version N" in err, err
+
+
+def test_promote_expect_champion_must_be_a_version_or_none(run_cli: RunCli) -> None:
+    code, out, err = run_cli(["promote", "acme", "--version", "2", "--expect-champion", "latest"])
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "--expect-champion 'latest'" in err and "'none'" in err, err
+
+
+def test_doctor_on_an_empty_registry_is_clean(run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["doctor", "--brand", "acme"])
+    assert code == 0 and "nothing to repair" in out, out
+    code, out, _ = run_cli(["doctor", "--fix"])
+    assert code == 0 and "nothing to repair" in out, out
