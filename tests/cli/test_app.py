@@ -67,7 +67,7 @@ def test_brandtune_errors_stay_one_line_and_debug_shows_the_traceback(
 
 COMMANDS = (
     "ingest", "train", "demo", "register", "promote", "rollback", "pull", "evaluate", "generate", "mlflow-ui", "ui",
-    "base", "models",
+    "doctor", "base", "models",
 )  # fmt: skip
 
 
