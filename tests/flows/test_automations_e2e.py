@@ -60,7 +60,9 @@ def _wait(client: Any, run_id: Any, done: Any, deployed: dict[str, Any], timeout
         assert state is None or not (state.is_final() and not done(state)), (
             f"{state.name}: {state.message}\n{services.tail(deployed['worker'].log_path, 40)}"
         )
-        assert time.monotonic() < deadline, f"stuck in {state}\n{services.tail(deployed['worker'].log_path, 40)}"
+        assert time.monotonic() < deadline, (
+            f"stuck in {state}\n{services.tail(deployed['worker'].log_path, 40)}"
+        )
         time.sleep(1)
 
 
@@ -173,7 +175,9 @@ def test_reject_leaves_the_candidate_unpromoted_with_the_reason(deployed: dict[s
     run = _retrain(seed=22)
     with get_client(sync_client=True) as client:
         version = _paused_version(client, run, deployed, mlc)
-        resume_flow_run(run.id, run_input={"decision": "reject", "approver": "bob", "comment": "cap is off-red"})
+        resume_flow_run(
+            run.id, run_input={"decision": "reject", "approver": "bob", "comment": "cap is off-red"}
+        )
         _wait(client, run.id, lambda s: s.is_completed(), deployed)
     assert _champion(mlc) == before
     aliases = mlc.get_registered_model("acme-lora").aliases
@@ -183,7 +187,9 @@ def test_reject_leaves_the_candidate_unpromoted_with_the_reason(deployed: dict[s
     assert tags["brandtune.approval.comment"] == "cap is off-red"
 
 
-def test_no_answer_expires_into_a_named_state_and_promotes_nothing(deployed: dict[str, Any], mlc: Any) -> None:
+def test_no_answer_expires_into_a_named_state_and_promotes_nothing(
+    deployed: dict[str, Any], mlc: Any
+) -> None:
     from prefect.client.orchestration import get_client
 
     before = _champion(mlc)
@@ -212,7 +218,9 @@ def test_a_new_dataset_starts_a_retrain_only_when_the_trigger_and_the_brand_opt_
     (tmp_path / "acme" / "brand.yaml").write_text(yaml.safe_dump(spec))
     monkeypatch.setenv("BRANDTUNE_BRANDS_DIR", str(tmp_path))
     photos = sorted(
-        p for p in (REPO_ROOT / "data/brands/acme/photos").iterdir() if p.suffix == ".png" and ".mask" not in p.name
+        p
+        for p in (REPO_ROOT / "data/brands/acme/photos").iterdir()
+        if p.suffix == ".png" and ".mask" not in p.name
     )
     brand = load_brand("acme")
     with get_client(sync_client=True) as client:
