@@ -86,15 +86,16 @@ def await_approval(
     Returns:
         The decision, also recorded as tags on the version.
     """
-    from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
     from prefect.logging import get_run_logger
+    from prefect.runtime import flow_run
 
     from brandtune.registry import set_version_tags
 
     against = f"v{champion}" if champion else "no champion yet"
     title = f"## Promote {brand} v{version} to @champion? (evaluated against {against})\n\n"
     form = PromotionDecision.with_initial_data(description=title + summary)
+    seconds = max(1.0, timeout_hours * 3600)
     get_run_logger().info(
         "waiting up to %.4g h for a person to approve v%s of %s: open this flow run in the Prefect UI and "
         "press Resume",
@@ -102,29 +103,66 @@ def await_approval(
         version,
         brand,
     )
-    try:
+    with _Expiry(str(flow_run.get_id()), seconds) as expiry:
+        # Prefect fails a pause that reaches its own timeout; the expiry resumes it first, so that the run can end
+        # in the named state "Approval expired" instead. The margin is for a worker that died meanwhile.
         answer = pause_flow_run(
-            wait_for_input=form, timeout=max(1, round(timeout_hours * 3600)), key="approve-promotion"
+            wait_for_input=form, timeout=round(seconds + _MARGIN_S), key="approve-promotion"
         )
+    if expiry.fired:
+        approval = Approval(EXPIRED, "", "", _now())
+    else:
         status = APPROVED if answer.decision == "approve" else REJECTED
         approval = Approval(status, answer.approver, answer.comment, _now())
-    except FlowPauseTimeout:
-        _run_on_after_expiry()
-        approval = Approval(EXPIRED, "", "", _now())
     set_version_tags(brand, version, approval.tags())
     get_run_logger().info("v%s of %s: %s", version, brand, approval.line())
     return approval
 
 
-def _run_on_after_expiry() -> None:
-    """Put this flow run back to Running after its pause expired, so that it can finish as a completed run
-    ("Approval expired") instead of Prefect's failure for a pause nobody answered."""
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-    from prefect.states import Running
+#: Prefect's own pause timeout is this much longer than the approval's, so the expiry always acts first.
+_MARGIN_S = 3600.0
+_EXPIRED_INPUT = {
+    "decision": "reject",
+    "approver": "brandtune",
+    "comment": "no decision in time: approval expired",
+}
 
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_state(flow_run.get_id(), Running(message="approval expired"), force=True)
+
+class _Expiry:
+    """Resumes the paused flow run when the approval's time is up (with an input that marks it expired).
+
+    ``fired`` is True only when this resume is what ended the pause: a person's answer that came first makes the
+    resume fail (the run is no longer paused), and then it stays False. Both sides decide under one lock.
+    """
+
+    def __init__(self, flow_run_id: str, seconds: float) -> None:
+        import threading
+
+        self.flow_run_id = flow_run_id
+        self.fired = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def _expire(self) -> None:
+        from prefect.flow_runs import resume_flow_run
+
+        with self._lock:
+            self.fired = True
+            try:
+                resume_flow_run(self.flow_run_id, run_input=_EXPIRED_INPUT)
+            except Exception as exc:  # a person's answer got there first: theirs counts
+                logger.info("approval answered before it expired (%s)", exc)
+                self.fired = False
+
+    def __enter__(self) -> _Expiry:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        with self._lock:  # an expiry in flight finishes deciding before anyone reads `fired`
+            pass
 
 
 def _now() -> str:
