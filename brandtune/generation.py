@@ -11,7 +11,6 @@ writes and the checks on a manifest read back).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brandtune.config import BrandSpec, GenerateConfig, SamplerConfig, load_brand
+from brandtune.config._base import slugify
 from brandtune.errors import GenerationError, RegistryError
 from brandtune.generation_manifest import (
     MANIFEST,
@@ -55,28 +55,16 @@ class GenerationResult:
     model_version: str
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
-
-
 def expand_settings(brand: BrandSpec, settings: list[str]) -> list[tuple[str, str]]:
     """``(key, phrase)`` per setting: a brand.yaml key maps to its phrase, a phrase stands for itself.
 
     Raises:
         GenerationError: a one-word value that is not a known key (most likely a typo).
     """
-    out = []
-    for value in settings:
-        if value in brand.settings:
-            out.append((value, brand.settings[value]))
-        elif " " in value.strip():
-            out.append((_slug(value), value.strip()))
-        else:
-            known = ", ".join(sorted(brand.settings)) or "none"
-            raise GenerationError(
-                f"unknown setting {value!r} for brand {brand.name}: use a key from brand.yaml ({known}) "
-                "or a phrase such as 'on a beach'"
-            )
+    try:
+        out = [brand.setting_phrase(value) for value in settings]
+    except ValueError as exc:
+        raise GenerationError(str(exc)) from None
     return out or [("prompt", "")]
 
 
@@ -189,7 +177,7 @@ def _init_image(cfg: GenerateConfig) -> Image.Image | None:
 
 def _campaign_dir(config: GenerateConfig, brand: BrandSpec, settings: Settings) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return config.output_dir or settings.home / "campaigns" / brand.name / f"{stamp}-{_slug(config.prompt)}"
+    return config.output_dir or settings.home / "campaigns" / brand.name / f"{stamp}-{slugify(config.prompt)}"
 
 
 def _previous_manifest(out: Path, rows: list[dict[str, Any]], overwrite: bool) -> Manifest | None:

@@ -388,14 +388,17 @@ def check_reproduce_model(manifest: Path, recorded: ManifestModel, info: dict[st
 
 
 def check(settings: Settings, *, brand: str | None = None, fix: bool = False) -> list[Finding]:
-    """Doctor check of the campaigns under ``<home>/campaigns``: a manifest that does not pass the untrusted-input
+    """Doctor check of the campaigns under ``<home>/campaigns`` (jobs and standard campaigns): a manifest that does not pass the untrusted-input
     checks, images whose file is not what their entry records, and temporary files a killed job left (``fix``
     removes those). Campaigns written to another ``--output`` are not scanned."""
     from brandtune.doctor import Finding
 
     root = settings.home / "campaigns"
     found: list[Finding] = []
-    for path in sorted(root.glob(f"{brand or '*'}/*/{MANIFEST}")):
+    pattern = (
+        brand or "*"
+    )  # a job's folder, or a standard campaign's run (campaigns/<brand>/<campaign>/<run>)
+    for path in sorted({*root.glob(f"{pattern}/*/{MANIFEST}"), *root.glob(f"{pattern}/*/*/{MANIFEST}")}):
         out = path.parent
         temps = sorted(out.glob("*/.*.png.*.tmp"))
         if temps:

@@ -123,7 +123,7 @@ def aspect_samplers(
     :func:`size_multiple`, so ``"1:1"`` is the native size. An explicit ``sampler.width`` or ``height`` wins: then
     there is one entry, ``(None, sampler)``, whatever the aspects.
     """
-    from brandtune.config.brand import aspect_size
+    from brandtune.config.aspects import aspect_size
 
     if sampler.width is not None or sampler.height is not None:
         unused = [a for a in aspects if a and a != "1:1"]

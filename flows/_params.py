@@ -180,6 +180,12 @@ class Timeouts(BaseModel):
     generate: float = Field(
         default=12 * HOUR, gt=0, description="generate-campaign task. Env: BRANDTUNE_TIMEOUT_GENERATE_S."
     )
+    approval: float = Field(
+        default=72 * HOUR,
+        gt=0,
+        description="Longest wait of a retrain for a person to approve its promotion (brand.yaml automation: "
+        "require_approval); then the candidate stays unpromoted. Env: BRANDTUNE_TIMEOUT_APPROVAL_S.",
+    )
     mlflow: float = Field(
         default=0.5 * HOUR,
         gt=0,
@@ -193,6 +199,7 @@ class Timeouts(BaseModel):
         "gpu_wait": "BRANDTUNE_GPU_WAIT_S",
         "evaluate": "BRANDTUNE_TIMEOUT_EVALUATE_S",
         "generate": "BRANDTUNE_TIMEOUT_GENERATE_S",
+        "approval": "BRANDTUNE_TIMEOUT_APPROVAL_S",
         "mlflow": "BRANDTUNE_TIMEOUT_MLFLOW_S",
     }
 
@@ -227,7 +234,7 @@ class Timeouts(BaseModel):
             "train": train,
             "evaluate": self.evaluate + self.mlflow,
             "generate": self.generate + self.mlflow,
-            "retrain": self.ingest + train + self.evaluate + self.mlflow,
+            "retrain": self.ingest + train + self.evaluate + self.approval + 2 * self.mlflow,
         }[name]
         return work + HOUR
 

@@ -24,6 +24,29 @@ HexColour = Annotated[str, Field(pattern=HEX_RE.pattern, description="A colour a
 M = TypeVar("M", bound=BaseModel)
 
 
+def slugify(text: str, fallback: str = "prompt") -> str:
+    """``text`` as a folder-safe slug: lower-case letters, digits and dashes, at most 40 characters."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or fallback
+
+
+#: The placeholders a prompt or caption template may use (filled in from brand.yaml).
+PLACEHOLDERS = frozenset({"trigger", "subject"})
+
+
+def check_placeholders(text: str) -> str:
+    """``text`` when it uses only ``{trigger}`` and ``{subject}``.
+
+    Raises:
+        ValueError: another placeholder (one line naming them).
+    """
+    unknown = set(re.findall(r"{(\w*)}", text)) - PLACEHOLDERS
+    if unknown:
+        raise ValueError(
+            f"{text!r} uses unknown placeholders {sorted(unknown)}; use {{trigger}}, {{subject}}"
+        )
+    return text
+
+
 class StrictModel(BaseModel):
     """Base of every brandtune config: unknown keys are errors, values are validated on assignment."""
 

@@ -8,14 +8,19 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from brandtune.config._base import SLUG_RE, HexColour, StrictModel, load_yaml_model
+from brandtune.config._base import (
+    SLUG_RE,
+    HexColour,
+    StrictModel,
+    check_placeholders,
+    load_yaml_model,
+    slugify,
+)
+from brandtune.config.aspects import normalise_aspects
+from brandtune.config.campaign import BrandAutomation, CampaignSpec
 from brandtune.errors import ConfigError
 
 DEFAULT_BRANDS_DIR = Path("data/brands")
-
-#: The widest aspect ratio (long side / short side) a brand may ask for: the trainer's bucket bounds, 1:3 .. 3:1.
-MAX_ASPECT_RATIO = 3.0
-_ASPECT_RE = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
 
 
 class BrandGate(StrictModel):
@@ -147,6 +152,16 @@ class BrandSpec(StrictModel):
         description="This brand's own promotion bars on top of the default gate (e.g. max_palette_delta_e: 15). "
         "Empty: the default gate only (beat the base model first, then do not fall behind the champion).",
     )
+    campaigns: list[CampaignSpec] = Field(
+        default_factory=list,
+        description="Standard campaigns: generated from @champion by the scheduled-campaign deployment and again "
+        "whenever @champion changes. Each has a unique name, a prompt, settings, variations and optional "
+        "aspects, seed and sampler overrides.",
+    )
+    automation: BrandAutomation = Field(
+        default_factory=BrandAutomation,
+        description="Approvals and event-driven retraining for this brand (both off by default).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -168,11 +183,7 @@ class BrandSpec(StrictModel):
     @classmethod
     def _known_placeholders(cls, value: str | list[str]) -> str | list[str]:
         for text in [value] if isinstance(value, str) else value:
-            unknown = set(re.findall(r"{(\w*)}", text)) - {"trigger", "subject"}
-            if unknown:
-                raise ValueError(
-                    f"{text!r} uses unknown placeholders {sorted(unknown)}; use {{trigger}}, {{subject}}"
-                )
+            check_placeholders(text)
         return value
 
     @field_validator("aspects")
@@ -186,6 +197,49 @@ class BrandSpec(StrictModel):
         if overlap:
             raise ValueError(f"colours {sorted(overlap)} are in both palette and neutral_palette; keep one")
         return self
+
+    @model_validator(mode="after")
+    def _campaigns_known(self) -> BrandSpec:
+        names = [c.name for c in self.campaigns]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"campaigns {dupes} are listed twice; give each campaign its own name")
+        for campaign in self.campaigns:
+            for value in campaign.settings:
+                self.setting_phrase(value)
+        return self
+
+    def setting_phrase(self, value: str) -> tuple[str, str]:
+        """``(key, phrase)`` of one generation setting: a key of ``settings`` maps to its phrase, a phrase of
+        several words stands for itself (its key is its slug).
+
+        Raises:
+            ValueError: a one-word value that is not a key of ``settings`` (most likely a typo).
+        """
+        if value in self.settings:
+            return value, self.settings[value]
+        if " " in value.strip():
+            return slugify(value), value.strip()
+        known = ", ".join(sorted(self.settings)) or "none"
+        raise ValueError(
+            f"unknown setting {value!r} for brand {self.name}: use a key from brand.yaml ({known}) "
+            "or a phrase such as 'on a beach'"
+        )
+
+    def campaign(self, name: str) -> CampaignSpec:
+        """The standard campaign ``name``.
+
+        Raises:
+            ConfigError: no such campaign (the message lists the brand's campaigns).
+        """
+        for campaign in self.campaigns:
+            if campaign.name == name:
+                return campaign
+        known = ", ".join(c.name for c in self.campaigns) or "none"
+        raise ConfigError(
+            f"brand {self.name} has no campaign {name!r} (its campaigns: {known}); add it under campaigns: in "
+            f"{brand_dir(self.name) / 'brand.yaml'}"
+        )
 
     @property
     def instance_phrase(self) -> str:
@@ -206,83 +260,6 @@ def ensure_trigger(text: str, trigger: str) -> tuple[str, bool]:
     if re.search(rf"(?<![\w-]){re.escape(trigger)}(?![\w-])", text):
         return text, False
     return f"{trigger}, {text}", True
-
-
-def parse_aspect(text: str) -> tuple[int, int]:
-    """``"W:H"`` as ``(W, H)``: positive integers whose ratio is within 1:3 .. 3:1 (:data:`MAX_ASPECT_RATIO`).
-
-    Raises:
-        ValueError: another format, a zero side or a ratio out of bounds (one line naming the value).
-    """
-    match = _ASPECT_RE.fullmatch(str(text))
-    if not match:
-        raise ValueError(f"aspect {text!r} is not 'W:H' with whole numbers, e.g. '2:3' or '16:9'")
-    w, h = int(match[1]), int(match[2])
-    if w == 0 or h == 0:
-        raise ValueError(f"aspect {text!r} has a zero side; use positive numbers, e.g. '2:3'")
-    if max(w / h, h / w) > MAX_ASPECT_RATIO + 1e-9:
-        raise ValueError(
-            f"aspect {text!r} is wider than 1:3 .. 3:1, the trainer's bounds; use e.g. '1:3' or '3:1'"
-        )
-    return w, h
-
-
-def format_aspect(width: int, height: int) -> str:
-    """``"W:H"``."""
-    return f"{width}:{height}"
-
-
-def normalise_aspects(value: list[str]) -> list[str]:
-    """Aspects as ``"W:H"``, each valid (:func:`~brandtune.config.brand.parse_aspect`) and listed once.
-
-    Raises:
-        ValueError: an empty list, a malformed aspect or one listed twice.
-    """
-    if not value:
-        raise ValueError(
-            "aspects is an empty list; give at least one, e.g. ['1:1'], or leave it empty (null)"
-        )
-    out = [format_aspect(*parse_aspect(text)) for text in value]
-    dupes = sorted({a for a in out if out.count(a) > 1})
-    if dupes:
-        raise ValueError(f"aspects {dupes} are listed twice; keep one of each")
-    return out
-
-
-def aspect_size(aspect: str, side: int, multiple: int) -> tuple[int, int]:
-    """``(width, height)`` in pixels of ``aspect`` at about the area of a ``side`` x ``side`` square.
-
-    The exact sides are ``side * sqrt(r)`` by ``side / sqrt(r)`` (``r = W/H``, same area as the square); each is
-    then rounded on its own to the nearest multiple of ``multiple`` (halves round up), and is at least one
-    ``multiple``; a square aspect is ``side`` x ``side`` itself. With a 64 px base and
-    multiple 16 (builtin:tiny), ``"2:3"`` gives 48 x 80 (exact 52.3 x 78.4) and ``"16:9"`` 80 x 48 (85.3 x 48.0):
-    each side is the nearest the grid allows, so the area can be ~10% off the square's on a coarse grid (2:3 at
-    512 px, multiple 64: 448 x 640, exact 418.0 x 627.1).
-
-    Args:
-        aspect: ``"W:H"`` (see :func:`parse_aspect`).
-        side: The model's square size in px (its native size, or the training resolution).
-        multiple: The family's size multiple (VAE factor x downsampling or patch; see
-            :func:`brandtune.sampling.size_multiple`).
-
-    Raises:
-        ValueError: a malformed aspect, or ``side`` / ``multiple`` not positive.
-    """
-    import math
-
-    if side < 1 or multiple < 1:
-        raise ValueError(
-            f"aspect_size needs a positive side and multiple, got side={side}, multiple={multiple}"
-        )
-    w, h = parse_aspect(aspect)
-    if w == h:  # the square is the side itself, on the grid or not: a brand without aspects samples as it did
-        return side, side
-    root = math.sqrt(w / h)
-
-    def snap(x: float) -> int:
-        return max(multiple, math.floor(x / multiple + 0.5) * multiple)
-
-    return snap(side * root), snap(side / root)
 
 
 def brands_root(brands_dir: Path | None = None) -> Path:

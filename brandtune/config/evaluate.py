@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from brandtune.config._base import StrictModel
-from brandtune.config.brand import normalise_aspects
+from brandtune.config.aspects import normalise_aspects
 from brandtune.config.sampler import SamplerConfig
 from brandtune.errors import ConfigError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from brandtune.config._base import StrictModel
-from brandtune.config.brand import normalise_aspects
+from brandtune.config.aspects import normalise_aspects
 from brandtune.config.sampler import SamplerConfig
 
 

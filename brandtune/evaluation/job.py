@@ -381,7 +381,13 @@ def _release(
         return False, None
     try:
         promoted = bool(
-            promote(brand.name, cand.version.version, expected_champion=expected_champion, settings=settings)
+            promote(
+                brand.name,
+                cand.version.version,
+                expected_champion=expected_champion,
+                reason="gate passed",
+                settings=settings,
+            )
         )
         note = None
     except ChampionMovedError as exc:

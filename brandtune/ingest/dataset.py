@@ -399,6 +399,12 @@ def ingest(
         len(rejected),
         " (reused existing)" if reused else "",
     )
+    if not reused:  # a new fingerprint: deployment triggers may retrain (brandtune.events)
+        from brandtune.events import dataset_created
+
+        dataset_created(
+            brand.name, fingerprint, len(keep), str(final), retrain=brand.automation.retrain_on_new_photos
+        )
     return IngestResult(brand.name, fingerprint, final, len(keep), len(rejected), reused)
 
 

@@ -44,6 +44,7 @@ from brandtune.registry._versions import (
     CANDIDATE,
     CHAMPION,
     PREVIOUS,
+    SUFFIX,
     RegisteredVersion,
     get_model,
     model_name,
@@ -211,6 +212,7 @@ def recover(mlc: Any, name: str, uri: str, tags: dict[str, str]) -> Recovery | N
         )
     if _usable(mlc, name, uri, intent.champion) and _usable(mlc, name, uri, intent.previous):
         _apply(mlc, name, uri, intent)
+        _announce(name, intent.champion_before, intent.champion, f"finished an interrupted {intent.op}")
         return Recovery(
             f"finished the interrupted {intent.op}: @{CHAMPION} {_label(intent.champion)}, "
             f"@{PREVIOUS} {_label(intent.previous)}",
@@ -273,15 +275,19 @@ def promote(
     version: int | str,
     *,
     expected_champion: int | str | None = ANY_CHAMPION,
+    reason: str = "promote",
     settings: Settings | None = None,
 ) -> list[AliasMove]:
     """Point ``@champion`` at ``version`` and the previous champion at ``@previous-champion``.
+
+    A move emits the Prefect event ``brandtune.champion.changed`` (:mod:`brandtune.events`) with ``reason``.
 
     Args:
         brand: Brand slug.
         version: The version to make champion (it must be a complete registration).
         expected_champion: The champion the decision was made against (None: there was none). When ``@champion``
             is another version now, nothing moves. Default: not checked (a person promoting by hand).
+        reason: Why, for the event ("promote", "gate passed", "approved by ann").
         settings: Tracking URI and home; read from the environment when omitted.
 
     Returns:
@@ -314,11 +320,13 @@ def promote(
         moves.append(AliasMove(PREVIOUS, aliases.get(PREVIOUS), current))
     moves.append(AliasMove(CHAMPION, current, target))
     logger.info("%s: %s", name, ", ".join(f"@{m.alias} {m.before} -> {m.after}" for m in moves))
+    _announce(name, current, target, reason)
     return moves
 
 
-def rollback(brand: str, *, settings: Settings | None = None) -> list[AliasMove]:
-    """Swap ``@champion`` and ``@previous-champion`` (undo the last promotion).
+def rollback(brand: str, *, reason: str = "rollback", settings: Settings | None = None) -> list[AliasMove]:
+    """Swap ``@champion`` and ``@previous-champion`` (undo the last promotion); emits
+    ``brandtune.champion.changed`` with ``reason``.
 
     Raises:
         RegistryError: there is no ``@previous-champion`` (nothing to roll back to), or it is half-registered.
@@ -344,7 +352,24 @@ def rollback(brand: str, *, settings: Settings | None = None) -> list[AliasMove]
         _move(mlc, name, uri, _intent("rollback", aliases, previous, current))
     moves = [AliasMove(CHAMPION, current, previous), AliasMove(PREVIOUS, previous, current)]
     logger.info("%s rolled back: @%s %s -> %s", name, CHAMPION, current, previous)
+    _announce(name, current, previous, reason)
     return moves
+
+
+def _announce(name: str, before: str | None, after: str | None, reason: str) -> None:
+    """Emit ``brandtune.champion.changed`` for a move of @champion. Best effort: the move has happened, and a
+    notification that cannot be sent is logged, never an error of the promotion (the scheduled campaign is the
+    backstop)."""
+    if after is None or after == before:
+        return
+    from brandtune.events import champion_changed
+
+    try:
+        champion_changed(name.removesuffix(SUFFIX), before, after, reason)
+    except Exception as exc:  # see the docstring: the alias move must not fail on its event
+        logger.warning(
+            "%s: @%s moved to v%s, but its event could not be sent: %s", name, CHAMPION, after, exc
+        )
 
 
 def move_candidate(mlc: Any, name: str, uri: str, version: RegisteredVersion) -> bool:

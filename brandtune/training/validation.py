@@ -44,7 +44,7 @@ def pipeline_with(
 def validation_sizes(plan: TrainPlan) -> list[tuple[int, int]]:
     """``(width, height)`` per brand aspect at the training resolution, on the family's size grid
     (:func:`~brandtune.config.brand.aspect_size`); ``1:1`` (every brand without ``aspects``) is the resolution."""
-    from brandtune.config.brand import aspect_size
+    from brandtune.config.aspects import aspect_size
 
     multiple = plan.ops.resolution_multiple(plan.resolved.path)
     return [aspect_size(a, plan.resolution, multiple) for a in plan.brand.aspects]

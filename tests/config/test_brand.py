@@ -8,7 +8,7 @@ import yaml
 from pydantic import ValidationError
 
 from brandtune.config import BrandSpec, IngestConfig, load_brand, load_yaml_model
-from brandtune.config.brand import aspect_size, parse_aspect
+from brandtune.config.aspects import aspect_size, parse_aspect
 from brandtune.errors import ConfigError
 from brandtune.settings import Settings
 

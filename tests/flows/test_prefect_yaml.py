@@ -44,12 +44,22 @@ def test_deployments_are_unique_scheduled_and_limited() -> None:
     names = [d["name"] for d in DEPLOYMENTS]
     assert len(names) == len(set(names))
     flows = {d["entrypoint"].split(":")[1]: d for d in DEPLOYMENTS}
-    assert set(flows) == {"ingest_flow", "train_flow", "evaluate_flow", "generate_flow", "retrain_flow"}
+    assert set(flows) == {
+        "ingest_flow",
+        "train_flow",
+        "evaluate_flow",
+        "generate_flow",
+        "retrain_flow",
+        "campaign_flow",
+    }
     assert all(d["work_pool"]["name"] == "brandtune-local" for d in DEPLOYMENTS)
     retrain, evaluate = flows["retrain_flow"], flows["evaluate_flow"]
     assert retrain["schedules"][0]["cron"] and retrain["schedules"][0]["timezone"]
     assert evaluate["schedules"][0]["cron"] and evaluate["parameters"]["against"] == "champion"
     assert not flows["generate_flow"].get("schedules")
+    campaign = flows["campaign_flow"]
+    assert campaign["name"] == "scheduled-campaign" and campaign["parameters"]["model"] == "champion"
+    assert campaign["schedules"][0]["cron"] == "0 6 * * 1" and campaign["schedules"][0]["active"]
     for name in ("retrain_flow", "train_flow"):
         assert flows[name]["concurrency_limit"]["limit"] == 1
     assert SPEC["pull"] == [{"brandtune.deploy_steps.enter_checkout": {"directory": "{{ $BRANDTUNE_REPO }}"}}]
