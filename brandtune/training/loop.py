@@ -7,6 +7,7 @@ global RNG (LoRA dropout) is restored from the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -23,6 +24,7 @@ from brandtune.training.plan import TrainPlan
 
 if TYPE_CHECKING:
     import torch
+    from accelerate import Accelerator
 
     from brandtune.training.state import Models, TrainState
 
@@ -271,6 +273,7 @@ def run_loop(plan: TrainPlan, state: TrainState, start_step: int, resume_ckpt: P
     )
     last_good = resume_ckpt
     loss_value = float("nan")
+    plan.step_bf16 = cpu_bf16_step(plan, accelerator)
     for m in state.models.trained:
         m.train()
     for step in bar:
@@ -296,6 +299,34 @@ def run_loop(plan: TrainPlan, state: TrainState, start_step: int, resume_ckpt: P
     return loss_value
 
 
+def cpu_bf16_step(plan: TrainPlan, accelerator: Accelerator) -> bool:
+    """Whether the step runs under CPU bf16 autocast: ``cpu_bf16`` on, full precision asked for, training on a
+    CPU that does bf16 natively (:func:`~brandtune.training.plan.cpu_bf16_native`). Says so in the log."""
+    from brandtune.training.plan import cpu_bf16_native
+
+    cfg = plan.config
+    if not (cfg.cpu_bf16 and cfg.mixed_precision == "no" and accelerator.device.type == "cpu"):
+        return False
+    if not cpu_bf16_native():
+        return False
+    if accelerator.is_main_process:
+        logger.info(
+            "CPU supports bf16 (AMX): training the %s under bf16 autocast (cpu_bf16: false turns it off)",
+            "UNet" if plan.components is None or plan.components.info.denoiser == "unet" else "transformer",
+        )
+    return True
+
+
+def _step_autocast(plan: TrainPlan, accelerator: Accelerator) -> contextlib.AbstractContextManager[Any]:
+    """The autocast of a training step: CPU bf16 (:func:`cpu_bf16_step`), else the accelerator's (mixed
+    precision, or none)."""
+    if getattr(plan, "step_bf16", False):
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return accelerator.autocast()
+
+
 def _every(interval: int, step: int) -> bool:
     """Whether something done every ``interval`` steps (0: never) is due at ``step``."""
     return bool(interval) and step % interval == 0
@@ -316,7 +347,7 @@ def optimizer_step(
         micro = step * cfg.gradient_accumulation_steps + acc
         batch, gen = make_batch(plan, batches, class_batches, micro, accelerator.device)
         with accelerator.accumulate(*state.models.trained):
-            with accelerator.autocast():
+            with _step_autocast(plan, accelerator):
                 loss = diffusion_loss(plan, state.models, batch, gen)
             accelerator.backward(loss)
             if accelerator.sync_gradients:

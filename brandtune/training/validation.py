@@ -24,8 +24,10 @@ def pipeline_with(
 ) -> DiffusionPipeline:
     """The base pipeline, with the (LoRA-carrying) training denoiser and text encoders swapped in.
 
-    The components loaded here (VAE, frozen text encoders) get the denoiser's device and the training weight
-    dtype, as the training scripts' validation does; the swapped-in modules are used as they are.
+    The frozen VAE, text encoders and tokenizers that training kept in memory (``plan.validation_parts``) are
+    used as they are; only what it let go (the flow families' text encoders) and the sampling scheduler are loaded
+    from the base folder. Everything gets the denoiser's device; what is loaded here, the training weight dtype,
+    as the training scripts' validation does.
     """
     import diffusers
 
@@ -33,7 +35,8 @@ def pipeline_with(
 
     info = FAMILY_INFO[plan.resolved.family]
     cls = getattr(diffusers, info.pipeline_class)
-    kwargs: dict[str, Any] = {info.denoiser: denoiser, "use_safetensors": True, **pipeline_extras(info.name)}
+    kwargs: dict[str, Any] = {**plan.validation_parts, info.denoiser: denoiser, "use_safetensors": True}
+    kwargs.update(pipeline_extras(info.name))
     for spec, enc in zip(info.text_encoders, text_encoders or [], strict=False):
         kwargs[spec.folder] = enc
     pipe = cls.from_pretrained(plan.resolved.path, dtype=plan.weight_dtype, **kwargs).to(denoiser.device)
