@@ -84,8 +84,14 @@ from typing import Any  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 VARIANTS = ("reference", "brandtune")
-#: brandtune with its CPU bf16 autocast on (TrainConfig.cpu_bf16): beside the fp32 headline, on a CPU with AMX-BF16
-BF16_VARIANT = "brandtune-bf16"
+#: brandtune's variants beside the headline (``--variants``), and what each changes in its TrainConfig. The headline
+#: "brandtune" does the reference's work: masked_loss off (the default masked loss with background_target "base"
+#: adds a no-grad denoiser forward per step, which the reference does not do) and cpu_bf16 off (fp32 in both).
+EXTRA_VARIANTS: dict[str, dict[str, Any]] = {
+    "brandtune-bf16": {"cpu_bf16": True},  # CPU bf16 autocast of the step (AMX-BF16 CPUs)
+    "brandtune-masked": {"masked_loss": True},  # the demo's default loss: masks, base-model background target
+    "brandtune-before": {},  # the headline's settings on the brandtune source tree that --before names
+}
 #: The rows of the phase table, in the order a run goes through them.
 PHASE_ROWS = ("interpreter", "imports", "plan", "model load", "encode/cache", "tracking", "loop", "checkpoints",
               "save", "validation", "other", "exit")  # fmt: skip
@@ -638,7 +644,8 @@ def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dic
     _step_timer(loop, out)
     if CLOCK is not None:
         _wrap_phases()
-    extra = {"cpu_bf16": args.cpu_bf16} if "cpu_bf16" in TrainConfig.model_fields else {}
+    same_work = {"masked_loss": False, "cpu_bf16": False}  # what the reference does; a variant may change it
+    changes = {k: v for k, v in {**same_work, **args.changes}.items() if k in TrainConfig.model_fields}
     config = TrainConfig(
         brand="acme",
         dataset=dataset_dir.name,
@@ -657,7 +664,7 @@ def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dic
         lr_scheduler="constant",
         lr_warmup_steps=0,
         gradient_checkpointing=args.gradient_checkpointing,
-        **extra,
+        **changes,
     )
     if args.arch:  # only the UNet loop matters here: one short validation image instead of 4 x 20 steps
         config = config.model_copy(update={"validation_prompts": ["a photo of acme bottle"],
@@ -1237,7 +1244,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--home", type=Path, default=None, help="BRANDTUNE_HOME to use (default: a fresh temp dir)"
     )
     p.add_argument("--json", type=Path, default=None, help="Also write the results here")
-    p.add_argument("--only", choices=(*VARIANTS, BF16_VARIANT), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--before", type=Path, default=None,
+                   help="A source tree of an earlier brandtune (e.g. `git archive <commit> | tar -x -C DIR`): "
+                        "adds the variant brandtune-before, the headline's settings on that code")  # fmt: skip
+    p.add_argument("--only", choices=(*VARIANTS, *EXTRA_VARIANTS), default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1284,7 +1294,7 @@ def child(args: argparse.Namespace) -> int:
 
         result = run_reference(args, resolve_base(base).path, dataset_dir)
     else:
-        args.cpu_bf16 = args.only == BF16_VARIANT
+        args.changes = EXTRA_VARIANTS.get(args.only, {})
         result = run_brandtune(args, base, dataset_dir)
     if CLOCK is not None:
         result["phases"] = CLOCK.snapshot()
@@ -1314,9 +1324,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     default = ["brandtune"] if args.arch == "sdxl" else list(VARIANTS)
     variants = args.variants.split(",") if args.variants else default
-    if unknown := [v for v in variants if v not in (*VARIANTS, BF16_VARIANT)]:
+    if args.before is not None and "brandtune-before" not in variants:
+        variants.append("brandtune-before")
+    if unknown := [v for v in variants if v not in (*VARIANTS, *EXTRA_VARIANTS)]:
         raise SystemExit(
-            f"--variants {','.join(unknown)}: unknown; use {', '.join((*VARIANTS, BF16_VARIANT))}"
+            f"--variants {','.join(unknown)}: unknown; use {', '.join((*VARIANTS, *EXTRA_VARIANTS))}"
         )
     if args.arch == "sdxl" and "reference" in variants:
         raise SystemExit("the reference loop is SD 1.x-shaped; for --arch sdxl use --variants brandtune")
@@ -1325,8 +1337,11 @@ def main(argv: list[str] | None = None) -> int:
         result_file = Path(args.workdir) / f"{variant}.json"
         print(f"running {variant} ...", flush=True)
         spawned = time.time()
+        env = dict(os.environ)
+        if variant == "brandtune-before":  # that tree's brandtune package first on the child's path
+            env["PYTHONPATH"] = os.pathsep.join([str(args.before), env.get("PYTHONPATH", "")])
         proc = subprocess.run(_child_args(args, variant, result_file), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                              stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
         exited = time.time()
         if proc.returncode != 0:
             print(proc.stdout[-4000:])

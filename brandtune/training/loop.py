@@ -12,6 +12,8 @@ import gc
 import logging
 import math
 import time
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -203,12 +205,30 @@ def _base_prediction(
     import torch
 
     denoiser = getattr(models.denoiser, "module", models.denoiser)  # the model inside a DDP wrapper
-    denoiser.disable_adapters()
+    with adapters_off(denoiser), torch.no_grad():
+        return plan.ops.predict(plan, denoiser, noised, cond, batch).float()
+
+
+_TUNER_LAYERS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def adapters_off(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` with its LoRA layers switched off inside the block: what diffusers' ``disable_adapters`` /
+    ``enable_adapters`` do (each peft layer's ``enable_adapters``), on a list of the layers found once per model
+    instead of a walk over every module, and a package-version check, each step (12 ms a step on builtin:tiny)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = _TUNER_LAYERS.get(model)
+    if layers is None:
+        layers = _TUNER_LAYERS[model] = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
     try:
-        with torch.no_grad():
-            return plan.ops.predict(plan, denoiser, noised, cond, batch).float()
+        yield
     finally:
-        denoiser.enable_adapters()
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def _drop_captions(

@@ -1,0 +1,88 @@
+"""The training step's fast paths: LoRA layers switched off for the base prediction without a walk over the model,
+and CPU bf16 autocast where the CPU does bf16 natively (detected, never assumed; off by default)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from training_helpers import quick
+
+from brandtune.training import train
+from brandtune.training.loop import adapters_off, cpu_bf16_step
+from brandtune.training.plan import cpu_bf16_native
+
+pytestmark = pytest.mark.usefixtures("torch_threads")
+
+
+def test_adapters_off_gives_the_base_model_and_restores_the_lora() -> None:
+    import torch
+
+    from brandtune.models import load_components, resolve_base
+    from brandtune.training.lora import add_lora
+
+    unet = load_components(resolve_base("builtin:tiny")).denoiser
+    cfg = unet.config
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, cfg.in_channels, 8, 8, generator=gen)
+    text = torch.randn(1, 7, cfg.cross_attention_dim, generator=gen)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        base = unet(x, t, text).sample
+    add_lora(unet, 4, 4, 0.0, ["to_q", "to_k", "to_v", "to_out.0"], "UNet")
+    lora = [p for n, p in unet.named_parameters() if "lora_B" in n]
+    with torch.no_grad():
+        for p in lora:
+            p.normal_(generator=gen)  # peft starts lora_B at zero: make the adapter change the output
+        adapted = unet(x, t, text).sample
+        assert not torch.allclose(adapted, base)
+        with adapters_off(unet):
+            assert torch.equal(unet(x, t, text).sample, base)
+        assert torch.equal(unet(x, t, text).sample, adapted)
+    assert all(p.requires_grad for p in lora), "the LoRA weights train again after the block"
+
+
+def _plan(**config: object) -> SimpleNamespace:
+    cfg = {"cpu_bf16": True, "mixed_precision": "no", **config}
+    return SimpleNamespace(config=SimpleNamespace(**cfg), components=None)
+
+
+def test_cpu_bf16_only_on_a_cpu_that_does_bf16_natively(caplog: pytest.LogCaptureFixture) -> None:
+    from accelerate import Accelerator
+
+    from brandtune.training.plan import _cpu_flags
+
+    accelerator = Accelerator(cpu=True)
+    native = cpu_bf16_native()
+    assert not native or "amx_bf16" in _cpu_flags(), "never without the CPU saying AMX-BF16"
+    with caplog.at_level(logging.INFO, logger="brandtune.training.loop"):
+        assert cpu_bf16_step(_plan(), accelerator) is native
+    said = "CPU supports bf16 (AMX): training the UNet under bf16 autocast" in caplog.text
+    assert said is native, caplog.text
+    assert cpu_bf16_step(_plan(cpu_bf16=False), accelerator) is False
+    assert cpu_bf16_step(_plan(mixed_precision="bf16"), accelerator) is False, "mixed precision decides then"
+
+
+def test_cpu_bf16_is_off_by_default_and_keeps_the_config_hash() -> None:
+    from brandtune.models.resolve import resolve_base
+
+    off = quick(Path("/nonexistent"))
+    assert off.cpu_bf16 is False
+    defaults = resolve_base("builtin:tiny").training_defaults
+    assert "cpu_bf16" not in off.with_base_defaults(defaults).identity()
+    on = off.model_copy(update={"cpu_bf16": True})
+    assert on.with_base_defaults(defaults).identity()["cpu_bf16"] is True
+
+
+@pytest.mark.skipif(not cpu_bf16_native(), reason="this CPU does not do bf16 natively (no AMX-BF16)")
+def test_cpu_bf16_trains_under_autocast(
+    tmp_path: Path, acme_dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="brandtune.training.loop"):
+        on = train(quick(tmp_path / "on", max_train_steps=2, cpu_bf16=True, validation_inference_steps=1))
+    assert "training the UNet under bf16 autocast" in caplog.text
+    off = train(quick(tmp_path / "off", max_train_steps=2, validation_inference_steps=1))
+    assert on.final_loss != off.final_loss, "the step ran in another precision"
+    assert abs(on.final_loss - off.final_loss) < 0.05 * off.final_loss, (on.final_loss, off.final_loss)
