@@ -143,9 +143,8 @@ class FamilyOps:
         from diffusers.training_utils import compute_snr
 
         bsz = latents.shape[0]
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,), generator=gen).to(
-            latents.device
-        )
+        steps = scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (bsz,), generator=gen, device=gen.device).to(latents.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         v_prediction = scheduler.config.prediction_type == "v_prediction"
         target = scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
@@ -296,6 +295,7 @@ class FlowOps(FamilyOps):
             config.logit_mean,
             config.logit_std,
             config.mode_scale,
+            device=gen.device,  # drawn where the generator is (the training device on a GPU)
             generator=gen,
         )
         index = (u * len(self._timesteps)).long().clamp(0, len(self._timesteps) - 1)

@@ -86,3 +86,61 @@ def test_cpu_bf16_trains_under_autocast(
     off = train(quick(tmp_path / "off", max_train_steps=2, validation_inference_steps=1))
     assert on.final_loss != off.final_loss, "the step ran in another precision"
     assert abs(on.final_loss - off.final_loss) < 0.05 * off.final_loss, (on.final_loss, off.final_loss)
+
+
+def test_pending_losses_are_read_in_order_and_the_first_nan_is_named() -> None:
+    import torch
+
+    from brandtune.errors import TrainingError
+    from brandtune.training.loop import PendingLosses, _read_losses
+
+    plan = SimpleNamespace(config=SimpleNamespace(nan_check=True))
+    state = SimpleNamespace(tracker=None)
+    pending = PendingLosses()
+    for step, value in ((1, 0.5), (2, 0.25)):
+        pending.add(step, torch.tensor(value), 1e-3, 0.1)
+    assert _read_losses(plan, state, pending, None) == 0.25
+    assert pending.read() == [], "read once"
+    for step, value in ((3, 0.5), (4, float("inf")), (5, float("nan"))):
+        pending.add(step, torch.tensor(value), 1e-3, 0.1)
+    with pytest.raises(TrainingError, match=r"^loss became inf at step 4; last good checkpoint: ck\. "):
+        _read_losses(plan, state, pending, Path("ck"))
+
+
+def _nan_from(monkeypatch: pytest.MonkeyPatch, step: int) -> list[int]:
+    """Make the real loss NaN from optimizer step ``step`` on; returns the list of steps run (grows)."""
+    from brandtune.training import loop
+
+    real, ran = getattr(loop.diffusion_loss, "__wrapped__", loop.diffusion_loss), []
+
+    def loss_then_nan(*a: object, **kw: object) -> object:
+        ran.append(len(ran) + 1)
+        loss = real(*a, **kw)
+        return loss * float("nan") if len(ran) >= step else loss
+
+    loss_then_nan.__wrapped__ = real  # type: ignore[attr-defined]
+    monkeypatch.setattr(loop, "diffusion_loss", loss_then_nan)
+    return ran
+
+
+def test_a_nan_loss_stops_training_at_most_loss_read_every_steps_later(
+    tmp_path: Path, acme_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from brandtune.errors import TrainingError
+    from brandtune.training.loop import LOSS_READ_EVERY
+
+    ran = _nan_from(monkeypatch, 3)
+    with pytest.raises(TrainingError) as stopped:
+        train(quick(tmp_path / "a", max_train_steps=2 * LOSS_READ_EVERY + 5))
+    assert str(stopped.value).startswith("loss became nan at step 3; last good checkpoint: none. ")
+    assert "\n" not in str(stopped.value)
+    assert len(ran) == LOSS_READ_EVERY, "read (and stopped) at the first read after the NaN"
+
+    # a checkpoint is written only after every loss before it was read and finite
+    ran = _nan_from(monkeypatch, 3)
+    cfg = quick(tmp_path / "b", max_train_steps=2 * LOSS_READ_EVERY, checkpointing_steps=2)
+    with pytest.raises(TrainingError) as stopped:
+        train(cfg)
+    good = cfg.output_dir / "checkpoints" / "checkpoint-00000002"
+    assert str(stopped.value).startswith(f"loss became nan at step 3; last good checkpoint: {good}. ")
+    assert len(ran) == 4 and sorted(p.name for p in good.parent.iterdir()) == [good.name]
