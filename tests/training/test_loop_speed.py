@@ -144,3 +144,29 @@ def test_a_nan_loss_stops_training_at_most_loss_read_every_steps_later(
     good = cfg.output_dir / "checkpoints" / "checkpoint-00000002"
     assert str(stopped.value).startswith(f"loss became nan at step 3; last good checkpoint: {good}. ")
     assert len(ran) == 4 and sorted(p.name for p in good.parent.iterdir()) == [good.name]
+
+
+def test_compile_modes_compile_the_repeated_blocks_or_the_whole_model_in_place() -> None:
+    """The plumbing only (what is compiled, in place); a compiled step on the CPU costs minutes of compile time and
+    is not run here (docs/benchmarks.md)."""
+    import torch
+
+    from brandtune.models import load_components, resolve_base
+    from brandtune.training.families import compile_denoiser
+
+    def compiled(model: torch.nn.Module) -> set[str]:
+        return {
+            type(m).__name__ for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None
+        }
+
+    unet = load_components(resolve_base("builtin:tiny")).denoiser
+    assert compile_denoiser(unet, "none") == [] and compiled(unet) == set()
+    assert compile_denoiser(unet, "regional") == ["BasicTransformerBlock"], "diffusers' _repeated_blocks"
+    assert compiled(unet) == {"BasicTransformerBlock"}
+    assert not hasattr(torch.nn.Linear, "_repeated_blocks")
+    stack = torch.nn.Sequential(
+        torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]), torch.nn.ReLU()
+    )
+    assert compile_denoiser(stack, "regional") == ["Linear"], "without _repeated_blocks: every listed block"
+    assert compiled(stack) == {"Linear"}
+    assert compile_denoiser(stack, "full") == ["Sequential"] and "Sequential" in compiled(stack)
