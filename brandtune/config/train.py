@@ -295,8 +295,9 @@ class TrainConfig(StrictModel):
     cpu_bf16: bool = Field(
         default=False,
         description="On a CPU that does bf16 matrix maths natively (Intel AMX-BF16, detected, never assumed), train "
-        "the denoiser's step under bf16 autocast when mixed_precision is 'no': faster at the same quality "
-        "(docs/benchmarks.md). Weights, gradients and optimizer state stay fp32. False: plain fp32 everywhere.",
+        "the denoiser's step under bf16 autocast when mixed_precision is 'no'; weights, gradients and optimizer "
+        "state stay fp32. Off by default: on builtin:tiny it keeps the quality but is slower (its layers are too "
+        "small for AMX to pay for the casts; docs/benchmarks.md).",
     )
     compile: Literal["none", "regional", "full"] = Field(
         default="none",
