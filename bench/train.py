@@ -1,7 +1,8 @@
 """Training benchmark: brandtune's LoRA training vs a loop shaped like diffusers' ``train_dreambooth_lora.py``.
 
-    .venv/bin/python bench/train.py                     # builtin:tiny, 64 px, batch 4, rank 8, 200 steps, 2 threads
-    .venv/bin/python bench/train.py --steps 200 --batch-size 4 --resolution 64 --rank 8 --threads 2 --base builtin:tiny
+    .venv/bin/python bench/train.py                     # builtin:tiny, 64 px, batch 4, rank 4, 300 steps, 2 threads
+    .venv/bin/python bench/train.py --steps 300 --batch-size 4 --resolution 64 --rank 4 --threads 2 --base builtin:tiny
+    .venv/bin/python bench/train.py --variants reference,brandtune,brandtune-bf16,brandtune-masked --before DIR
     # GPU, UNets of the real architectures built from config with random weights (only the UNet loop matters):
     .venv/bin/python bench/train.py --arch sd15 --device cuda --mixed-precision bf16 --resolution 512 --batch-size 1
     bench/train_gpu.sh OUTDIR                            # the whole GPU matrix (SD 1.5 and SDXL, 512/1024 px, batch 1/4)
@@ -11,7 +12,10 @@
     ROWS=flow bench/train_gpu.sh OUTDIR                  # FLUX.1-dev and SD3.5-medium, 512/1024 px, checkpointing off/on
 
 Two variants, each in a fresh child process of this script (``--only reference|brandtune``) so that peak RSS is per
-variant; the parent prints the table.
+variant; the parent prints the table, and for builtin:tiny / ``--arch sd15|sdxl`` a phase table: each child's life
+from its spawn to its exit, every moment in one phase (``bench/phases.py``: interpreter, imports wherever they
+happen, plan, model load, encode/cache, tracking, loop, checkpoints, save, validation, other, exit), with the wall
+from the spawn to the adapter on disk. More brandtune variants: ``EXTRA_VARIANTS`` (``--variants``, ``--before``).
 
 - **reference**: the shape of the diffusers DreamBooth LoRA example: a ``torch.utils.data.DataLoader`` over the
   dataset's images that opens, resizes, centre-crops and normalises every image every step (``num_workers=0``, the
@@ -19,8 +23,9 @@ variant; the parent prints the table.
   peft LoRA (same targets, rank, alpha and gaussian init as brandtune), torch AdamW, the same learning rate, the same
   DDPM noise scheduler, under an ``accelerate.Accelerator``; the LoRA is saved at the end.
 - **brandtune**: the real ``brandtune.training.run.train(TrainConfig(...))``, with its defaults (checkpoint every 50
-  steps, MLflow run on sqlite, validation images at the end). Its ``_setup_models``, ``_encode`` and ``run_loop``
-  are wrapped with timers, nothing else is changed. The latent/text cache starts cold.
+  steps, MLflow run on sqlite, validation images at the end) except masked_loss and cpu_bf16, off so that it does
+  the reference's work in the reference's precision. Its phases are wrapped with timers, nothing else is changed.
+  The latent/text cache starts cold; the MLflow store is created by the parent.
 
 "loop steps/s" is steps over the wall time of the training loop only (model loading, encoding and saving left out);
 "end-to-end" runs from the child's first line (before ``import torch``) to its exit, so it carries imports, model
