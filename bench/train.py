@@ -649,7 +649,8 @@ def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dic
     _step_timer(loop, out)
     if CLOCK is not None:
         _wrap_phases()
-    same_work = {"masked_loss": False, "cpu_bf16": False}  # what the reference does; a variant may change it
+    # what the reference does (a variant may change it), and --compile
+    same_work = {"masked_loss": False, "cpu_bf16": False, "compile": args.compile}
     changes = {k: v for k, v in {**same_work, **args.changes}.items() if k in TrainConfig.model_fields}
     config = TrainConfig(
         brand="acme",
@@ -1026,7 +1027,8 @@ def _child_args(args: argparse.Namespace, variant: str, result: Path) -> list[st
     flags = ["--steps", args.steps, "--batch-size", args.batch_size, "--resolution", args.resolution,
              "--rank", args.rank, "--threads", args.threads, "--base", args.base, "--seed", args.seed,
              "--device", args.device, "--mixed-precision", args.mixed_precision, "--workdir", args.workdir,
-             "--warmup-steps", args.warmup_steps, "--only", variant, "--result", result]  # fmt: skip
+             "--warmup-steps", args.warmup_steps, "--only", variant, "--result", result,
+             "--compile", args.compile]  # fmt: skip
     if args.arch:
         flags += ["--arch", args.arch]
     flags += [f"--{name}" for name in ("flush-denormal", "gradient-checkpointing", "tiny")
@@ -1254,6 +1256,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variants", default=None, help="Comma-separated; default: both (brandtune only for sdxl)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", choices=["none", "regional", "full"], default="none",
+                   help="brandtune's TrainConfig.compile (the reference stays eager); compile time lands in the loop")  # fmt: skip
     p.add_argument("--flush-denormal", action="store_true",
                    help="torch.set_flush_denormal(True) in both children (random tiny models hit denormals on CPU)")  # fmt: skip
     p.add_argument(
