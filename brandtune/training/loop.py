@@ -7,13 +7,10 @@ global RNG (LoRA dropout) is restored from the checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import math
 import time
-import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +19,11 @@ from brandtune.training import checkpoint as ckpt
 from brandtune.training import fsdp
 from brandtune.training.data import Encoded
 from brandtune.training.ema import ema_weights
+from brandtune.training.fastpath import adapters_off, cpu_bf16_step, step_autocast
 from brandtune.training.plan import TrainPlan
 
 if TYPE_CHECKING:
     import torch
-    from accelerate import Accelerator
 
     from brandtune.training.state import Models, TrainState
 
@@ -216,28 +213,6 @@ def _base_prediction(
         return plan.ops.predict(plan, denoiser, noised, cond, batch).float()
 
 
-_TUNER_LAYERS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
-
-
-@contextlib.contextmanager
-def adapters_off(model: torch.nn.Module) -> Iterator[None]:
-    """``model`` with its LoRA layers switched off inside the block: what diffusers' ``disable_adapters`` /
-    ``enable_adapters`` do (each peft layer's ``enable_adapters``), on a list of the layers found once per model
-    instead of a walk over every module, and a package-version check, each step (12 ms a step on builtin:tiny)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layers = _TUNER_LAYERS.get(model)
-    if layers is None:
-        layers = _TUNER_LAYERS[model] = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-    for layer in layers:
-        layer.enable_adapters(False)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.enable_adapters(True)
-
-
 def _drop_captions(
     batch: dict[str, torch.Tensor], drop: torch.Tensor, empty: dict[str, torch.Tensor] | None
 ) -> None:
@@ -382,34 +357,6 @@ def run_loop(plan: TrainPlan, state: TrainState, start_step: int, resume_ckpt: P
     return loss_value
 
 
-def cpu_bf16_step(plan: TrainPlan, accelerator: Accelerator) -> bool:
-    """Whether the step runs under CPU bf16 autocast: ``cpu_bf16`` on, full precision asked for, training on a
-    CPU that does bf16 natively (:func:`~brandtune.training.plan.cpu_bf16_native`). Says so in the log."""
-    from brandtune.training.plan import cpu_bf16_native
-
-    cfg = plan.config
-    if not (cfg.cpu_bf16 and cfg.mixed_precision == "no" and accelerator.device.type == "cpu"):
-        return False
-    if not cpu_bf16_native():
-        return False
-    if accelerator.is_main_process:
-        logger.info(
-            "CPU supports bf16 (AMX): training the %s under bf16 autocast (cpu_bf16: false turns it off)",
-            "UNet" if plan.components is None or plan.components.info.denoiser == "unet" else "transformer",
-        )
-    return True
-
-
-def _step_autocast(plan: TrainPlan, accelerator: Accelerator) -> contextlib.AbstractContextManager[Any]:
-    """The autocast of a training step: CPU bf16 (:func:`cpu_bf16_step`), else the accelerator's (mixed
-    precision, or none)."""
-    if getattr(plan, "step_bf16", False):
-        import torch
-
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return accelerator.autocast()
-
-
 def _every(interval: int, step: int) -> bool:
     """Whether something done every ``interval`` steps (0: never) is due at ``step``."""
     return bool(interval) and step % interval == 0
@@ -430,7 +377,7 @@ def optimizer_step(
         micro = step * cfg.gradient_accumulation_steps + acc
         batch, gen = make_batch(plan, batches, class_batches, micro, accelerator.device)
         with accelerator.accumulate(*state.models.trained):
-            with _step_autocast(plan, accelerator):
+            with step_autocast(plan, accelerator):
                 loss = diffusion_loss(plan, state.models, batch, gen)
             accelerator.backward(loss)
             if accelerator.sync_gradients:

@@ -11,7 +11,7 @@ import pytest
 from training_helpers import quick
 
 from brandtune.training import train
-from brandtune.training.loop import adapters_off, cpu_bf16_step
+from brandtune.training.fastpath import adapters_off, cpu_bf16_step
 from brandtune.training.plan import cpu_bf16_native
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
@@ -57,7 +57,7 @@ def test_cpu_bf16_only_on_a_cpu_that_does_bf16_natively(caplog: pytest.LogCaptur
     accelerator = Accelerator(cpu=True)
     native = cpu_bf16_native()
     assert not native or "amx_bf16" in _cpu_flags(), "never without the CPU saying AMX-BF16"
-    with caplog.at_level(logging.INFO, logger="brandtune.training.loop"):
+    with caplog.at_level(logging.INFO, logger="brandtune.training.fastpath"):
         assert cpu_bf16_step(_plan(), accelerator) is native
     said = "CPU supports bf16 (AMX): training the UNet under bf16 autocast" in caplog.text
     assert said is native, caplog.text
@@ -80,7 +80,7 @@ def test_cpu_bf16_is_off_by_default_and_keeps_the_config_hash() -> None:
 def test_cpu_bf16_trains_under_autocast(
     tmp_path: Path, acme_dataset: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="brandtune.training.loop"):
+    with caplog.at_level(logging.INFO, logger="brandtune.training.fastpath"):
         on = train(quick(tmp_path / "on", max_train_steps=2, cpu_bf16=True, validation_inference_steps=1))
     assert "training the UNet under bf16 autocast" in caplog.text
     off = train(quick(tmp_path / "off", max_train_steps=2, validation_inference_steps=1))
