@@ -1,7 +1,8 @@
 """Training benchmark: brandtune's LoRA training vs a loop shaped like diffusers' ``train_dreambooth_lora.py``.
 
-    .venv/bin/python bench/train.py                     # builtin:tiny, 64 px, batch 4, rank 8, 200 steps, 2 threads
-    .venv/bin/python bench/train.py --steps 200 --batch-size 4 --resolution 64 --rank 8 --threads 2 --base builtin:tiny
+    .venv/bin/python bench/train.py                     # builtin:tiny, 64 px, batch 4, rank 4, 300 steps, 2 threads
+    .venv/bin/python bench/train.py --steps 300 --batch-size 4 --resolution 64 --rank 4 --threads 2 --base builtin:tiny
+    .venv/bin/python bench/train.py --variants reference,brandtune,brandtune-bf16,brandtune-masked --before DIR
     # GPU, UNets of the real architectures built from config with random weights (only the UNet loop matters):
     .venv/bin/python bench/train.py --arch sd15 --device cuda --mixed-precision bf16 --resolution 512 --batch-size 1
     bench/train_gpu.sh OUTDIR                            # the whole GPU matrix (SD 1.5 and SDXL, 512/1024 px, batch 1/4)
@@ -11,7 +12,10 @@
     ROWS=flow bench/train_gpu.sh OUTDIR                  # FLUX.1-dev and SD3.5-medium, 512/1024 px, checkpointing off/on
 
 Two variants, each in a fresh child process of this script (``--only reference|brandtune``) so that peak RSS is per
-variant; the parent prints the table.
+variant; the parent prints the table, and for builtin:tiny / ``--arch sd15|sdxl`` a phase table: each child's life
+from its spawn to its exit, every moment in one phase (``bench/phases.py``: interpreter, imports wherever they
+happen, plan, model load, encode/cache, tracking, loop, checkpoints, save, validation, other, exit), with the wall
+from the spawn to the adapter on disk. More brandtune variants: ``EXTRA_VARIANTS`` (``--variants``, ``--before``).
 
 - **reference**: the shape of the diffusers DreamBooth LoRA example: a ``torch.utils.data.DataLoader`` over the
   dataset's images that opens, resizes, centre-crops and normalises every image every step (``num_workers=0``, the
@@ -19,8 +23,9 @@ variant; the parent prints the table.
   peft LoRA (same targets, rank, alpha and gaussian init as brandtune), torch AdamW, the same learning rate, the same
   DDPM noise scheduler, under an ``accelerate.Accelerator``; the LoRA is saved at the end.
 - **brandtune**: the real ``brandtune.training.run.train(TrainConfig(...))``, with its defaults (checkpoint every 50
-  steps, MLflow run on sqlite, validation images at the end). Its ``_setup_models``, ``_encode`` and ``run_loop``
-  are wrapped with timers, nothing else is changed. The latent/text cache starts cold.
+  steps, MLflow run on sqlite, validation images at the end) except masked_loss and cpu_bf16, off so that it does
+  the reference's work in the reference's precision. Its phases are wrapped with timers, nothing else is changed.
+  The latent/text cache starts cold; the MLflow store is created by the parent.
 
 "loop steps/s" is steps over the wall time of the training loop only (model loading, encoding and saving left out);
 "end-to-end" runs from the child's first line (before ``import torch``) to its exit, so it carries imports, model
@@ -53,6 +58,19 @@ from __future__ import annotations
 import time
 
 _T_PROCESS = time.perf_counter()  # before any heavy import: end-to-end time starts here
+_T_WALL0 = time.time()  # the same moment on the wall clock, which the parent compares with its spawn time
+
+import sys  # noqa: E402
+
+if "--only" in sys.argv:  # a child: every moment from here on goes to a phase, imports to "imports"
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from phases import PhaseClock, install_import_timer
+
+    CLOCK: PhaseClock | None = PhaseClock("other")
+    CLOCK.marks["first_line"] = _T_WALL0
+    install_import_timer(CLOCK)
+else:
+    CLOCK = None
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -60,7 +78,6 @@ import os  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -72,6 +89,17 @@ from typing import Any  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 VARIANTS = ("reference", "brandtune")
+#: brandtune's variants beside the headline (``--variants``), and what each changes in its TrainConfig. The headline
+#: "brandtune" does the reference's work: masked_loss off (the default masked loss with background_target "base"
+#: adds a no-grad denoiser forward per step, which the reference does not do) and cpu_bf16 off (fp32 in both).
+EXTRA_VARIANTS: dict[str, dict[str, Any]] = {
+    "brandtune-bf16": {"cpu_bf16": True},  # CPU bf16 autocast of the step (AMX-BF16 CPUs)
+    "brandtune-masked": {"masked_loss": True},  # the demo's default loss: masks, base-model background target
+    "brandtune-before": {},  # the headline's settings on the brandtune source tree that --before names
+}
+#: The rows of the phase table, in the order a run goes through them.
+PHASE_ROWS = ("interpreter", "imports", "plan", "model load", "encode/cache", "tracking", "loop", "checkpoints",
+              "save", "validation", "other", "exit")  # fmt: skip
 BENCH_LR = (
     1e-3  # both loops, constant: the diffusers script's kind of run (attention LoRA), not a base's recipe
 )
@@ -329,6 +357,17 @@ class RssSampler:
         self.peak = max(self.peak, self.rss())
 
 
+def _phase(name: str) -> None:
+    """From now on the child's time goes to phase ``name`` (what no wrapped call claims)."""
+    if CLOCK is not None:
+        CLOCK.switch(name)
+
+
+def _mark(name: str) -> None:
+    if CLOCK is not None:
+        CLOCK.mark(name)
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         import torch
@@ -430,6 +469,7 @@ def run_reference(args: argparse.Namespace, base: Path, dataset_dir: Path) -> di
 
     defaults = TrainConfig(brand="acme")  # the same AdamW settings as brandtune's defaults
     out: dict[str, Any] = {}
+    _phase("model load")
     t0 = time.perf_counter()
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     torch.set_num_threads(args.threads)
@@ -459,6 +499,7 @@ def run_reference(args: argparse.Namespace, base: Path, dataset_dir: Path) -> di
                                  num_training_steps=args.steps)  # fmt: skip
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
     out["setup_s"] = time.perf_counter() - t0
+    _phase("loop")
     step, loss_value = 0, float("nan")
     unet.train()
     _sync(args.device)
@@ -501,10 +542,13 @@ def run_reference(args: argparse.Namespace, base: Path, dataset_dir: Path) -> di
         out["loop_peak_gpu_mib"] = _gpu_peak_mib(args.device)
     out["loop_rss_rise_mib"] = (rss.peak - rss.start) / MIB
     out["step_times"] = step_times
+    _phase("save")
     t_save = time.perf_counter()
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(accelerator.unwrap_model(unet)))
     StableDiffusionPipeline.save_lora_weights(Path(args.workdir) / "reference-lora", unet_lora_layers=layers)
     out["save_s"] = time.perf_counter() - t_save
+    _mark("adapter")
+    _phase("exit")
     out["final_loss"] = loss_value
     accelerator.end_training()
     return _finish(out, args)
@@ -541,28 +585,73 @@ def _timed(
     setattr(module, name, wrapper)
 
 
-def _mlflow_step_times(run_id: str | None) -> list[float]:
-    """brandtune's own per-step times (batch to reduced loss; no logging or checkpoint), from its MLflow run."""
-    from mlflow import MlflowClient
+def _step_timer(module: Any, out: dict[str, Any]) -> None:
+    """Record the wall time of each ``module.optimizer_step`` call (batch, forward, backward, optimizer) in
+    ``out["step_times"]``; on a GPU it waits for the step's kernels before reading the clock."""
+    inner, device = module.optimizer_step, out["_device"]
+    times: list[float] = out.setdefault("step_times", [])
 
-    from brandtune.settings import Settings
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return inner(*a, **kw)
+        finally:
+            _sync(device)
+            times.append(time.perf_counter() - started)
 
-    client = MlflowClient(Settings.from_env().tracking_uri)
-    return [m.value for m in sorted(client.get_metric_history(run_id, "step_time_s"), key=lambda m: m.step)]
+    module.optimizer_step = wrapper
+
+
+#: brandtune's functions whose calls are timed as a phase (module, name, phase); a name a module lacks is skipped.
+BRANDTUNE_PHASES = (
+    ("brandtune.training.run", "train", "other"),
+    ("brandtune.training.run", "resolve_job", "plan"),
+    ("brandtune.training.run", "read_dataset", "plan"),
+    ("brandtune.training.run", "_choose", "plan"),
+    ("brandtune.training.run", "_setup_models", "model load"),
+    ("brandtune.training.run", "_encode", "encode/cache"),
+    ("brandtune.training.run", "_start_tracking", "tracking"),
+    ("brandtune.training.run", "run_loop", "loop"),
+    ("brandtune.training.loop", "save_checkpoint", "checkpoints"),
+    ("brandtune.training.lora", "save_adapter", "save"),
+    ("brandtune.training.validation", "log_validation", "validation"),
+)
+
+
+def _wrap_phases() -> None:
+    import importlib
+
+    from brandtune.training.plan import TrainPlan
+
+    assert CLOCK is not None
+    for module_name, name, phase in BRANDTUNE_PHASES:
+        module = importlib.import_module(module_name)
+        if hasattr(module, name):
+            CLOCK.wrap(
+                module, name, phase, after=(lambda: CLOCK.mark("adapter")) if phase == "save" else None
+            )
+    CLOCK.wrap(TrainPlan, "from_job", "plan")
 
 
 def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dict[str, Any]:
     """``brandtune.training.run.train`` with timers around its phases; returns the timings."""
     from brandtune.config import DEFAULT_UNET_TARGETS, TrainConfig
-    from brandtune.training import run
+    from brandtune.training import loop, run
 
     out: dict[str, Any] = {"_device": args.device}
     samplers: dict[str, RssSampler] = {}
     _timed(run, "_setup_models", out, "setup_s")
     _timed(run, "_encode", out, "encode_s")
     _timed(run, "run_loop", out, "loop_s", samplers)
-    _timed(run, "_start_tracking", out, "mlflow_start_s")
+    if hasattr(run, "_start_tracking"):
+        _timed(run, "_start_tracking", out, "mlflow_start_s")
     _timed(run, "_finish", out, "finish_s")  # save adapter + validation images + MLflow artifacts
+    _step_timer(loop, out)
+    if CLOCK is not None:
+        _wrap_phases()
+    # what the reference does (a variant may change it), and --compile
+    same_work = {"masked_loss": False, "cpu_bf16": False, "compile": args.compile}
+    changes = {k: v for k, v in {**same_work, **args.changes}.items() if k in TrainConfig.model_fields}
     config = TrainConfig(
         brand="acme",
         dataset=dataset_dir.name,
@@ -581,17 +670,18 @@ def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dic
         lr_scheduler="constant",
         lr_warmup_steps=0,
         gradient_checkpointing=args.gradient_checkpointing,
+        **changes,
     )
     if args.arch:  # only the UNet loop matters here: one short validation image instead of 4 x 20 steps
         config = config.model_copy(update={"validation_prompts": ["a photo of acme bottle"],
                                            "validation_inference_steps": 2})  # fmt: skip
     t0 = time.perf_counter()
     result = run.train(config)
+    _phase("exit")
     out["train_call_s"] = time.perf_counter() - t0
     out["final_loss"] = result.final_loss
     out["cache_hit"] = result.cache_hit
     out["loop_rss_rise_mib"] = (samplers["loop_s"].peak - samplers["loop_s"].start) / MIB
-    out["step_times"] = _mlflow_step_times(result.mlflow_run_id)
     del out["_device"]
     return _finish(out, args)
 
@@ -642,6 +732,7 @@ def flow_train_config(args: argparse.Namespace) -> Any:
         seed=args.seed,
         checkpointing_steps=0,
         validation_steps=0,
+        cpu_bf16=False,  # the reference trains in the dtype --mixed-precision names, so does brandtune here
     )
     # target_modules ATTENTION_TRANSFORMER_TARGETS, learning rate 1e-4, constant schedule
     return config.with_base_defaults(FLOW_TRAINING_DEFAULTS)
@@ -936,7 +1027,8 @@ def _child_args(args: argparse.Namespace, variant: str, result: Path) -> list[st
     flags = ["--steps", args.steps, "--batch-size", args.batch_size, "--resolution", args.resolution,
              "--rank", args.rank, "--threads", args.threads, "--base", args.base, "--seed", args.seed,
              "--device", args.device, "--mixed-precision", args.mixed_precision, "--workdir", args.workdir,
-             "--warmup-steps", args.warmup_steps, "--only", variant, "--result", result]  # fmt: skip
+             "--warmup-steps", args.warmup_steps, "--only", variant, "--result", result,
+             "--compile", args.compile]  # fmt: skip
     if args.arch:
         flags += ["--arch", args.arch]
     flags += [f"--{name}" for name in ("flush-denormal", "gradient-checkpointing", "tiny")
@@ -962,7 +1054,18 @@ def prepare(args: argparse.Namespace) -> tuple[str, Path]:
         folder.parent.mkdir(parents=True, exist_ok=True)
         base = str(build_arch(args.arch, folder, args.mixed_precision, args.device))
     resolve_base(base)  # builds builtin:tiny once here, so neither child pays for it
+    _warm_tracking_store()
     return base, dataset_dir
+
+
+def _warm_tracking_store() -> None:
+    """Create the MLflow store here (a fresh sqlite store's migrations take 2-7 s), so that no brandtune child pays
+    for it and the variants are timed alike: the steady state of a user's second training."""
+    import mlflow
+
+    from brandtune.settings import Settings
+
+    mlflow.MlflowClient(Settings.from_env().tracking_uri).search_experiments()
 
 
 def _machine() -> str:
@@ -1036,6 +1139,48 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) ->
               f"peak RSS {bt['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x")  # fmt: skip
 
 
+def _with_process_times(result: dict[str, Any], spawned: float, exited: float) -> dict[str, Any]:
+    """Add what only the parent sees: the interpreter's start-up before the child's first line, its exit after
+    the result was written, and the walls from the spawn to the adapter on disk and to the exit."""
+    marks = result.get("marks")
+    if not marks:
+        return result
+    phases = result["phases"]
+    phases["interpreter"] = marks["first_line"] - spawned
+    phases["exit"] = phases.get("exit", 0.0) + exited - marks["done"]
+    result["wall_to_adapter_s"] = marks["adapter"] - spawned
+    result["wall_to_exit_s"] = exited - spawned
+    return result
+
+
+def print_phase_table(results: dict[str, dict[str, Any]]) -> None:
+    """Seconds per phase of each child, from its spawn to its exit (imports wherever they happen)."""
+    names = [n for n, r in results.items() if "phases" in r]
+    if not names:
+        return
+    print("\nphases (s; each moment of a child's life in exactly one row; imports wherever they happen):\n")
+    print("| phase | " + " | ".join(names) + " |")
+    print("| --- " + "| ---: " * len(names) + "|")
+    rows = list(PHASE_ROWS) + sorted({p for n in names for p in results[n]["phases"]} - set(PHASE_ROWS))
+    for phase in rows:
+        cells = [results[n]["phases"].get(phase) for n in names]
+        if all(c is None for c in cells):
+            continue
+        print(f"| {phase} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
+    for label, key, fmt in (("**spawn to adapter on disk**", "wall_to_adapter_s", "{:.2f}"),
+                            ("spawn to exit", "wall_to_exit_s", "{:.2f}"),
+                            ("peak RSS MiB", "peak_rss_mib", "{:.0f}")):  # fmt: skip
+        print(f"| {label} | " + " | ".join(fmt.format(results[n][key]) for n in names) + " |")
+    if "reference" in results:
+        ref = results["reference"]
+        for name in names:
+            if name != "reference":
+                r = results[name]
+                print(f"\n{name} / reference: spawn to adapter {ref['wall_to_adapter_s'] / r['wall_to_adapter_s']:.2f}x "
+                      f"faster, loop {ref['phases']['loop'] / r['phases']['loop']:.2f}x faster, "
+                      f"peak RSS {r['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x")  # fmt: skip
+
+
 def print_flow_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
     """The flow-matching table: s/step over the steps after the warm-up, and peak memory, per variant."""
     spec = flow_arch(args.arch, args.tiny)
@@ -1089,10 +1234,10 @@ def print_flow_table(args: argparse.Namespace, results: dict[str, dict[str, Any]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=None, help="Timed steps (default 200; flux/sd3: 10)")
+    p.add_argument("--steps", type=int, default=None, help="Timed steps (default 300; flux/sd3: 10)")
     p.add_argument("--batch-size", type=int, default=None, help="Default 4; flux/sd3: 1")
     p.add_argument("--resolution", type=int, default=None, help="Default 64; flux/sd3: 512 (--tiny: 64)")
-    p.add_argument("--rank", type=int, default=None, help="Default 8; flux/sd3: 16")
+    p.add_argument("--rank", type=int, default=None, help="Default 4; flux/sd3: 16")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each child (and OMP_*)")
     p.add_argument("--base", default="builtin:tiny")
     p.add_argument("--arch", choices=sorted(ARCH_CONFIGS) + sorted(FLOW_ARCHS), default=None,
@@ -1111,13 +1256,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variants", default=None, help="Comma-separated; default: both (brandtune only for sdxl)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", choices=["none", "regional", "full"], default="none",
+                   help="brandtune's TrainConfig.compile (the reference stays eager); compile time lands in the loop")  # fmt: skip
     p.add_argument("--flush-denormal", action="store_true",
                    help="torch.set_flush_denormal(True) in both children (random tiny models hit denormals on CPU)")  # fmt: skip
     p.add_argument(
         "--home", type=Path, default=None, help="BRANDTUNE_HOME to use (default: a fresh temp dir)"
     )
     p.add_argument("--json", type=Path, default=None, help="Also write the results here")
-    p.add_argument("--only", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--before", type=Path, default=None,
+                   help="A source tree of an earlier brandtune (e.g. `git archive <commit> | tar -x -C DIR`): "
+                        "adds the variant brandtune-before, the headline's settings on that code")  # fmt: skip
+    p.add_argument("--only", choices=(*VARIANTS, *EXTRA_VARIANTS), default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1125,7 +1275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tiny and not flow:
         p.error("--tiny goes with --arch flux or --arch sd3")
     defaults = {"steps": 10, "batch_size": 1, "resolution": 64 if args.tiny else 512, "rank": 16} if flow else {
-        "steps": 200, "batch_size": 4, "resolution": 64, "rank": 8}  # fmt: skip
+        "steps": 300, "batch_size": 4, "resolution": 64, "rank": 4}  # fmt: skip
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -1164,7 +1314,12 @@ def child(args: argparse.Namespace) -> int:
 
         result = run_reference(args, resolve_base(base).path, dataset_dir)
     else:
+        args.changes = EXTRA_VARIANTS.get(args.only, {})
         result = run_brandtune(args, base, dataset_dir)
+    if CLOCK is not None:
+        result["phases"] = CLOCK.snapshot()
+        CLOCK.mark("done")
+        result["marks"] = CLOCK.marks
     args.result.write_text(json.dumps(result))
     return 0
 
@@ -1189,21 +1344,32 @@ def main(argv: list[str] | None = None) -> int:
         )
     default = ["brandtune"] if args.arch == "sdxl" else list(VARIANTS)
     variants = args.variants.split(",") if args.variants else default
-    if unknown := [v for v in variants if v not in VARIANTS]:
-        raise SystemExit(f"--variants {','.join(unknown)}: unknown; use {' and/or '.join(VARIANTS)}")
+    if args.before is not None and "brandtune-before" not in variants:
+        variants.append("brandtune-before")
+    if unknown := [v for v in variants if v not in (*VARIANTS, *EXTRA_VARIANTS)]:
+        raise SystemExit(
+            f"--variants {','.join(unknown)}: unknown; use {', '.join((*VARIANTS, *EXTRA_VARIANTS))}"
+        )
     if args.arch == "sdxl" and "reference" in variants:
         raise SystemExit("the reference loop is SD 1.x-shaped; for --arch sdxl use --variants brandtune")
     results: dict[str, dict[str, Any]] = {}
     for variant in variants:
         result_file = Path(args.workdir) / f"{variant}.json"
         print(f"running {variant} ...", flush=True)
+        spawned = time.time()
+        env = dict(os.environ)
+        if variant == "brandtune-before":  # that tree's brandtune package first on the child's path
+            env["PYTHONPATH"] = os.pathsep.join([str(args.before), env.get("PYTHONPATH", "")])
         proc = subprocess.run(_child_args(args, variant, result_file), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                              stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+        exited = time.time()
         if proc.returncode != 0:
             print(proc.stdout[-4000:])
             raise SystemExit(f"{variant} failed (exit {proc.returncode})")
-        results[variant] = json.loads(result_file.read_text())
+        results[variant] = _with_process_times(json.loads(result_file.read_text()), spawned, exited)
     print_table(args, results)
+    if args.arch is None:
+        print_phase_table(results)
     if args.json:
         args.json.write_text(
             json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results})

@@ -31,19 +31,29 @@ def _unet(rank: int):
     return unet
 
 
-def _steps(model, cfg, params, batch: int, steps: int, memory_format) -> list[float]:
+def _steps(
+    model, cfg, params, batch: int, steps: int, memory_format, bf16: bool = False, dtype=None
+) -> list[float]:
+    import contextlib
+
     import torch
 
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
     latents = latents.contiguous(memory_format=memory_format)
     text = torch.randn(batch, 77, cfg.cross_attention_dim, generator=gen)
+    if (
+        dtype is not None
+    ):  # the inputs in the frozen weights' dtype, as brandtune's mixed precision feeds them
+        latents, text = latents.to(dtype), text.to(dtype)
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
     times = []
     for _ in range(steps):
         t = torch.randint(0, 1000, (batch,), generator=gen)
         t0 = time.perf_counter()
-        loss = model(latents, t, encoder_hidden_states=text).sample.float().pow(2).mean()
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with autocast:
+            loss = model(latents, t, encoder_hidden_states=text).sample.float().pow(2).mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -58,6 +68,12 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--no-compile", action="store_true", help="Skip the torch.compile variant.")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="Comma-separated, of: eager, channels_last, torch.compile, bf16-autocast (fp32 weights, CPU bf16 "
+        "autocast), bf16-weights (frozen weights in bf16, LoRA fp32, autocast). Default: the first three.",
+    )
     args = parser.parse_args()
     import torch
 
@@ -65,15 +81,24 @@ def main() -> None:
     torch.set_flush_denormal(True)
     rows = []
     variants = ["eager", "channels_last"] + ([] if args.no_compile else ["torch.compile"])
+    if args.variants:
+        variants = args.variants.split(",")
     for name in variants:
         unet = _unet(args.rank)
         fmt = torch.contiguous_format
         if name == "channels_last":
             fmt = torch.channels_last
             unet.to(memory_format=fmt)
+        if name == "bf16-weights":
+            unet.to(dtype=torch.bfloat16)
+            for p in unet.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
         params = [p for p in unet.parameters() if p.requires_grad]
         model = torch.compile(unet) if name == "torch.compile" else unet
-        times = _steps(model, unet.config, params, args.batch_size, args.steps, fmt)
+        bf16 = name in {"bf16-autocast", "bf16-weights"}
+        dtype = torch.bfloat16 if name == "bf16-weights" else None
+        times = _steps(model, unet.config, params, args.batch_size, args.steps, fmt, bf16, dtype)
         rows.append((name, times[0], statistics.median(times[5:]), min(times[5:])))
     eager = rows[0][2]
     print(

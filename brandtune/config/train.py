@@ -292,6 +292,20 @@ class TrainConfig(StrictModel):
         default="no",
         description="Mixed precision: fp16 needs a GPU; bf16 a GPU or CPU that supports it.",
     )
+    cpu_bf16: bool = Field(
+        default=False,
+        description="On a CPU that does bf16 matrix maths natively (Intel AMX-BF16, detected, never assumed), train "
+        "the denoiser's step under bf16 autocast when mixed_precision is 'no'; weights, gradients and optimizer "
+        "state stay fp32. Off by default: on builtin:tiny it keeps the quality but is slower (its layers are too "
+        "small for AMX to pay for the casts; docs/benchmarks.md).",
+    )
+    compile: Literal["none", "regional", "full"] = Field(
+        default="none",
+        description="torch.compile the denoiser: 'regional' compiles its repeated blocks once each (diffusers' "
+        "compile_repeated_blocks, else every block of its block lists): seconds of compile time for most of the "
+        "speed-up on a GPU; 'full' the whole model (minutes); 'none' runs eagerly. On the CPU's tiny models the "
+        "compile time outweighs the gain (docs/benchmarks.md).",
+    )
     gradient_checkpointing: bool = Field(
         default=False, description="Trade compute for GPU memory (recompute the UNet's activations)."
     )
@@ -423,6 +437,10 @@ class TrainConfig(StrictModel):
         }
         if self.ema_decay is None:
             exclude.add("ema_decay")  # off: a config from before EMA existed keeps its hash
+        if not self.cpu_bf16:
+            exclude.add("cpu_bf16")  # the default: a config from before the knob existed keeps its hash
+        if self.compile == "none":
+            exclude.add("compile")  # likewise
         if not self.caption_dropout:
             exclude.add("caption_dropout")  # off: a config from before caption dropout existed keeps its hash
         return self.model_dump(mode="json", exclude=exclude)

@@ -19,6 +19,7 @@ from brandtune.training import checkpoint as ckpt
 from brandtune.training import fsdp
 from brandtune.training.data import Encoded
 from brandtune.training.ema import ema_weights
+from brandtune.training.fastpath import adapters_off, cpu_bf16_step, step_autocast
 from brandtune.training.plan import TrainPlan
 
 if TYPE_CHECKING:
@@ -107,10 +108,15 @@ class Batches:
         return batches, class_batches
 
 
-def step_generator(seed: int, micro_step: int, rank: int, stream: int = 0) -> torch.Generator:
+def step_generator(
+    seed: int, micro_step: int, rank: int, stream: int = 0, device: torch.device | None = None
+) -> torch.Generator:
+    """The generator of micro-step ``micro_step`` of process ``rank`` (on ``device``; default the CPU), seeded by
+    all three and ``stream``: a resumed run draws what the uninterrupted run drew."""
     import torch
 
-    return torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 1009 + rank * 31 + stream)
+    gen = torch.Generator(device=device) if device is not None else torch.Generator()
+    return gen.manual_seed((seed * 1_000_003 + micro_step) * 1009 + rank * 31 + stream)
 
 
 def _gather(
@@ -175,10 +181,12 @@ def _per_example(
 
     cfg, ops = plan.config, plan.ops
     mean = batch["latent_mean"]
-    latents = mean + batch["latent_std"] * torch.randn(mean.shape, generator=gen).to(mean.device)
-    noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+    on = gen.device  # the training device's own generator on a GPU (no draw on the host and copy per step)
+    latents = mean + batch["latent_std"] * torch.randn(mean.shape, generator=gen, device=on).to(mean.device)
+    noise = torch.randn(latents.shape, generator=gen, device=on).to(latents.device)
     if cfg.noise_offset:
-        noise += cfg.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=gen).to(latents.device)
+        offset = torch.randn((*latents.shape[:2], 1, 1), generator=gen, device=on)
+        noise += cfg.noise_offset * offset.to(latents.device)
     noised = ops.noised(cfg, plan.noise_scheduler, latents, noise, gen)
     cond = ops.conditioning(plan, models, batch)
     pred = ops.predict(plan, models.denoiser, noised, cond, batch).float()
@@ -201,12 +209,8 @@ def _base_prediction(
     import torch
 
     denoiser = getattr(models.denoiser, "module", models.denoiser)  # the model inside a DDP wrapper
-    denoiser.disable_adapters()
-    try:
-        with torch.no_grad():
-            return plan.ops.predict(plan, denoiser, noised, cond, batch).float()
-    finally:
-        denoiser.enable_adapters()
+    with adapters_off(denoiser), torch.no_grad():
+        return plan.ops.predict(plan, denoiser, noised, cond, batch).float()
 
 
 def _drop_captions(
@@ -227,7 +231,11 @@ def _drop_captions(
 def make_batch(
     plan: TrainPlan, batches: Batches, class_batches: Batches | None, micro: int, device: torch.device
 ) -> tuple[dict[str, Any], torch.Generator]:
-    """Micro-step ``micro``'s batch on ``device`` and the generator its remaining random draws come from."""
+    """Micro-step ``micro``'s batch on ``device`` and the generator its remaining random draws come from.
+
+    The examples, flips and caption drops are drawn on the CPU (they index the cache there). On the CPU the
+    remaining draws continue that generator; on another device they come from a generator on that device, seeded
+    by the same micro-step (:func:`step_generator` stream 1), so no draw waits for the host."""
     import torch
 
     assert plan.encoded is not None
@@ -248,11 +256,60 @@ def make_batch(
         else:
             batch = {k: torch.cat([batch[k], extra[k]]) for k in batch}
             batch["n_instance"] = len(idx)
+    if (
+        device.type != "cpu"
+    ):  # the step's noise and timesteps: drawn on the device from a generator of its own
+        gen = step_generator(plan.config.seed, micro, plan.rank, stream=1, device=device)
     return batch, gen
 
 
+#: Steps between reads of the loss on the host. The NaN/inf check and the per-step metrics wait for the device
+#: only this often (and before a checkpoint, a validation and the end), so a GPU step does not wait on the host;
+#: a NaN loss still stops the training with the step it happened at, at most this many steps later.
+LOSS_READ_EVERY = 10
+
+
+class PendingLosses:
+    """The reduced losses of the steps since the last read, still on the device, with each step's lr and time."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, torch.Tensor, float, float]] = []
+
+    def add(self, step: int, loss: torch.Tensor, lr: float, elapsed: float) -> None:
+        self.rows.append((step, loss, lr, elapsed))
+
+    def read(self) -> list[tuple[int, float, float, float]]:
+        """``(step, loss, lr, seconds)`` of every pending step, in order: one wait for the device for all."""
+        import torch
+
+        if not self.rows:
+            return []
+        values = torch.stack([loss.float() for _, loss, _, _ in self.rows]).tolist()
+        read = [(step, value, lr, el) for (step, _, lr, el), value in zip(self.rows, values, strict=True)]
+        self.rows = []
+        return read
+
+
+def _read_losses(plan: TrainPlan, state: TrainState, pending: PendingLosses, last_good: Path | None) -> float:
+    """Read the pending losses, stop on the first NaN/inf (naming its step), log each step's metrics; returns
+    the last loss (NaN when none was pending)."""
+    loss_value = float("nan")
+    for step, loss_value, lr, elapsed in pending.read():
+        if plan.config.nan_check and not math.isfinite(loss_value):
+            raise TrainingError(
+                f"loss became {loss_value} at step {step}; last good checkpoint: {last_good or 'none'}. "
+                "Lower the learning rate, or train in full precision (mixed_precision: no)"
+            )
+        _log_step(plan, state, step, loss_value, elapsed, lr)
+    return loss_value
+
+
 def run_loop(plan: TrainPlan, state: TrainState, start_step: int, resume_ckpt: Path | None) -> float:
-    """Train from ``start_step`` to ``max_train_steps``; returns the last loss."""
+    """Train from ``start_step`` to ``max_train_steps``; returns the last loss.
+
+    The loss is read on the host every :data:`LOSS_READ_EVERY` steps, before each checkpoint and validation, and
+    at the end (:class:`PendingLosses`): a checkpoint is written only after every loss before it was finite.
+    """
     from tqdm.auto import tqdm
 
     from brandtune.training.validation import log_validation
@@ -268,28 +325,32 @@ def run_loop(plan: TrainPlan, state: TrainState, start_step: int, resume_ckpt: P
         desc="train",
         unit="step",
         disable=not accelerator.is_main_process,
+        mininterval=1.0,
     )
     last_good = resume_ckpt
     loss_value = float("nan")
+    pending = PendingLosses()
+    plan.step_bf16 = cpu_bf16_step(plan, accelerator)
     for m in state.models.trained:
         m.train()
     for step in bar:
         t0 = time.perf_counter()
         loss = optimizer_step(plan, state, batches, class_batches, step, trainable)
         state.lr_scheduler.step()
-        loss_value = float(accelerator.reduce(loss.detach(), reduction="mean"))
-        if cfg.nan_check and not math.isfinite(loss_value):
-            raise TrainingError(
-                f"loss became {loss_value} at step {step + 1}; last good checkpoint: {last_good or 'none'}. "
-                "Lower the learning rate, or train in full precision (mixed_precision: no)"
-            )
-        elapsed = time.perf_counter() - t0
+        lr = state.lr_scheduler.get_last_lr()[0]  # (after the step, as the metric always was)
         global_step = step + 1
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-        _log_step(plan, state, global_step, loss_value, elapsed)
-        if _every(cfg.checkpointing_steps, global_step) and global_step < cfg.max_train_steps:
+        # on a GPU, the time to queue the step's work (the device catches up at the next read)
+        pending.add(
+            global_step, accelerator.reduce(loss.detach(), reduction="mean"), lr, time.perf_counter() - t0
+        )
+        checkpoint = _every(cfg.checkpointing_steps, global_step) and global_step < cfg.max_train_steps
+        validate = _every(cfg.validation_steps, global_step) and (accelerator.is_main_process or sharded)
+        if checkpoint or validate or global_step % LOSS_READ_EVERY == 0 or global_step == cfg.max_train_steps:
+            loss_value = _read_losses(plan, state, pending, last_good)
+            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+        if checkpoint:
             last_good = save_checkpoint(plan, state, global_step)
-        if _every(cfg.validation_steps, global_step) and (accelerator.is_main_process or sharded):
+        if validate:
             with ema_weights(state):  # what the adapter would be now
                 log_validation(plan, state, global_step)
     bar.close()
@@ -316,7 +377,7 @@ def optimizer_step(
         micro = step * cfg.gradient_accumulation_steps + acc
         batch, gen = make_batch(plan, batches, class_batches, micro, accelerator.device)
         with accelerator.accumulate(*state.models.trained):
-            with accelerator.autocast():
+            with step_autocast(plan, accelerator):
                 loss = diffusion_loss(plan, state.models, batch, gen)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
@@ -330,7 +391,7 @@ def optimizer_step(
 
 
 def _log_step(
-    plan: TrainPlan, state: TrainState, global_step: int, loss_value: float, elapsed: float
+    plan: TrainPlan, state: TrainState, global_step: int, loss_value: float, elapsed: float, lr: float
 ) -> None:
     """A step's loss, learning rate and speed to the tracker (main process)."""
     if state.tracker is None:
@@ -340,7 +401,7 @@ def _log_step(
     state.tracker.log_metrics(
         {
             "loss": loss_value,
-            "lr": state.lr_scheduler.get_last_lr()[0],
+            "lr": lr,
             "step_time_s": elapsed,
             "images_per_s": images_per_step / elapsed,
         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -105,6 +106,10 @@ class TrainPlan:
     empty_conditioning: dict[str, torch.Tensor] | None = None
     weight_dtype: torch.dtype | None = None
     mlflow_run_id: str | None = None
+    # the frozen VAE, text encoders and tokenizers kept for the validation pipeline, by pipeline component name
+    # (:meth:`release_encoders`); empty: validation loads what it needs from the base folder
+    validation_parts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    step_bf16: bool = False  # the training step runs under CPU bf16 autocast (loop.cpu_bf16_step)
 
     @classmethod
     def from_job(cls, job: TrainJob, examples: list[Example], run_dir: Path) -> TrainPlan:
@@ -133,6 +138,32 @@ class TrainPlan:
     def noise_scheduler(self) -> Any:
         assert self.components is not None
         return self.components.noise_scheduler
+
+    def release_encoders(self, trained_encoders: tuple[Any, ...]) -> None:
+        """Take the VAE and the frozen text encoders out of the training components once the data is encoded.
+
+        On the UNet families (small VAE and CLIP encoders) they are kept, in the training weight dtype and on the
+        CPU, for the validation images: the validation pipeline is then built from the models in memory instead
+        of loading the base a second time. The flow families' text encoders (FLUX's and SD3's T5 alone is ~9 GB
+        in bf16) are let go; their validation loads them again.
+        """
+        assert self.components is not None
+        components = self.components
+        info = components.info
+        if not info.flow_matching:
+            parts: dict[str, Any] = {"vae": components.vae}
+            encoders = zip(info.text_encoders, components.text_encoders, components.tokenizers, strict=True)
+            for spec, enc, tokenizer in encoders:
+                parts[spec.tokenizer_folder] = tokenizer
+                if not any(
+                    enc is trained for trained in trained_encoders
+                ):  # trained ones stay where they are
+                    parts[spec.folder] = enc
+            for name, model in parts.items():
+                if not name.startswith("tokenizer"):
+                    model.to("cpu", dtype=self.weight_dtype)  # the pipeline moves it next to the denoiser
+            self.validation_parts = parts
+        self.components = dataclasses.replace(components, vae=None, text_encoders=trained_encoders)
 
     @property
     def validation_prompts(self) -> list[str]:
@@ -210,6 +241,32 @@ def check_precision(mixed_precision: str) -> None:
         raise TrainingError("mixed_precision 'fp16' needs a CUDA GPU; use 'no' (or 'bf16') on the CPU")
     if mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise TrainingError("mixed_precision 'bf16' is not supported by this GPU; use 'fp16' or 'no'")
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux; empty elsewhere or when unreadable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@functools.cache
+def cpu_bf16_native() -> bool:
+    """Whether this CPU does bf16 matrix maths natively: the CPU says AMX-BF16 (``amx_bf16`` in its flags) and
+    torch can use it (AMX tiles enabled by the OS, AVX-512 BF16). Detected, never assumed: an AMD EPYC without
+    AMX, or a torch without these checks, is False."""
+    import torch
+
+    try:
+        usable = torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported()
+    except AttributeError:  # a torch without the checks
+        return False
+    return bool(usable) and "amx_bf16" in _cpu_flags()
 
 
 def check_disk(run_dir: Path, lora_params: int, config: TrainConfig) -> None:

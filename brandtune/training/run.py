@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -370,7 +369,7 @@ def _prepare(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> t
     cache_hit = _encode(plan, settings, accelerator)
     # the loop runs the text encoders only when it trains them; else the prompt embeddings are cached
     encoders = models.text_encoders if config.train_text_encoder else ()
-    plan.components = dataclasses.replace(plan.components, vae=None, text_encoders=encoders)
+    plan.release_encoders(encoders)  # (the UNet families keep theirs for the validation pipeline)
     if not encoders:  # free the frozen text encoders (FLUX's and SD3's T5 alone is ~9 GB in bf16)
         models = Models(trained=models.trained)
         free_memory()

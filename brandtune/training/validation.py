@@ -24,8 +24,10 @@ def pipeline_with(
 ) -> DiffusionPipeline:
     """The base pipeline, with the (LoRA-carrying) training denoiser and text encoders swapped in.
 
-    The components loaded here (VAE, frozen text encoders) get the denoiser's device and the training weight
-    dtype, as the training scripts' validation does; the swapped-in modules are used as they are.
+    The frozen VAE, text encoders and tokenizers that training kept in memory (``plan.validation_parts``) are
+    used as they are; only what it let go (the flow families' text encoders) and the sampling scheduler are loaded
+    from the base folder. Everything gets the denoiser's device; what is loaded here, the training weight dtype,
+    as the training scripts' validation does.
     """
     import diffusers
 
@@ -33,7 +35,8 @@ def pipeline_with(
 
     info = FAMILY_INFO[plan.resolved.family]
     cls = getattr(diffusers, info.pipeline_class)
-    kwargs: dict[str, Any] = {info.denoiser: denoiser, "use_safetensors": True, **pipeline_extras(info.name)}
+    kwargs: dict[str, Any] = {**plan.validation_parts, info.denoiser: denoiser, "use_safetensors": True}
+    kwargs.update(pipeline_extras(info.name))
     for spec, enc in zip(info.text_encoders, text_encoders or [], strict=False):
         kwargs[spec.folder] = enc
     pipe = cls.from_pretrained(plan.resolved.path, dtype=plan.weight_dtype, **kwargs).to(denoiser.device)
@@ -50,33 +53,41 @@ def validation_sizes(plan: TrainPlan) -> list[tuple[int, int]]:
     return [aspect_size(a, plan.resolution, multiple) for a in plan.brand.aspects]
 
 
+#: Images per pipeline call when validating: the prompts of one aspect go through the sampler together (the tiny
+#: models' 20-step validation then costs a few denoiser calls instead of one per prompt); bounded so that a large
+#: model at 1024 px does not need the memory of every prompt at once.
+VALIDATION_BATCH = 8
+
+
 def sample(
     plan: TrainPlan, pipe: DiffusionPipeline, prompts: list[str], per_prompt: int, steps: int
 ) -> list[Image.Image]:
     """``per_prompt`` images of every prompt in every brand aspect (:func:`validation_sizes`): a prompt's images,
-    aspect by aspect; prompt ``i`` image ``j`` is seeded ``1000 i + j`` in each aspect."""
+    aspect by aspect; prompt ``i`` image ``j`` is seeded ``1000 i + j`` in each aspect (its own generator, so an
+    image does not depend on which others share its batch of :data:`VALIDATION_BATCH`)."""
     import torch
 
     from brandtune.sampling import call_kwargs
 
-    images = []
     extra = call_kwargs(pipe)
     if "max_sequence_length" in extra and plan.config.max_sequence_length is not None:
         extra["max_sequence_length"] = plan.config.max_sequence_length  # as trained
+    jobs = [(i, j) for i in range(len(prompts)) for j in range(per_prompt)]
+    made: dict[tuple[int, int, int], Image.Image] = {}
     sizes = validation_sizes(plan)
-    for i, prompt in enumerate(prompts):
-        for width, height in sizes:
-            gens = [torch.Generator().manual_seed(1000 * i + j) for j in range(per_prompt)]
+    for a, (width, height) in enumerate(sizes):
+        for first in range(0, len(jobs), VALIDATION_BATCH):
+            chunk = jobs[first : first + VALIDATION_BATCH]
             out = pipe(
-                [prompt] * per_prompt,
+                [prompts[i] for i, _ in chunk],
                 num_inference_steps=steps,
-                generator=gens,
+                generator=[torch.Generator().manual_seed(1000 * i + j) for i, j in chunk],
                 height=height,
                 width=width,
                 **extra,
             )
-            images += out.images
-    return images
+            made.update({(i, a, j): image for (i, j), image in zip(chunk, out.images, strict=True)})
+    return [made[i, a, j] for i in range(len(prompts)) for a in range(len(sizes)) for j in range(per_prompt)]
 
 
 def log_validation(plan: TrainPlan, state: TrainState, step: int) -> Path:
