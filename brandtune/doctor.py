@@ -23,6 +23,7 @@ CHECKS: tuple[str, ...] = (
     "brandtune.ingest.pointers:check",
     "brandtune.training.lock:check_locks",
     "brandtune.generation_manifest:check",
+    "brandtune.forwarder:check",
 )
 
 
