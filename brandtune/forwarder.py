@@ -30,13 +30,12 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brandtune.faults import fault_point
 from brandtune.fsutil import atomic_write_json, fsync_dir
-from brandtune.runlog import log_dir, read_events
+from brandtune.runlog import CURSOR, Cursor, log_dir, read_cursor, read_events
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CURSOR = "cursor.json"
 RUN_ID_FILE = "mlflow_run_id"
 MODE_ENV = "BRANDTUNE_FORWARDER"
 """Who forwards the run log of a training process: ``launcher`` (the launching process, a thread), ``sidecar``
@@ -67,47 +65,33 @@ def wait_limit() -> float:
         return DEFAULT_WAIT_S
 
 
-@dataclass(frozen=True)
-class Cursor:
-    """What MLflow holds of a run log: every event up to ``seq``; the next events belong to run ``run_id``."""
-
-    seq: int = 0
-    run_id: str | None = None
-
-
-def read_cursor(run_dir: Path) -> Cursor:
-    import json
-
-    try:
-        data = json.loads((log_dir(run_dir) / CURSOR).read_text())
-        return Cursor(int(data["seq"]), data.get("run_id"))
-    except (OSError, ValueError, KeyError, TypeError):
-        return Cursor()
-
-
 def write_cursor(run_dir: Path, cursor: Cursor) -> None:
     """Replace the cursor atomically (a reader sees the old one or the new one, fsynced)."""
     atomic_write_json(log_dir(run_dir) / CURSOR, {"seq": cursor.seq, "run_id": cursor.run_id})
     fsync_dir(log_dir(run_dir))
 
 
-def open_run(run_dir: Path, brand: str, run_name: str, resume_run_id: str | None, tracking_uri: str) -> str:
-    """Create (or, resuming, continue) the training's MLflow run and write its id into the run folder
-    (``run.json`` and ``runlog/mlflow_run_id``, where the training process reads it). An earlier attempt's run
-    in this folder that is not continued is marked KILLED if it still says RUNNING. Needs the server."""
+def open_run(
+    run_dir: Path,
+    brand: str,
+    run_name: str,
+    resume_run_id: str | None,
+    tracking_uri: str,
+    abandoned: str | None = None,
+) -> str:
+    """Create (or, resuming, continue) the training's MLflow run and write its id to ``runlog/mlflow_run_id``,
+    where the training process reads it. ``abandoned``, an earlier attempt's run in this folder that is not
+    continued, is marked KILLED if it still says RUNNING. Needs the server: fails at once when it is down."""
     from brandtune.fsutil import atomic_write_text
     from brandtune.tracking import RunTracker
-    from brandtune.training.rundir import read_run_file, write_run_file
 
     if not _server_up(tracking_uri):  # fail at once, not after the client's minutes of retries
         raise ServerDownError(
             f"MLflow tracking server at {tracking_uri} does not answer (connection refused)"
         )
-    abandoned = read_run_file(run_dir).get("mlflow_run_id")
     tracker = RunTracker.start(brand, tracking_uri, resume_run_id, run_name, 1, system_metrics=False)
     if abandoned and abandoned != tracker.run_id:
         tracker.end_abandoned(abandoned)  # an earlier attempt in this folder that left no checkpoint
-    write_run_file(run_dir, mlflow_run_id=tracker.run_id)
     atomic_write_text(log_dir(run_dir) / RUN_ID_FILE, tracker.run_id)
     return tracker.run_id
 
@@ -365,7 +349,9 @@ def send(run_dir: Path, tracking_uri: str | None = None, wait_s: float | None = 
     return Forwarder(run_dir, tracking_uri or Settings.from_env().tracking_uri).finish(wait_s)
 
 
-def start_sidecar(run_dir: Path, brand: str, run_name: str, resume_run_id: str | None) -> Sidecar:
+def start_sidecar(
+    run_dir: Path, brand: str, run_name: str, resume_run_id: str | None, abandoned: str | None = None
+) -> Sidecar:
     """Start ``python -m brandtune.forwarder RUN_DIR --follow`` for a training that no launcher forwards: it
     opens the MLflow run, then follows the log until the training's end event is sent."""
     import subprocess
@@ -374,6 +360,8 @@ def start_sidecar(run_dir: Path, brand: str, run_name: str, resume_run_id: str |
            "--brand", brand, "--run-name", run_name]  # fmt: skip
     if resume_run_id:
         cmd += ["--resume-run-id", resume_run_id]
+    if abandoned:
+        cmd += ["--abandoned", abandoned]
     (log_dir(run_dir) / RUN_ID_FILE).unlink(missing_ok=True)
     log_dir(run_dir).mkdir(parents=True, exist_ok=True)
     env = {
@@ -459,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brand", default=None, help="Open the MLflow run first (with --run-name).")
     parser.add_argument("--run-name", default=None)
     parser.add_argument("--resume-run-id", default=None)
+    parser.add_argument(
+        "--abandoned", default=None, help="An earlier attempt's run to mark KILLED if RUNNING."
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from brandtune.settings import Settings
@@ -466,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     uri = Settings.from_env().tracking_uri
     if args.brand:
         try:
-            open_run(args.run_dir, args.brand, args.run_name or "train", args.resume_run_id, uri)
+            open_run(
+                args.run_dir, args.brand, args.run_name or "train", args.resume_run_id, uri, args.abandoned
+            )
         except Exception as exc:
             logger.error("could not open the MLflow run at %s: %s: %s", uri, type(exc).__name__, exc)
             return 3

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 RUNLOG_DIR = "runlog"
 EVENTS = "events.jsonl"
+CURSOR = "cursor.json"
 FILES = "files"
 FSYNC_EVERY = 1.0
 """Seconds between fsyncs of the event file while the training writes."""
@@ -46,6 +48,22 @@ def log_dir(run_dir: Path) -> Path:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """What MLflow holds of a run log: every event up to ``seq``; the next events belong to run ``run_id``."""
+
+    seq: int = 0
+    run_id: str | None = None
+
+
+def read_cursor(run_dir: Path) -> Cursor:
+    try:
+        data = json.loads((log_dir(run_dir) / CURSOR).read_text())
+        return Cursor(int(data["seq"]), data.get("run_id"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return Cursor()
 
 
 def _cut_torn_tail(path: Path) -> int:
@@ -89,8 +107,6 @@ class RunLog:
         self.dir = log_dir(self.run_dir)
         (self.dir / FILES).mkdir(parents=True, exist_ok=True)
         path = self.dir / EVENTS
-        from brandtune.forwarder import read_cursor
-
         # (never below what MLflow acknowledged: a power cut may lose unsynced lines the forwarder already sent)
         self._seq = max(_cut_torn_tail(path), read_cursor(self.run_dir).seq)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -198,7 +214,8 @@ class RunLog:
 
 
 class SystemSampler:
-    """The system metrics MLflow's monitor records, under the same names (``system/...``), sampled with psutil."""
+    """The system metrics MLflow's monitor records, under the same names (``system/...``): CPU, memory, disk and
+    network with psutil, NVIDIA GPUs with pynvml when it is installed and finds one (as MLflow's)."""
 
     def __init__(self) -> None:
         import psutil
@@ -207,6 +224,32 @@ class SystemSampler:
         net = psutil.net_io_counters()
         self._net0 = (net.bytes_recv / 1e6, net.bytes_sent / 1e6)
         psutil.cpu_percent()  # the first call starts the interval
+        self._gpus: list[Any] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._gpus = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        except Exception:  # no pynvml, no driver, no GPU: CPU metrics only
+            self._gpus = []
+
+    def _gpu(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for i, handle in enumerate(self._gpus):
+            try:
+                memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+                out[f"gpu_{i}_memory_usage_percentage"] = round(memory.used / memory.total * 100, 1)
+                out[f"gpu_{i}_memory_usage_megabytes"] = memory.used / 1e6
+                out[f"gpu_{i}_utilization_percentage"] = self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu
+                power = self._nvml.nvmlDeviceGetPowerUsage(handle)
+                out[f"gpu_{i}_power_usage_watts"] = power / 1000
+                out[f"gpu_{i}_power_usage_percentage"] = (
+                    power / self._nvml.nvmlDeviceGetEnforcedPowerLimit(handle) * 100
+                )
+            except Exception as exc:  # one failed reading costs that sample's GPU values, never the training
+                logger.debug("GPU %d metrics: %s", i, exc)
+        return out
 
     def sample(self) -> dict[str, float]:
         ps = self.psutil
@@ -220,14 +263,13 @@ class SystemSampler:
             "disk_available_megabytes": disk.free / 1e6,
             "network_receive_megabytes": net.bytes_recv / 1e6 - self._net0[0],
             "network_transmit_megabytes": net.bytes_sent / 1e6 - self._net0[1],
+            **self._gpu(),
         }
         return {f"system/{k}": float(v) for k, v in values.items()}
 
 
 def pending(run_dir: Path) -> int:
     """How many events of ``run_dir``'s log are not yet acknowledged by MLflow."""
-    from brandtune.forwarder import read_cursor  # (no mlflow import: the cursor is a plain file)
-
     events, _ = read_events(run_dir, read_cursor(run_dir).seq)
     return len(events)
 

@@ -232,12 +232,22 @@ def launch(
         choice = choose_run_dir(job, settings)
         if choice.finished:
             (on_line or logger.info)(choice.describe())
+            _send_leftovers(choice.run_dir, settings)
             return read_result(choice.run_dir)
         own = run_lock(choice.run_dir, config.invocation_id) if held is None else contextlib.nullcontext(held)
         with own as lock:
             return _claimed(
                 choice, job, config, num_processes, accelerate_config, on_line, env, settings, lock
             )
+
+
+def _send_leftovers(run_dir: Path, settings: Settings) -> None:
+    """A retry of a finished training: send what an outage kept in its run log (the registration needs it)."""
+    from brandtune.forwarder import send
+    from brandtune.runlog import pending
+
+    if pending(run_dir):
+        send(run_dir, settings.tracking_uri)
 
 
 def _claimed(
@@ -278,19 +288,23 @@ def _open_tracking(choice: RunChoice, job: TrainJob, settings: Settings) -> Forw
         TrainingError: the run cannot be created (the tracking server is down), before the child starts.
     """
     from brandtune.forwarder import Forwarder, open_run
+    from brandtune.training.rundir import read_run_file, write_run_file
 
     resume_run_id = None
     if choice.resume_from is not None:
         resume_run_id = json.loads((choice.resume_from / "state.json").read_text()).get("mlflow_run_id")
+    abandoned = read_run_file(choice.run_dir).get("mlflow_run_id")
+    name = f"train-{job.run_hash[:8]}"
     try:
-        open_run(
-            choice.run_dir, job.brand.name, f"train-{job.run_hash[:8]}", resume_run_id, settings.tracking_uri
+        run_id = open_run(
+            choice.run_dir, job.brand.name, name, resume_run_id, settings.tracking_uri, abandoned
         )
     except Exception as exc:
         raise TrainingError(
             f"the training's MLflow run could not be created at {settings.tracking_uri} ({type(exc).__name__}: "
             f"{str(exc)[:200]}); start the tracking server or point MLFLOW_TRACKING_URI at one, then train again"
         ) from exc
+    write_run_file(choice.run_dir, mlflow_run_id=run_id)
     return Forwarder(choice.run_dir, settings.tracking_uri).start()
 
 

@@ -192,12 +192,12 @@ def _start_tracking(
     from brandtune.provenance import brandtune_version, flow_run_id, git_sha
     from brandtune.runlog import RunLog
     from brandtune.tracking import flat_params
-    from brandtune.training.rundir import write_run_file
+    from brandtune.training.rundir import read_run_file, write_run_file
 
     run_id = None
     if resume_from is not None:
         run_id = json.loads((resume_from / "state.json").read_text()).get("mlflow_run_id")
-    run_id, forwarding = _forwarding(plan, settings, run_id)
+    run_id, forwarding = _forwarding(plan, settings, run_id, read_run_file(plan.run_dir).get("mlflow_run_id"))
     plan.mlflow_run_id = run_id
     write_run_file(plan.run_dir, mlflow_run_id=run_id)
     tracker = RunLog(plan.run_dir, run_id)
@@ -232,7 +232,9 @@ def _start_tracking(
     return tracker, forwarding
 
 
-def _forwarding(plan: TrainPlan, settings: Settings, resume_run_id: str | None) -> tuple[str, Forwarding]:
+def _forwarding(
+    plan: TrainPlan, settings: Settings, resume_run_id: str | None, abandoned: str | None
+) -> tuple[str, Forwarding]:
     """The MLflow run id and who forwards the run log (``BRANDTUNE_FORWARDER``): the launching process, which
     opened the run before this process started (``launcher``); a sidecar process started here, which opens it
     (``sidecar``: ``python -m brandtune.training`` and plain ``accelerate launch``); else a thread of this
@@ -254,10 +256,12 @@ def _forwarding(plan: TrainPlan, settings: Settings, resume_run_id: str | None) 
                 "start trainings with brandtune.training.launch, or unset it"
             ) from exc
     if mode == "sidecar":
-        sidecar = start_sidecar(plan.run_dir, plan.brand.name, name, resume_run_id)
+        sidecar = start_sidecar(plan.run_dir, plan.brand.name, name, resume_run_id, abandoned)
         return sidecar.run_id(wait_limit()), sidecar
     try:
-        run_id = open_run(plan.run_dir, plan.brand.name, name, resume_run_id, settings.tracking_uri)
+        run_id = open_run(
+            plan.run_dir, plan.brand.name, name, resume_run_id, settings.tracking_uri, abandoned
+        )
     except Exception as exc:
         raise TrainingError(
             f"the training's MLflow run could not be created at {settings.tracking_uri} ({type(exc).__name__}: "

@@ -156,3 +156,19 @@ def test_a_server_that_is_down_leaves_the_log_on_disk_and_the_doctor_sends_it(tm
     assert fixed[0].fixed
     assert len(mlflow.MlflowClient(_uri()).get_metric_history(run_id, "loss")) == 5
     assert not [f for f in check(settings, brand="acme") if str(run_dir) in f.subject]
+
+
+def test_system_metrics_keep_the_names_mlflow_gives_them() -> None:
+    from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+    from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+    from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+
+    from brandtune.runlog import SystemSampler
+
+    names = set()
+    for monitor in (CPUMonitor(), DiskMonitor(), NetworkMonitor()):
+        monitor.collect_metrics()
+        names |= {f"system/{k}" for k in monitor.aggregate_metrics()}
+    sample = SystemSampler().sample()
+    assert {k for k in sample if "/gpu_" not in k} == names
+    assert all(isinstance(v, float) for v in sample.values())
