@@ -14,18 +14,16 @@ are skipped, tags and artifacts overwrite themselves, an image is stored under a
 sequence number (MLflow's own ``log_image`` makes a random one), and MLflow keeps one input per dataset.
 
 Where it runs: in the launching process (:func:`brandtune.training.launch.launch`, so ``brandtune train`` and the
-Prefect train task) as a thread; as a sidecar process (``python -m brandtune.forwarder RUN_DIR --follow``) that the
+Prefect train task) as a thread; as a sidecar process (:mod:`brandtune.sidecar`) that the
 training entry point starts when no launcher does (``python -m brandtune.training``, plain ``accelerate launch``);
 or, for a direct library call of :func:`brandtune.training.train`, as a thread of the caller. ``python -m
-brandtune.forwarder RUN_DIR`` (or ``brandtune doctor --fix``) sends what a training could not.
+brandtune.sidecar RUN_DIR`` (or ``brandtune doctor --fix``) sends what a training could not.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 import threading
 import time
 import uuid
@@ -46,9 +44,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
+LOCK = "forwarder.lock"
 MODE_ENV = "BRANDTUNE_FORWARDER"
 """Who forwards the run log of a training process: ``launcher`` (the launching process, a thread), ``sidecar``
-(the training's main process starts ``python -m brandtune.forwarder``), unset: a thread of the process that calls
+(the training's main process starts ``python -m brandtune.sidecar``), unset: a thread of the process that calls
 ``train()``."""
 WAIT_ENV = "BRANDTUNE_FORWARD_WAIT_S"
 DEFAULT_WAIT_S = 120.0
@@ -144,8 +143,17 @@ class Forwarder:
 
     def pending(self) -> int:
         """Events in the log that MLflow does not hold yet."""
+        self._sync(read_cursor(self.run_dir))
         self._read()
         return len(self._queue)
+
+    def _sync(self, disk: Cursor) -> None:
+        """Take over what another forwarder of this folder acknowledged (a killed training's sidecar that is
+        still sending, say): its cursor on disk is ahead of ours."""
+        if disk.seq > self.cursor.seq:
+            self.cursor = disk
+            while self._queue and self._queue[0]["seq"] <= disk.seq:
+                self._queue.popleft()
 
     def _read(self) -> None:
         after = self._queue[-1]["seq"] if self._queue else self.cursor.seq
@@ -154,7 +162,19 @@ class Forwarder:
 
     def pump(self) -> int:
         """Send every whole event the log holds now; returns how many. Raises what the send raised (the events
-        not acknowledged stay queued)."""
+        not acknowledged stay queued). One forwarder of a folder sends at a time (a lock file); another one
+        waits for its next turn and starts from the cursor the first one left."""
+        import fcntl
+
+        with open(log_dir(self.run_dir) / LOCK, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            self._sync(read_cursor(self.run_dir))
+            return self._pump()
+
+    def _pump(self) -> int:
         self._read()
         done = 0
         while self._queue:
@@ -336,7 +356,7 @@ class Forwarder:
     def _unsent(self, wait_s: float) -> bool:
         logger.warning(
             "MLflow at %s still unreachable after %.0f s: %d event(s) of the training stay in %s; send them "
-            "later with `python -m brandtune.forwarder %s` or `brandtune doctor --fix`",
+            "later with `python -m brandtune.sidecar %s` or `brandtune doctor --fix`",
             self.uri, wait_s, len(self._queue), log_dir(self.run_dir), self.run_dir,
         )  # fmt: skip
         return False
@@ -347,125 +367,6 @@ def send(run_dir: Path, tracking_uri: str | None = None, wait_s: float | None = 
     from brandtune.settings import Settings
 
     return Forwarder(run_dir, tracking_uri or Settings.from_env().tracking_uri).finish(wait_s)
-
-
-def start_sidecar(
-    run_dir: Path, brand: str, run_name: str, resume_run_id: str | None, abandoned: str | None = None
-) -> Sidecar:
-    """Start ``python -m brandtune.forwarder RUN_DIR --follow`` for a training that no launcher forwards: it
-    opens the MLflow run, then follows the log until the training's end event is sent."""
-    import subprocess
-
-    cmd = [sys.executable, "-m", "brandtune.forwarder", str(run_dir), "--follow", "--parent", str(os.getpid()),
-           "--brand", brand, "--run-name", run_name]  # fmt: skip
-    if resume_run_id:
-        cmd += ["--resume-run-id", resume_run_id]
-    if abandoned:
-        cmd += ["--abandoned", abandoned]
-    (log_dir(run_dir) / RUN_ID_FILE).unlink(missing_ok=True)
-    log_dir(run_dir).mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
-    }
-    return Sidecar(subprocess.Popen(cmd, env=env, start_new_session=True), run_dir)
-
-
-class Sidecar:
-    """A sidecar forwarder process (:func:`start_sidecar`) as the training sees it."""
-
-    def __init__(self, proc: Any, run_dir: Path) -> None:
-        self.proc, self.run_dir = proc, Path(run_dir)
-
-    def run_id(self, limit: float) -> str:
-        """The MLflow run the sidecar opened, once it has (at most ``limit`` seconds).
-
-        Raises:
-            TrainingError: the sidecar could not open the run (the tracking server is down, say) or took too long.
-        """
-        from brandtune.errors import TrainingError
-
-        path, deadline = log_dir(self.run_dir) / RUN_ID_FILE, time.monotonic() + limit
-        while not path.is_file():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.poll() is None and self.proc.kill()
-                raise TrainingError(
-                    f"the training's MLflow run could not be created (forwarder exit {self.proc.poll()}, see its "
-                    "message above): the tracking server is unreachable (connection refused); start it or point "
-                    "MLFLOW_TRACKING_URI at one, then train again"
-                )
-            time.sleep(0.05)
-        return path.read_text().strip()
-
-    def finish(self, wait_s: float | None = None) -> bool:
-        """Wait (at most ``wait_s``) for the sidecar to send the rest; if it cannot, it stays and keeps trying."""
-        import subprocess
-
-        wait_s = wait_limit() if wait_s is None else wait_s
-        try:
-            return self.proc.wait(timeout=wait_s) == 0
-        except subprocess.TimeoutExpired:
-            logger.warning(
-                "MLflow still unreachable after %.0f s: the forwarder (pid %d) keeps trying; the run log stays in "
-                "%s (send it later with `python -m brandtune.forwarder %s` or `brandtune doctor --fix`)",
-                wait_s, self.proc.pid, log_dir(self.run_dir), self.run_dir,
-            )  # fmt: skip
-            return False
-
-
-def _follow(forwarder: Forwarder, parent: int | None) -> bool:
-    """Follow the log until its last event is an ``end`` MLflow holds, or the parent died and the rest cannot be
-    sent within the wait limit."""
-    while True:
-        delay = forwarder.step()
-        if forwarder.down_since is None and forwarder.last_kind == "end" and not forwarder.pending():
-            return True
-        if parent is not None and not _alive(parent):
-            return forwarder.finish()
-        time.sleep(delay)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m brandtune.forwarder", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path, help="The training's run folder (holds runlog/).")
-    parser.add_argument(
-        "--follow", action="store_true", help="Follow the log until the training's end is sent."
-    )
-    parser.add_argument(
-        "--parent", type=int, default=None, help="The training process (stop following if it dies)."
-    )
-    parser.add_argument("--brand", default=None, help="Open the MLflow run first (with --run-name).")
-    parser.add_argument("--run-name", default=None)
-    parser.add_argument("--resume-run-id", default=None)
-    parser.add_argument(
-        "--abandoned", default=None, help="An earlier attempt's run to mark KILLED if RUNNING."
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from brandtune.settings import Settings
-
-    uri = Settings.from_env().tracking_uri
-    if args.brand:
-        try:
-            open_run(
-                args.run_dir, args.brand, args.run_name or "train", args.resume_run_id, uri, args.abandoned
-            )
-        except Exception as exc:
-            logger.error("could not open the MLflow run at %s: %s: %s", uri, type(exc).__name__, exc)
-            return 3
-    forwarder = Forwarder(args.run_dir, uri)
-    done = _follow(forwarder, args.parent) if args.follow else forwarder.finish()
-    return 0 if done else 1
 
 
 def check(settings: Settings, *, brand: str | None = None, fix: bool = False) -> list[Finding]:
@@ -485,12 +386,8 @@ def check(settings: Settings, *, brand: str | None = None, fix: bool = False) ->
                 check="run-log",
                 subject=str(log_dir(run_dir)),
                 problem=f"{count} event(s) of the training's run log never reached MLflow",
-                repair="--fix sends them (python -m brandtune.forwarder RUN_DIR does the same)",
+                repair="--fix sends them (python -m brandtune.sidecar RUN_DIR does the same)",
                 fixed=fixed,
             )
         )
     return findings
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
 
-    from brandtune.forwarder import Forwarder, Sidecar
+    from brandtune.forwarder import Forwarder
     from brandtune.runlog import RunLog
+    from brandtune.sidecar import Sidecar
     from brandtune.training.lock import RunLock
 
     Forwarding = Forwarder | Sidecar | None
@@ -243,8 +244,9 @@ def _forwarding(
     Raises:
         TrainingError: the run cannot be created (the tracking server is down): before any step is trained.
     """
-    from brandtune.forwarder import MODE_ENV, RUN_ID_FILE, Forwarder, open_run, start_sidecar, wait_limit
+    from brandtune.forwarder import MODE_ENV, RUN_ID_FILE, Forwarder, open_run, wait_limit
     from brandtune.runlog import log_dir
+    from brandtune.sidecar import start_sidecar
 
     mode, name = os.environ.get(MODE_ENV, ""), f"train-{plan.run_hash[:8]}"
     if mode == "launcher":

@@ -1,4 +1,4 @@
-"""brandtune.runlog and brandtune.forwarder: the trainer's local run log, sent to a real MLflow store.
+"""brandtune.runlog, brandtune.forwarder and brandtune.sidecar: the trainer's local run log, sent to a real MLflow store.
 
 What MLflow holds after forwarding is what the trainer logged (params, tags, metrics, the config artifact, images,
 the dataset input, the end status); a forwarder killed between a send and its cursor write sends that batch again
@@ -112,7 +112,7 @@ def test_mlflow_keeps_one_row_per_identical_metric_point(tmp_path: Path) -> None
 
 def _forward_in_child(run_dir: Path, fault: str | None) -> int:
     env = {**os.environ, "BRANDTUNE_FAULT": fault or "", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "brandtune.forwarder", str(run_dir)]
+    cmd = [sys.executable, "-m", "brandtune.sidecar", str(run_dir)]
     return subprocess.run(cmd, env=env, timeout=180, capture_output=True).returncode
 
 
