@@ -61,7 +61,8 @@ class Sidecar:
         path, deadline = log_dir(self.run_dir) / RUN_ID_FILE, time.monotonic() + limit
         while not path.is_file():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.poll() is None and self.proc.kill()
+                if self.proc.poll() is None:
+                    self.proc.kill()
                 raise TrainingError(
                     f"the training's MLflow run could not be created (forwarder exit {self.proc.poll()}, see its "
                     "message above): the tracking server is unreachable (connection refused); start it or point "
@@ -99,13 +100,9 @@ def _follow(forwarder: Forwarder, parent: int | None) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether the training process that started this sidecar still runs (once it is gone, this process is
+    handed to another parent; a zombie left unreaped counts as gone)."""
+    return os.getppid() == pid
 
 
 def main(argv: list[str] | None = None) -> int:
