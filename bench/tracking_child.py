@@ -5,7 +5,7 @@
 Each variant trains the same config (builtin:tiny, the sample brand, 64 px, batch 4, rank 4, fp32, sqlite store)
 in a fresh ``python -X importtime -m brandtune.training`` child whose ``PYTHONPATH`` is that checkout; a warm-up
 training first builds the base and the latent cache, so both variants start warm. Per child: peak RSS
-(``ru_maxrss`` of the child itself; the sidecar forwarder, a process of its own, is shown beside it), the summed
+(``VmHWM`` of the child itself: ``ru_maxrss`` would carry the parent's over ``exec``; the sidecar forwarder, a process of its own, is shown beside it), the summed
 cumulative time of its top-level imports and of ``mlflow`` among them (``-X importtime``), and the wall from start
 to exit. Prints a table with the thread count, the CPU and the load average.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 WRAPPER = r"""
-import json, resource, runpy, sys, time
+import json, re, resource, runpy, sys, time
 t0 = time.perf_counter()
 out, sys.argv = sys.argv[1], ["brandtune.training", "--config", sys.argv[2]]
 try:
@@ -34,7 +34,7 @@ try:
 except SystemExit as exc:
     code = exc.code
 json.dump({"code": code, "wall_s": time.perf_counter() - t0, "mlflow": "mlflow" in sys.modules,
-           "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "rss_mb": int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read())[1]) / 1024,
            "children_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}, open(out, "w"))
 """
 _LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
@@ -52,8 +52,9 @@ def _imports(stderr: str) -> tuple[float, float]:
 
 def _child(tree: Path, config: Path, env: dict[str, str], out: Path) -> dict:
     cmd = [sys.executable, "-X", "importtime", "-c", WRAPPER, str(out), str(config)]
+    # (run in the checkout: ``-c`` puts the working directory first on sys.path)
     proc = subprocess.run(
-        cmd, env={**env, "PYTHONPATH": str(tree)}, capture_output=True, text=True, timeout=1800
+        cmd, env={**env, "PYTHONPATH": str(tree)}, cwd=tree, capture_output=True, text=True, timeout=1800
     )
     result = json.loads(out.read_text())
     if result["code"] not in (0, None):
@@ -81,7 +82,12 @@ def main() -> None:
             "from pathlib import Path; from brandtune.config import load_brand; from brandtune.ingest import ingest; "
             f"ingest(load_brand(Path({str(brand)!r})), Path({str(brand / 'photos')!r}), progress=False)"
         )
-        subprocess.run([sys.executable, "-c", ingest], env={**env, "PYTHONPATH": str(args.after)}, check=True)
+        subprocess.run(
+            [sys.executable, "-c", ingest],
+            env={**env, "PYTHONPATH": str(args.after)},
+            cwd=args.after,
+            check=True,
+        )
         config = home / "train.json"
         config.write_text(json.dumps({"brand": "acme", "max_train_steps": args.steps, "train_batch_size": 4,
                                       "rank": 4, "resolution": 64, "num_threads": args.threads,
@@ -92,6 +98,9 @@ def main() -> None:
             for name, tree in (("before", args.before), ("after", args.after)):
                 rows[name].append(_child(tree, config, env, home / f"{name}-{rep}.json"))
     load = os.getloadavg()[0]
+    assert rows["before"][0]["mlflow"] and not rows["after"][0]["mlflow"], (
+        "the checkouts are the wrong way round"
+    )
     cpu = next(
         (
             line.split(":", 1)[1].strip()

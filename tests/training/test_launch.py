@@ -161,3 +161,21 @@ def test_a_training_without_launcher_forwards_through_a_sidecar(tmp_path: Path) 
     assert "mlflow imported: False" in out.stderr
     result = read_result_file(result_file, "test")
     _holds_every_step(result.mlflow_run_id, 3)
+
+
+@pytest.mark.usefixtures("acme_dataset")
+def test_a_training_whose_run_cannot_be_created_fails_before_it_starts(tmp_path: Path) -> None:
+    """The MLflow run is created up front (its id goes into the adapter's provenance and the checkpoints): with
+    the server down, the launch fails at once with a message that says so, before any training process starts."""
+    from mlflow_server import free_port
+
+    from brandtune.errors import TrainingError
+    from brandtune.settings import Settings
+    from brandtune.training import launch
+
+    settings = Settings.from_env().model_copy(update={"tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    lines: list[str] = []
+    with pytest.raises(TrainingError, match=r"MLflow run could not be created .*connection refused"):
+        launch(quick(tmp_path, max_train_steps=3), settings=settings, on_line=lines.append)
+    assert not lines, "no training process was started"
+    assert not (tmp_path / "run" / "adapter").exists()
