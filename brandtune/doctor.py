@@ -27,6 +27,7 @@ CHECKS: tuple[str, ...] = (
     "brandtune.training.data:check_latent_cache",  # truncated latent-cache files, dead writes
     "brandtune.registry._cache:check_cache",  # unverified/corrupt adapter-cache entries, dead downloads
     "brandtune.generation_manifest:check",
+    "brandtune.forwarder:check",
 )
 
 

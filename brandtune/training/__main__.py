@@ -11,6 +11,8 @@ from pathlib import Path
 from brandtune.config import TrainConfig, load_yaml_model
 from brandtune.errors import BrandtuneError
 
+DEBUG_IMPORTS_ENV = "BRANDTUNE_DEBUG_IMPORTS"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m brandtune.training", description=__doc__)
@@ -24,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result-file", type=Path, default=None, help="Write the result as JSON here.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from brandtune.forwarder import MODE_ENV
+
+    os.environ.setdefault(MODE_ENV, "sidecar")  # no launcher forwards this training's run log: a sidecar does
     try:
         config = load_yaml_model(TrainConfig, args.config, {"resume": args.resume})
         from brandtune.training.run import train
@@ -37,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         from brandtune.training.result import write_result_file
 
         write_result_file(args.result_file, result)
+    if os.environ.get(DEBUG_IMPORTS_ENV):  # tests: the training process never imports mlflow
+        logging.getLogger("brandtune.training").info("mlflow imported: %s", "mlflow" in sys.modules)
     return 0
 
 

@@ -33,6 +33,7 @@ from brandtune.training.result import TrainResult, read_result_file
 if TYPE_CHECKING:
     from accelerate.commands.config.config_args import ClusterConfig
 
+    from brandtune.forwarder import Forwarder
     from brandtune.training.lock import RunLock
     from brandtune.training.plan import TrainJob
     from brandtune.training.rundir import RunChoice
@@ -231,12 +232,22 @@ def launch(
         choice = choose_run_dir(job, settings)
         if choice.finished:
             (on_line or logger.info)(choice.describe())
+            _send_leftovers(choice.run_dir, settings)
             return read_result(choice.run_dir)
         own = run_lock(choice.run_dir, config.invocation_id) if held is None else contextlib.nullcontext(held)
         with own as lock:
             return _claimed(
                 choice, job, config, num_processes, accelerate_config, on_line, env, settings, lock
             )
+
+
+def _send_leftovers(run_dir: Path, settings: Settings) -> None:
+    """A retry of a finished training: send what an outage kept in its run log (the registration needs it)."""
+    from brandtune.forwarder import send
+    from brandtune.runlog import pending
+
+    if pending(run_dir):
+        send(run_dir, settings.tracking_uri)
 
 
 def _claimed(
@@ -251,6 +262,7 @@ def _claimed(
     lock: RunLock,
 ) -> TrainResult:
     """Claim the locked run folder and train in it in a child process."""
+    from brandtune.forwarder import MODE_ENV
     from brandtune.training.checkpoint import check_world
     from brandtune.training.lock import TOKEN_ENV
     from brandtune.training.rundir import CHOICE_ENV, claim
@@ -258,10 +270,42 @@ def _claimed(
     if choice.resume_from is not None and accelerate_config is None:  # (with a config, each child checks)
         check_world(choice.resume_from, num_processes)  # refused before any process starts
     claim(choice, job)
+    forwarder = _open_tracking(choice, job, settings)
     # the child trains exactly what was resolved here: this dataset, this folder
     child = config.model_copy(update={"output_dir": choice.run_dir, "dataset": job.fingerprint})
-    child_env = {**(env or {}), TOKEN_ENV: lock.token, CHOICE_ENV: choice.to_json()}
-    return _run_child(child, num_processes, accelerate_config, on_line, child_env, settings)
+    child_env = {**(env or {}), TOKEN_ENV: lock.token, CHOICE_ENV: choice.to_json(), MODE_ENV: "launcher"}
+    try:
+        return _run_child(child, num_processes, accelerate_config, on_line, child_env, settings)
+    finally:
+        forwarder.finish()  # bounded: what MLflow cannot take now stays in the run log, with a message
+
+
+def _open_tracking(choice: RunChoice, job: TrainJob, settings: Settings) -> Forwarder:
+    """Open the training's MLflow run (continued when resuming) and start forwarding its run log from this
+    process; the training process reads the run id from the run folder and never talks to MLflow.
+
+    Raises:
+        TrainingError: the run cannot be created (the tracking server is down), before the child starts.
+    """
+    from brandtune.forwarder import Forwarder, open_run
+    from brandtune.training.rundir import read_run_file, write_run_file
+
+    resume_run_id = None
+    if choice.resume_from is not None:
+        resume_run_id = json.loads((choice.resume_from / "state.json").read_text()).get("mlflow_run_id")
+    abandoned = read_run_file(choice.run_dir).get("mlflow_run_id")
+    name = f"train-{job.run_hash[:8]}"
+    try:
+        run_id = open_run(
+            choice.run_dir, job.brand.name, name, resume_run_id, settings.tracking_uri, abandoned
+        )
+    except Exception as exc:
+        raise TrainingError(
+            f"the training's MLflow run could not be created at {settings.tracking_uri} ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); start the tracking server or point MLFLOW_TRACKING_URI at one, then train again"
+        ) from exc
+    write_run_file(choice.run_dir, mlflow_run_id=run_id)
+    return Forwarder(choice.run_dir, settings.tracking_uri).start()
 
 
 def _run_child(

@@ -29,11 +29,17 @@ from brandtune.training.rundir import CHOICE_ENV, RunChoice, new_invocation_id
 from brandtune.training.state import Models, TrainState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from accelerate import Accelerator
 
-    from brandtune.tracking import RunTracker
+    from brandtune.forwarder import Forwarder
+    from brandtune.runlog import RunLog
+    from brandtune.sidecar import Sidecar
     from brandtune.training.lock import RunLock
+
+    Forwarding = Forwarder | Sidecar | None
 
 logger = logging.getLogger(__name__)
 
@@ -180,23 +186,16 @@ def _setup_models(plan: TrainPlan, accelerator: Accelerator) -> Models:
     return Models(trained=tuple(trained), text_encoders=tuple(encoders))
 
 
-def _start_tracking(plan: TrainPlan, settings: Settings, resume_from: Path | None) -> RunTracker:
-    """Start (or, resuming, continue) the MLflow run and record the resolved config, tags and dataset."""
+def _start_tracking(plan: TrainPlan, run_id: str, resume_from: Path | None) -> RunLog:
+    """Record the resolved config, tags and dataset of MLflow run ``run_id`` in the training's run log."""
     from brandtune.provenance import brandtune_version, flow_run_id, git_sha
-    from brandtune.tracking import RunTracker, flat_params
-    from brandtune.training.rundir import read_run_file, write_run_file
+    from brandtune.runlog import RunLog
+    from brandtune.tracking import flat_params
+    from brandtune.training.rundir import write_run_file
 
-    run_id = None
-    if resume_from is not None:
-        run_id = json.loads((resume_from / "state.json").read_text()).get("mlflow_run_id")
-    abandoned = read_run_file(plan.run_dir).get("mlflow_run_id")
-    tracker = RunTracker.start(
-        plan.brand.name, settings.tracking_uri, run_id, f"train-{plan.run_hash[:8]}", plan.config.log_every
-    )
-    if abandoned and abandoned != tracker.run_id:
-        tracker.end_abandoned(abandoned)  # an earlier attempt in this folder that left no checkpoint
-    plan.mlflow_run_id = tracker.run_id
-    write_run_file(plan.run_dir, mlflow_run_id=tracker.run_id)
+    plan.mlflow_run_id = run_id
+    write_run_file(plan.run_dir, mlflow_run_id=run_id)
+    tracker = RunLog(plan.run_dir, run_id)
     resolved_config = {
         **plan.config.model_dump(mode="json"),
         "dataset": plan.fingerprint,
@@ -226,6 +225,63 @@ def _start_tracking(plan: TrainPlan, settings: Settings, resume_from: Path | Non
     if resume_from is None:
         tracker.log_dataset(plan.dataset_dir, f"{plan.brand.name}-{plan.fingerprint}", plan.fingerprint)
     return tracker
+
+
+def _forwarding(
+    plan: TrainPlan, settings: Settings, resume_from: Path | None
+) -> tuple[Callable[[], str], Forwarding]:
+    """The MLflow run id (a call that waits for it) and who forwards the run log (``BRANDTUNE_FORWARDER``),
+    started before the models load, so that the run is open when the loop starts: the launching process, which
+    opened the run before this process started (``launcher``); a sidecar process started here, which opens it
+    (``sidecar``: ``python -m brandtune.training`` and plain ``accelerate launch``); else a thread of this
+    process (a library call of :func:`train`). This process never imports mlflow but in the last case.
+
+    Raises:
+        TrainingError: the run cannot be created (the tracking server is down): before any step is trained.
+    """
+    from brandtune.forwarder import MODE_ENV, RUN_ID_FILE, Forwarder, open_run, wait_limit
+    from brandtune.runlog import log_dir
+    from brandtune.sidecar import start_sidecar
+    from brandtune.training.rundir import read_run_file
+
+    resume_run_id = None
+    if resume_from is not None:
+        resume_run_id = json.loads((resume_from / "state.json").read_text()).get("mlflow_run_id")
+    abandoned = read_run_file(plan.run_dir).get("mlflow_run_id")
+    mode, name = os.environ.get(MODE_ENV, ""), f"train-{plan.run_hash[:8]}"
+    if mode == "launcher":
+        try:
+            run_id = (log_dir(plan.run_dir) / RUN_ID_FILE).read_text().strip()
+            return lambda: run_id, None
+        except OSError as exc:
+            raise TrainingError(
+                f"{MODE_ENV}=launcher but the launcher wrote no MLflow run id in {log_dir(plan.run_dir)}: "
+                "start trainings with brandtune.training.launch, or unset it"
+            ) from exc
+    if mode == "sidecar":
+        sidecar = start_sidecar(plan.run_dir, plan.brand.name, name, resume_run_id, abandoned)
+        return lambda: sidecar.run_id(wait_limit()), sidecar
+    try:
+        run_id = open_run(
+            plan.run_dir, plan.brand.name, name, resume_run_id, settings.tracking_uri, abandoned
+        )
+    except Exception as exc:
+        raise TrainingError(
+            f"the training's MLflow run could not be created at {settings.tracking_uri} ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); start the tracking server or point MLFLOW_TRACKING_URI at one, then train again"
+        ) from exc
+    return lambda: run_id, Forwarder(plan.run_dir, settings.tracking_uri).start()
+
+
+def _fail_before_loop(plan: TrainPlan, run_id: Callable[[], str], forwarding: Forwarder | Sidecar) -> None:
+    """End the MLflow run FAILED when the set-up fails (the error in flight is the one the user sees)."""
+    from brandtune.runlog import RunLog
+
+    try:
+        finish_quietly(RunLog(plan.run_dir, run_id(), system_metrics=False), "FAILED")
+    except Exception as exc:  # no run id (the server was down): nothing to end
+        logger.info("no MLflow run to end: %s", exc)
+    forwarding.finish()
 
 
 def _choose(job: TrainJob, settings: Settings, accelerator: Accelerator) -> RunChoice:
@@ -312,13 +368,22 @@ def _train(
     from brandtune.training.rundir import write_result
 
     config = plan.config
-    state, cache_hit = _prepare(plan, settings, accelerator)
-    state.tracker = _start_tracking(plan, settings, resume_from) if accelerator.is_main_process else None
-    start = 0
-    if resume_from is not None:
-        start = restore_checkpoint(plan, state, resume_from)
-        logger.info("resumed from %s at step %d", resume_from, start)
+    forwarding: Forwarding = None
+    if accelerator.is_main_process:
+        run_id, forwarding = _forwarding(plan, settings, resume_from)
     try:
+        state, cache_hit = _prepare(plan, settings, accelerator)
+        if accelerator.is_main_process:
+            state.tracker = _start_tracking(plan, run_id(), resume_from)
+    except BaseException:
+        if forwarding is not None:  # the run is open: it ends FAILED, as when the loop fails
+            _fail_before_loop(plan, run_id, forwarding)
+        raise
+    start = 0
+    try:
+        if resume_from is not None:
+            start = restore_checkpoint(plan, state, resume_from)
+            logger.info("resumed from %s at step %d", resume_from, start)
         loss = run_loop(plan, state, start, resume_from)
         adapter_dir = plan.run_dir / "adapter"
         # FSDP: every process takes part in gathering the adapter and in validating
@@ -328,9 +393,13 @@ def _train(
     except BaseException:
         if state.tracker is not None:
             finish_quietly(state.tracker, "FAILED")  # the training's error is the one raised
+        if forwarding is not None:
+            forwarding.finish()
         raise
     if state.tracker is not None:
         state.tracker.finish("FINISHED")
+    if forwarding is not None:
+        forwarding.finish()  # bounded: what MLflow cannot take now stays in the run log, with a message
     result = TrainResult(
         run_dir=plan.run_dir,
         adapter_dir=adapter_dir,

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
     from torch.optim.lr_scheduler import LRScheduler
 
-    from brandtune.tracking import RunTracker
+    from brandtune.runlog import RunLog
     from brandtune.training.ema import AdapterEMA
 
 
@@ -50,14 +50,14 @@ class Models:
 @dataclass
 class TrainState:
     """What the loop steps: the accelerator with the models it prepared, the optimizer, the LR schedule and the
-    tracker (the main process's MLflow run; None elsewhere).
+    tracker (the main process's run log, which the forwarder sends to MLflow; None elsewhere).
 
     Attributes:
         accelerator: The process's accelerator.
         models: The prepared models.
         optimizer: The optimizer over :meth:`Models.trainable_parameters` (prepared).
         lr_scheduler: The learning-rate schedule, stepped once per optimizer step.
-        tracker: The MLflow run this training records to, on the main process only.
+        tracker: The run log this training records to (:mod:`brandtune.runlog`), on the main process only.
         ema: The moving average of the trainable weights when ``ema_decay`` is set (every process), else None.
     """
 
@@ -65,5 +65,5 @@ class TrainState:
     models: Models
     optimizer: torch.optim.Optimizer
     lr_scheduler: LRScheduler
-    tracker: RunTracker | None = None
+    tracker: RunLog | None = None
     ema: AdapterEMA | None = None

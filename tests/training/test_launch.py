@@ -104,3 +104,78 @@ def test_default_threads_follow_omp_num_threads_else_share_the_cores(
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", omp)
     assert default_threads(world) == expected
+
+
+def _holds_every_step(run_id: str, steps: int) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(1, steps + 1))
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run_id, "adapter")} >= {
+        "adapter/pytorch_lora_weights.safetensors"
+    }
+
+
+@pytest.mark.usefixtures("torch_threads", "acme_dataset")
+def test_the_launched_training_process_never_imports_mlflow(tmp_path: Path) -> None:
+    """The launcher forwards the run log; the child only writes it."""
+    from brandtune.training import launch
+    from brandtune.training.__main__ import DEBUG_IMPORTS_ENV
+
+    lines: list[str] = []
+    result = launch(quick(tmp_path, max_train_steps=3), on_line=lines.append, env={DEBUG_IMPORTS_ENV: "1"})
+    assert [line.rsplit(": ", 1)[-1] for line in lines if "mlflow imported" in line] == ["False"]
+    assert result.mlflow_run_id
+    _holds_every_step(result.mlflow_run_id, 3)
+
+
+@pytest.mark.usefixtures("torch_threads", "acme_dataset")
+def test_a_training_without_launcher_forwards_through_a_sidecar(tmp_path: Path) -> None:
+    """``python -m brandtune.training`` (or plain ``accelerate launch``): the entry point starts a sidecar
+    forwarder; the training process still never imports mlflow, and the run holds every step at the end."""
+    import json
+    import subprocess
+    import sys
+
+    from brandtune.training.__main__ import DEBUG_IMPORTS_ENV
+    from brandtune.training.result import read_result_file
+
+    cfg = quick(tmp_path, max_train_steps=3)
+    config_file, result_file = tmp_path / "train.json", tmp_path / "result.json"
+    config_file.write_text(json.dumps(cfg.model_dump(mode="json")))
+    cmd = [
+        sys.executable,
+        "-m",
+        "brandtune.training",
+        "--config",
+        str(config_file),
+        "--result-file",
+        str(result_file),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "BRANDTUNE_FORWARDER"}
+    out = subprocess.run(
+        cmd, env={**env, DEBUG_IMPORTS_ENV: "1"}, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "mlflow imported: False" in out.stderr
+    result = read_result_file(result_file, "test")
+    _holds_every_step(result.mlflow_run_id, 3)
+
+
+@pytest.mark.usefixtures("acme_dataset")
+def test_a_training_whose_run_cannot_be_created_fails_before_it_starts(tmp_path: Path) -> None:
+    """The MLflow run is created up front (its id goes into the adapter's provenance and the checkpoints): with
+    the server down, the launch fails at once with a message that says so, before any training process starts."""
+    from mlflow_server import free_port
+
+    from brandtune.errors import TrainingError
+    from brandtune.settings import Settings
+    from brandtune.training import launch
+
+    settings = Settings.from_env().model_copy(update={"tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    lines: list[str] = []
+    with pytest.raises(TrainingError, match=r"MLflow run could not be created .*connection refused"):
+        launch(quick(tmp_path, max_train_steps=3), settings=settings, on_line=lines.append)
+    assert not lines, "no training process was started"
+    assert not (tmp_path / "run" / "adapter").exists()
