@@ -95,6 +95,28 @@ def open_run(
     return tracker.run_id
 
 
+def open_training_run(
+    run_dir: Path,
+    brand: str,
+    run_name: str,
+    resume_run_id: str | None,
+    tracking_uri: str,
+    abandoned: str | None = None,
+) -> str:
+    """:func:`open_run` for a training about to start: any failure is one :class:`TrainingError` line that says to
+    start the tracking server (its text keeps the cause, so a Prefect retry sees a refused connection as
+    transient)."""
+    from brandtune.errors import TrainingError
+
+    try:
+        return open_run(run_dir, brand, run_name, resume_run_id, tracking_uri, abandoned)
+    except Exception as exc:
+        raise TrainingError(
+            f"the training's MLflow run could not be created at {tracking_uri} ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); start the tracking server or point MLFLOW_TRACKING_URI at one, then train again"
+        ) from exc
+
+
 def _server_up(uri: str) -> bool:
     """Whether an HTTP tracking server answers its health check (a local store always counts as up)."""
     if not uri.startswith(("http://", "https://")):

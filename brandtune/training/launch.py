@@ -287,7 +287,7 @@ def _open_tracking(choice: RunChoice, job: TrainJob, settings: Settings) -> Forw
     Raises:
         TrainingError: the run cannot be created (the tracking server is down), before the child starts.
     """
-    from brandtune.forwarder import Forwarder, open_run
+    from brandtune.forwarder import Forwarder, open_training_run
     from brandtune.training.rundir import read_run_file, write_run_file
 
     resume_run_id = None
@@ -295,15 +295,9 @@ def _open_tracking(choice: RunChoice, job: TrainJob, settings: Settings) -> Forw
         resume_run_id = json.loads((choice.resume_from / "state.json").read_text()).get("mlflow_run_id")
     abandoned = read_run_file(choice.run_dir).get("mlflow_run_id")
     name = f"train-{job.run_hash[:8]}"
-    try:
-        run_id = open_run(
-            choice.run_dir, job.brand.name, name, resume_run_id, settings.tracking_uri, abandoned
-        )
-    except Exception as exc:
-        raise TrainingError(
-            f"the training's MLflow run could not be created at {settings.tracking_uri} ({type(exc).__name__}: "
-            f"{str(exc)[:200]}); start the tracking server or point MLFLOW_TRACKING_URI at one, then train again"
-        ) from exc
+    run_id = open_training_run(
+        choice.run_dir, job.brand.name, name, resume_run_id, settings.tracking_uri, abandoned
+    )
     write_run_file(choice.run_dir, mlflow_run_id=run_id)
     return Forwarder(choice.run_dir, settings.tracking_uri).start()
 

@@ -239,7 +239,7 @@ def _forwarding(
     Raises:
         TrainingError: the run cannot be created (the tracking server is down): before any step is trained.
     """
-    from brandtune.forwarder import MODE_ENV, RUN_ID_FILE, Forwarder, open_run, wait_limit
+    from brandtune.forwarder import MODE_ENV, RUN_ID_FILE, Forwarder, open_training_run, wait_limit
     from brandtune.runlog import log_dir
     from brandtune.sidecar import start_sidecar
     from brandtune.training.rundir import read_run_file
@@ -261,15 +261,9 @@ def _forwarding(
     if mode == "sidecar":
         sidecar = start_sidecar(plan.run_dir, plan.brand.name, name, resume_run_id, abandoned)
         return lambda: sidecar.run_id(wait_limit()), sidecar
-    try:
-        run_id = open_run(
-            plan.run_dir, plan.brand.name, name, resume_run_id, settings.tracking_uri, abandoned
-        )
-    except Exception as exc:
-        raise TrainingError(
-            f"the training's MLflow run could not be created at {settings.tracking_uri} ({type(exc).__name__}: "
-            f"{str(exc)[:200]}); start the tracking server or point MLFLOW_TRACKING_URI at one, then train again"
-        ) from exc
+    run_id = open_training_run(
+        plan.run_dir, plan.brand.name, name, resume_run_id, settings.tracking_uri, abandoned
+    )
     return lambda: run_id, Forwarder(plan.run_dir, settings.tracking_uri).start()
 
 

@@ -16,12 +16,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow_server import Server, on_server_env
+from mlflow_server import Server
 from registry_helpers import REPO_ROOT, clone_run, train_acme
 
 from brandtune.settings import Settings
@@ -30,22 +29,6 @@ pytestmark = pytest.mark.usefixtures("torch_threads")
 
 NAME = "acme-lora"
 EVALUATE = [sys.executable, "-m", "brandtune.cli", "evaluate", "--brand", "acme"]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("mlflow_faults"))
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(scope="module")
-def on_server(server: Server) -> Iterator[Settings]:
-    with on_server_env(server) as settings:
-        yield settings
 
 
 @pytest.fixture(scope="module")

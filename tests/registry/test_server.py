@@ -6,33 +6,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from mlflow_server import Server, free_port, on_server_env, stop, wait_healthy
+from mlflow_server import free_port, stop, wait_healthy
 from registry_helpers import REPO_ROOT, clone_run, generate, reference_pipeline, train_acme
 
 from brandtune.errors import RegistryError
-from brandtune.settings import Settings
 
 pytestmark = [pytest.mark.usefixtures("torch_threads"), pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("mlflow_server"))
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(scope="module")
-def on_server(server: Server) -> Iterator[Settings]:
-    with on_server_env(server) as settings:
-        yield settings
 
 
 @pytest.fixture(scope="module")
