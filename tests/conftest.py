@@ -43,6 +43,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.path not in slow)
 
 
+@pytest.fixture(autouse=True)
+def _no_debug() -> Iterator[None]:
+    """`--debug` sets BRANDTUNE_DEBUG in the process: each test starts and leaves without it, so that no CLI
+    subprocess a later test starts shows a traceback instead of its one-line error. (monkeypatch.delenv of an unset
+    variable records nothing to undo, so it would not remove what the test set.)"""
+    os.environ.pop("BRANDTUNE_DEBUG", None)
+    yield
+    os.environ.pop("BRANDTUNE_DEBUG", None)
+
+
 @pytest.fixture(scope="session")
 def torch_threads() -> None:
     """Pin torch to the worker's share of the cores so results do not depend on the machine's load."""

@@ -20,9 +20,3 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], tuple[i
         return exit_info.value.code, captured.out, captured.err
 
     return _run
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--debug` sets BRANDTUNE_DEBUG in the process; each test starts (and leaves) without it."""
-    monkeypatch.delenv("BRANDTUNE_DEBUG", raising=False)
