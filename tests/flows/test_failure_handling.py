@@ -74,13 +74,25 @@ def test_every_flow_and_task_has_a_time_out_settable_through_the_environment() -
         Timeouts.from_env({"BRANDTUNE_GPU_WAIT_S": "soon"})
 
 
-def _task_runs(flow_run_id: Any, name: str) -> list[Any]:
+def _task_runs(flow_run_id: Any, name: str, wait_s: float = 30.0) -> list[Any]:
+    """The flow run's task runs named ``name*``, waiting up to ``wait_s`` until they reached the API in a final state
+    (task runs are reported through events, so they can appear, or settle, a moment after the flow run ended)."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + wait_s
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return [r for r in runs if r.name.startswith(name)]
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            found = [r for r in runs if r.name.startswith(name)]
+            settled = found and all(r.state is not None and r.state.is_final() for r in found)
+            if settled or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
 
 
 @pytest.mark.skipif(
