@@ -48,14 +48,19 @@ def add_lora(
     diffusers models use their own ``add_adapter``; transformers text encoders get the layers from peft directly
     (``inject_adapter_in_model``), because transformers' ``add_adapter`` demands a newer peft than diffusers does.
     """
+    import torch
     from diffusers import ModelMixin
     from peft import LoraConfig, inject_adapter_in_model
+
+    from brandtune.training.fastpath import step_lora_linear
 
     check_targets(model, targets, what)
     model.requires_grad_(False)
     config = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian", target_modules=targets
     )
+    # the linear layers get the training step's leaner LoRA layer (a peft LoRA layer in every other respect)
+    config._register_custom_module({torch.nn.Linear: step_lora_linear()})
     if isinstance(model, ModelMixin):
         model.add_adapter(config)
     else:

@@ -1,5 +1,5 @@
-"""The training step's fast paths: LoRA layers switched off for the base prediction without a walk over the model,
-and CPU bf16 autocast where the CPU does bf16 natively (detected, never assumed; off by default)."""
+"""The training step's fast paths: a leaner LoRA linear layer that computes exactly what peft's does, LoRA layers
+switched off for the base prediction without a walk over the model, and CPU bf16 autocast where the CPU does bf16 natively (detected, never assumed; off by default)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from training_helpers import quick
 
 from brandtune.training import train
-from brandtune.training.fastpath import adapters_off, cpu_bf16_step
+from brandtune.training.fastpath import adapters_off, cpu_bf16_step, step_lora_linear
 from brandtune.training.plan import cpu_bf16_native
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
@@ -42,6 +42,54 @@ def test_adapters_off_gives_the_base_model_and_restores_the_lora() -> None:
             assert torch.equal(unet(x, t, text).sample, base)
         assert torch.equal(unet(x, t, text).sample, adapted)
     assert all(p.requires_grad for p in lora), "the LoRA weights train again after the block"
+
+
+@pytest.mark.parametrize(("alpha", "dropout"), [(4.0, 0.0), (8.0, 0.0), (4.0, 0.5)])
+def test_the_step_lora_layer_computes_what_peft_computes_bit_for_bit(alpha: float, dropout: float) -> None:
+    import torch
+    from peft.tuners.lora.layer import Linear
+
+    from brandtune.models import load_components, resolve_base
+    from brandtune.training.lora import add_lora
+
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    lean = load_components(resolve_base("builtin:tiny")).denoiser
+    add_lora(lean, 4, alpha, dropout, targets, "UNet")
+    lean.train()  # (LoRA dropout draws only in training mode)
+    layers = [m for m in lean.modules() if isinstance(m, Linear)]
+    assert layers and all(type(m) is step_lora_linear() for m in layers), (
+        "every projection gets the step layer"
+    )
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in lean.named_parameters():
+            if "lora_B" in name:
+                p.normal_(generator=gen)  # peft starts lora_B at zero: make the adapter change the output
+    cfg = lean.config
+    x = torch.randn(2, cfg.in_channels, 8, 8, generator=gen)
+    text = torch.randn(2, 7, cfg.cross_attention_dim, generator=gen)
+    t = torch.tensor([500, 20])
+
+    def run(forward: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        saved = step_lora_linear().forward
+        step_lora_linear().forward = forward  # type: ignore[method-assign]
+        try:
+            torch.manual_seed(1)  # the same dropout masks for both
+            out = lean(x, t, text).sample
+            out.pow(2).mean().backward()
+        finally:
+            step_lora_linear().forward = saved  # type: ignore[method-assign]
+        grads = [p.grad.clone() for p in lean.parameters() if p.requires_grad]
+        lean.zero_grad(set_to_none=True)
+        return out.detach(), grads
+
+    mine, my_grads = run(step_lora_linear().forward)
+    peft, peft_grads = run(Linear.forward)
+    assert torch.equal(mine, peft)
+    assert all(torch.equal(a, b) for a, b in zip(my_grads, peft_grads, strict=True))
+    with torch.no_grad(), adapters_off(lean):  # switched off: the base model, through peft's own path
+        base = lean(x, t, text).sample
+    assert not torch.allclose(base, mine)
 
 
 def _plan(**config: object) -> SimpleNamespace:
@@ -170,3 +218,29 @@ def test_compile_modes_compile_the_repeated_blocks_or_the_whole_model_in_place()
     assert compile_denoiser(stack, "regional") == ["Linear"], "without _repeated_blocks: every listed block"
     assert compiled(stack) == {"Linear"}
     assert compile_denoiser(stack, "full") == ["Sequential"] and "Sequential" in compiled(stack)
+    whole = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    assert compile_denoiser(whole, "reduce-overhead") == ["Sequential"]
+    assert whole._compiled_call_impl is not None, "the whole model, in place (CUDA graphs: torch's mode)"
+
+
+def test_cuda_graphs_are_refused_without_a_cuda_gpu_or_with_several_shapes(
+    tmp_path: Path, acme_dataset: Path
+) -> None:
+    import torch
+
+    from brandtune.errors import TrainingError
+    from brandtune.training.families import check_cuda_graphs
+
+    for mode in ("none", "regional", "full"):
+        check_cuda_graphs(mode, torch.device("cpu"), 3)  # nothing to check
+    check_cuda_graphs("reduce-overhead", torch.device("cuda"), 1)
+    check_cuda_graphs("reduce-overhead", torch.device("cuda"))  # shapes not known yet
+    with pytest.raises(TrainingError, match=r"has 3 \(aspect buckets.*set aspect_buckets: false"):
+        check_cuda_graphs("reduce-overhead", torch.device("cuda"), 3)
+    # a real training on this CPU: refused in one line before anything loads or is written
+    cfg = quick(tmp_path / "run", compile="reduce-overhead")
+    with pytest.raises(TrainingError) as refused:
+        train(cfg)
+    assert str(refused.value).startswith("compile: reduce-overhead records CUDA graphs and needs a CUDA GPU")
+    assert "\n" not in str(refused.value)
+    assert not (cfg.output_dir / "checkpoints").exists() and not (cfg.output_dir / "adapter").exists()
