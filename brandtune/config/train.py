@@ -299,12 +299,14 @@ class TrainConfig(StrictModel):
         "state stay fp32. Off by default: on builtin:tiny it keeps the quality but is slower (its layers are too "
         "small for AMX to pay for the casts; docs/benchmarks.md).",
     )
-    compile: Literal["none", "regional", "full"] = Field(
+    compile: Literal["none", "regional", "full", "reduce-overhead"] = Field(
         default="none",
         description="torch.compile the denoiser: 'regional' compiles its repeated blocks once each (diffusers' "
         "compile_repeated_blocks, else every block of its block lists): seconds of compile time for most of the "
-        "speed-up on a GPU; 'full' the whole model (minutes); 'none' runs eagerly. On the CPU's tiny models the "
-        "compile time outweighs the gain (docs/benchmarks.md).",
+        "speed-up on a GPU; 'full' the whole model (minutes); 'reduce-overhead' the whole model with CUDA graphs "
+        "(torch.compile's mode of that name: the step replays recorded kernel launches; a CUDA GPU and one image "
+        "size: aspect_buckets off or photos of one aspect, no class images of another size); 'none' runs "
+        "eagerly. On the CPU's tiny models the compile time outweighs the gain (docs/benchmarks.md).",
     )
     gradient_checkpointing: bool = Field(
         default=False, description="Trade compute for GPU memory (recompute the UNet's activations)."

@@ -399,14 +399,16 @@ def compile_denoiser(denoiser: torch.nn.Module, mode: str) -> list[str]:
     time, most of the speed-up): diffusers' ``compile_repeated_blocks`` where the model names its
     ``_repeated_blocks`` (the UNets' ``BasicTransformerBlock``, FLUX's double and single blocks), else every block
     of the model's block lists (``nn.ModuleList`` items, e.g. SD3's ``transformer_blocks``). ``full``: the whole
-    model with ``torch.compile``. ``none``: nothing. Returns the class names of the compiled modules.
+    model with ``torch.compile``; ``reduce-overhead``: the same with CUDA graphs (the caller checks for a CUDA
+    device and static shapes: :func:`check_cuda_graphs`). ``none``: nothing. Returns the class names of the
+    compiled modules.
     """
     import torch
 
     if mode == "none":
         return []
-    if mode == "full":
-        denoiser.compile()
+    if mode in ("full", "reduce-overhead"):
+        denoiser.compile(**({"mode": mode} if mode == "reduce-overhead" else {}))
         return [type(denoiser).__name__]
     if getattr(denoiser, "_repeated_blocks", None):
         denoiser.compile_repeated_blocks()
@@ -418,3 +420,22 @@ def compile_denoiser(denoiser: torch.nn.Module, mode: str) -> list[str]:
             block.compile()
             compiled.add(type(block).__name__)
     return sorted(compiled)
+
+
+def check_cuda_graphs(mode: str, device: torch.device, shapes: int | None = None) -> None:
+    """Raise a :class:`TrainingError` when ``compile: reduce-overhead`` cannot run: CUDA graphs replay kernels
+    recorded on a CUDA device for fixed tensor shapes, so they need a CUDA device and (once the data is encoded)
+    one batch shape; ``shapes``: how many the training has (None: not known yet)."""
+    if mode != "reduce-overhead":
+        return
+    if device.type != "cuda":
+        raise TrainingError(
+            f"compile: reduce-overhead records CUDA graphs and needs a CUDA GPU, but this training runs on "
+            f"{device.type}; use compile: full or none"
+        )
+    if shapes is not None and shapes > 1:
+        raise TrainingError(
+            f"compile: reduce-overhead needs one batch shape (CUDA graphs replay fixed shapes), but this training "
+            f"has {shapes} (aspect buckets, or class images of another size); set aspect_buckets: false or use "
+            "compile: full"
+        )

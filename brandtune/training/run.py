@@ -21,6 +21,7 @@ from brandtune.training.data import (
     masks_key,
     read_dataset,
 )
+from brandtune.training.families import check_cuda_graphs
 from brandtune.training.fsdp import is_sharded, trainable_weights
 from brandtune.training.loop import restore_checkpoint, run_loop
 from brandtune.training.plan import TrainJob, TrainPlan, check_disk, check_precision, resolve_job
@@ -118,6 +119,8 @@ def _encode(plan: TrainPlan, settings: Settings, accelerator: Accelerator) -> bo
     multiple = plan.ops.resolution_multiple(plan.resolved.path)
     sizes = assign_buckets([ex.file for ex in plan.examples], plan.resolution, multiple, max_aspect)
     square = all(size == (plan.resolution, plan.resolution) for size in sizes)
+    shapes = set(sizes) | ({(plan.resolution, plan.resolution)} if cfg.prior_preservation else set())
+    check_cuda_graphs(cfg.compile, accelerator.device, len(shapes))  # before anything is encoded
     key = cache_key(
         dataset=plan.fingerprint,
         base=plan.resolved.revision,
@@ -161,6 +164,7 @@ def _setup_models(plan: TrainPlan, accelerator: Accelerator) -> Models:
     from brandtune.training.lora import add_lora
 
     cfg = plan.config
+    check_cuda_graphs(cfg.compile, accelerator.device)  # before anything loads
     plan.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         cfg.mixed_precision, torch.float32
     )
