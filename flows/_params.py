@@ -55,6 +55,8 @@ TRAINING_FIELDS = (
     "mixed_precision",
     "train_text_encoder",
     "gradient_checkpointing",
+    "compile",
+    "cpu_bf16",
     "seed",
     "checkpointing_steps",
     "validation_inference_steps",
