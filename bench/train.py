@@ -89,6 +89,8 @@ from typing import Any  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 VARIANTS = ("reference", "brandtune")
+#: ``brandtune train`` run as a user runs it (the command, its launcher and training process), timed from outside.
+CLI_VARIANT = "brandtune-cli"
 #: brandtune's variants beside the headline (``--variants``), and what each changes in its TrainConfig. The headline
 #: "brandtune" does the reference's work: masked_loss off (the default masked loss with background_target "base"
 #: adds a no-grad denoiser forward per step, which the reference does not do) and cpu_bf16 off (fp32 in both).
@@ -635,7 +637,6 @@ def _wrap_phases() -> None:
 
 def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dict[str, Any]:
     """``brandtune.training.run.train`` with timers around its phases; returns the timings."""
-    from brandtune.config import DEFAULT_UNET_TARGETS, TrainConfig
     from brandtune.training import loop, run
 
     out: dict[str, Any] = {"_device": args.device}
@@ -649,14 +650,34 @@ def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dic
     _step_timer(loop, out)
     if CLOCK is not None:
         _wrap_phases()
-    # what the reference does (a variant may change it), and --compile
+    config = brandtune_config(
+        args, base, dataset_dir.name, Path(args.workdir) / "brandtune-run", args.changes
+    )
+    t0 = time.perf_counter()
+    result = run.train(config)
+    _phase("exit")
+    out["train_call_s"] = time.perf_counter() - t0
+    out["final_loss"] = result.final_loss
+    out["cache_hit"] = result.cache_hit
+    out["loop_rss_rise_mib"] = (samplers["loop_s"].peak - samplers["loop_s"].start) / MIB
+    del out["_device"]
+    return _finish(out, args)
+
+
+def brandtune_config(
+    args: argparse.Namespace, base: str, dataset: str, output_dir: Path, variant_changes: dict[str, Any]
+) -> Any:
+    """The TrainConfig of brandtune's variants: the reference's work (its LoRA, schedule, precision, no masked
+    loss), ``--compile``, and what the variant changes."""
+    from brandtune.config import DEFAULT_UNET_TARGETS, TrainConfig
+
     same_work = {"masked_loss": False, "cpu_bf16": False, "compile": args.compile}
-    changes = {k: v for k, v in {**same_work, **args.changes}.items() if k in TrainConfig.model_fields}
+    changes = {k: v for k, v in {**same_work, **variant_changes}.items() if k in TrainConfig.model_fields}
     config = TrainConfig(
         brand="acme",
-        dataset=dataset_dir.name,
+        dataset=dataset,
         base_model=base,
-        output_dir=Path(args.workdir) / "brandtune-run",
+        output_dir=output_dir,
         max_train_steps=args.steps,
         train_batch_size=args.batch_size,
         resolution=args.resolution,
@@ -675,15 +696,117 @@ def run_brandtune(args: argparse.Namespace, base: str, dataset_dir: Path) -> dic
     if args.arch:  # only the UNet loop matters here: one short validation image instead of 4 x 20 steps
         config = config.model_copy(update={"validation_prompts": ["a photo of acme bottle"],
                                            "validation_inference_steps": 2})  # fmt: skip
-    t0 = time.perf_counter()
-    result = run.train(config)
-    _phase("exit")
-    out["train_call_s"] = time.perf_counter() - t0
-    out["final_loss"] = result.final_loss
-    out["cache_hit"] = result.cache_hit
-    out["loop_rss_rise_mib"] = (samplers["loop_s"].peak - samplers["loop_s"].start) / MIB
-    del out["_device"]
-    return _finish(out, args)
+    return config
+
+
+class ProcessTreeWatch:
+    """Watches a command as a user would time it: the peak RSS (``VmHWM``) of its process and of each descendant,
+    by command line, and the moment ``target`` appears on disk; sampled from /proc every ``interval`` s."""
+
+    def __init__(self, root: int, target: Path, interval: float = 0.02) -> None:
+        self.root, self.target, self.interval = root, target, interval
+        self.peaks: dict[int, tuple[str, int]] = {}  # pid -> (command line, peak RSS bytes)
+        self.appeared: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _tree(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/stat") as fh:
+                        ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry.name))
+        tree, todo = [], [self.root]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        return tree
+
+    def _sample(self) -> None:
+        if self.appeared is None and self.target.exists():
+            self.appeared = time.time()
+        for pid in self._tree():
+            try:
+                with open(f"/proc/{pid}/status") as fh:
+                    hwm = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:")), 0)
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            self.peaks[pid] = (
+                cmd or self.peaks.get(pid, ("", 0))[0],
+                max(hwm, self.peaks.get(pid, ("", 0))[1]),
+            )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> ProcessTreeWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_cli(args: argparse.Namespace, base: str) -> dict[str, Any]:
+    """``brandtune train`` as a user runs and times it, from the parent: the command (its launcher resolves the
+    job, opens the MLflow run, starts the training process and forwards its run log), the same TrainConfig as
+    the in-process variant in a ``--config`` file. Walls from the spawn to the adapter on disk and to the
+    command's exit; peak RSS of the training process and of the launcher."""
+    import yaml
+
+    from brandtune.ingest import find_dataset
+    from brandtune.provenance import WEIGHTS_NAME
+
+    work = Path(args.workdir)
+    out_dir = work / "brandtune-cli-run"
+    config = brandtune_config(args, base, find_dataset("acme").name, out_dir, {})
+    config_file = work / "brandtune-cli.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+    command = Path(sys.executable).with_name("brandtune")
+    cmd = [str(command), "train", "--brand", config.brand, "--config", str(config_file), "--force"]
+    spawned = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with ProcessTreeWatch(proc.pid, out_dir / "adapter" / WEIGHTS_NAME) as watch:
+        output, _ = proc.communicate()
+    exited = time.time()
+    if proc.returncode != 0:
+        print(output[-4000:])
+        raise SystemExit(f"brandtune train failed (exit {proc.returncode})")
+    if watch.appeared is None:
+        raise SystemExit(f"brandtune train wrote no adapter at {out_dir / 'adapter'}")
+    trainers = [rss for cmdline, rss in watch.peaks.values() if "brandtune.training" in cmdline]
+    launcher = watch.peaks.get(proc.pid, ("", 0))[1]
+    return {"cli": " ".join(["brandtune", *cmd[1:]]), "wall_to_adapter_s": watch.appeared - spawned,
+            "wall_to_exit_s": exited - spawned, "peak_rss_mib": max(trainers, default=0) / MIB,
+            "launcher_peak_rss_mib": launcher / MIB}  # fmt: skip
+
+
+def print_cli_table(results: dict[str, dict[str, Any]]) -> None:
+    """``brandtune train`` as a user times it, beside the reference's process."""
+    if CLI_VARIANT not in results:
+        return
+    cli = results[CLI_VARIANT]
+    print(f"\nas a user times it (`{cli['cli']}`; the reference: its process):\n")
+    print("| variant | spawn to adapter on disk s | spawn to exit s | training process peak RSS MiB | "
+          "launcher peak RSS MiB |\n| --- | ---: | ---: | ---: | ---: |")  # fmt: skip
+    for name in ("reference", CLI_VARIANT):
+        if (r := results.get(name)) is not None:
+            launcher = f"{r['launcher_peak_rss_mib']:.0f}" if "launcher_peak_rss_mib" in r else "-"
+            print(f"| {name} | {r['wall_to_adapter_s']:.2f} | {r['wall_to_exit_s']:.2f} | "
+                  f"{r['peak_rss_mib']:.0f} | {launcher} |")  # fmt: skip
+    if (ref := results.get("reference")) is not None:
+        print(f"\n{CLI_VARIANT} / reference: spawn to adapter {ref['wall_to_adapter_s'] / cli['wall_to_adapter_s']:.2f}x "
+              f"faster, spawn to exit {ref['wall_to_exit_s'] / cli['wall_to_exit_s']:.2f}x faster, training "
+              f"process peak RSS {cli['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- flow-matching transformers
@@ -1338,24 +1461,31 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.arch not in FLOW_ARCHS:  # the flow variants build their transformer and data in each child
         t0 = time.perf_counter()
-        prepare(args)
+        base, _ = prepare(args)
         print(
             f"BRANDTUNE_HOME={home}; dataset and base ready in {time.perf_counter() - t0:.1f} s", flush=True
         )
     default = ["brandtune"] if args.arch == "sdxl" else list(VARIANTS)
+    if args.arch is None:
+        default.append(CLI_VARIANT)
     variants = args.variants.split(",") if args.variants else default
     if args.before is not None and "brandtune-before" not in variants:
         variants.append("brandtune-before")
-    if unknown := [v for v in variants if v not in (*VARIANTS, *EXTRA_VARIANTS)]:
-        raise SystemExit(
-            f"--variants {','.join(unknown)}: unknown; use {', '.join((*VARIANTS, *EXTRA_VARIANTS))}"
-        )
+    known = (*VARIANTS, *EXTRA_VARIANTS, CLI_VARIANT)
+    if unknown := [v for v in variants if v not in known]:
+        raise SystemExit(f"--variants {','.join(unknown)}: unknown; use {', '.join(known)}")
+    if CLI_VARIANT in variants and args.arch is not None:
+        raise SystemExit(f"--variants {CLI_VARIANT} times builtin bases (--base), not --arch")
     if args.arch == "sdxl" and "reference" in variants:
         raise SystemExit("the reference loop is SD 1.x-shaped; for --arch sdxl use --variants brandtune")
     results: dict[str, dict[str, Any]] = {}
+    cli_result: dict[str, Any] | None = None
     for variant in variants:
         result_file = Path(args.workdir) / f"{variant}.json"
         print(f"running {variant} ...", flush=True)
+        if variant == CLI_VARIANT:
+            cli_result = run_cli(args, base)
+            continue
         spawned = time.time()
         env = dict(os.environ)
         if variant == "brandtune-before":  # that tree's brandtune package first on the child's path
@@ -1370,6 +1500,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(args, results)
     if args.arch is None:
         print_phase_table(results)
+    if cli_result is not None:
+        results[CLI_VARIANT] = cli_result
+        print_cli_table(results)
     if args.json:
         args.json.write_text(
             json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results})

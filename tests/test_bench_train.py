@@ -1,5 +1,6 @@
 """bench/train.py on builtin:tiny: both variants in their own child processes, the phase table of each child from
-its spawn to its exit (two training steps; mostly import time), and bench/phases.py's clock."""
+its spawn to its exit (two training steps; mostly import time), `brandtune train` timed as a user runs it, and
+bench/phases.py's clock."""
 
 from __future__ import annotations
 
@@ -64,6 +65,12 @@ def test_bench_train_prints_the_phase_table_of_both_variants(tmp_path: Path) -> 
                   "exit", "**spawn to adapter on disk**", "spawn to exit", "peak RSS MiB"):  # fmt: skip
         assert phase in rows, (phase, proc.stdout)
     results = json.loads(result.read_text())["results"]
+    # `brandtune train` as a user runs it: the command, timed from outside, its training process's peak apart
+    cli = results.pop("brandtune-cli")
+    assert cli["cli"].startswith("brandtune train --brand acme --config ")
+    assert 0 < cli["wall_to_adapter_s"] <= cli["wall_to_exit_s"]
+    assert cli["peak_rss_mib"] > 100 and cli["launcher_peak_rss_mib"] > 50, cli
+    assert "| brandtune-cli |" in proc.stdout and "brandtune-cli / reference: spawn to adapter" in proc.stdout
     for name, r in results.items():
         total = sum(r["phases"].values())
         assert abs(total - r["wall_to_exit_s"]) < 0.05 * r["wall_to_exit_s"], (
