@@ -19,7 +19,8 @@
 # builtin:tiny on bench/train.py's CPU path), COMPILE (the compile modes of a cell that names none, in order;
 # default "none regional"), VARIANTS (bench/train.py --variants for the SD rows; default its own for compile
 # none, brandtune alone for a compiled row: the reference stays eager), THREADS (default 8),
-# DEADLINE (a `date +%s` second: a row that might end past it is skipped and says so; bench/gpu.sh sets it).
+# DEADLINE (a `date +%s` second: a row that might end past it is skipped and says so; bench/gpu.sh sets it),
+# LOG (default OUTDIR/train_gpu.log).
 # For the flow rows: FLOW_STEPS (timed steps, default 10), FLOW_WARMUP (untimed steps
 # before them, default 2), FLOW_LIMIT_S (per run, default 150), FLOW_BUDGET_S (default 570: a flow row is skipped,
 # and says so, once it might end past this many seconds after the first flow row started). One BRANDTUNE_HOME
@@ -49,7 +50,7 @@ esac
 matrix=${MATRIX:-$default}
 home=$(mktemp -d "${TMPDIR:-/tmp}/brandtune-bench-gpu-XXXXXX")
 mkdir -p "$out"
-log="$out/train_gpu.log"
+log=${LOG:-$out/train_gpu.log}
 failed=0
 flow_started=
 # one cell per compile mode: "sd15:512:1" runs as sd15:512:1::none then sd15:512:1::regional (flow rows: as named)
