@@ -319,8 +319,12 @@ def main(argv: list[str] | None = None) -> int:
         version, _ = champion(args, base)
         setup_s = time.perf_counter() - t0
         print(f"@champion v{version} on {base}: set-up {setup_s:.0f} s; generating ...", flush=True)
-        rows = {"brandtune run_campaign (fused, batched)": run_brandtune(args)}
-        folder = Path(rows["brandtune run_campaign (fused, batched)"].pop("output_dir"))
+        bt = run_brandtune(args)
+        print(f"brandtune run_campaign: {bt['images']} images in {bt['calls']} calls, generate {bt['generate_s']:.2f} s "
+              f"({bt['generate_s'] / bt['images']:.4f} s/image), end-to-end {bt['end_to_end_s']:.1f} s; "
+              "diffusers loop ...", flush=True)  # fmt: skip
+        rows = {"brandtune run_campaign (fused, batched)": bt}
+        folder = Path(bt.pop("output_dir"))
         manifest = json.loads((folder / "manifest.json").read_text())
         plain, images = run_diffusers(args, manifest)
         plain["mean_abs_diff"] = mean_abs_diff(folder, manifest, images)

@@ -20,6 +20,10 @@
 # bench/campaign.py). TINY=1 is the CPU check of this very script (tests/test_bench_gpu.py), e.g.
 #   DEVICE=cpu TINY=1 THREADS=1 TRAIN_STEPS=2 CAMPAIGN_ARGS="--variations 1 --steps 2" bench/gpu.sh OUT
 # which trains builtin:tiny (train matrix "tiny:64:1", fp32) and runs the campaigns on builtin:tiny and tiny-flux.
+# gpu.log and train_gpu.jsonl are appended to, so a session with less time can split the work into two commands:
+#   PARTS=train bench/gpu.sh OUT; PARTS=campaign-sdxl CAMPAIGN_RESERVE_S=0 bench/gpu.sh OUT
+# Estimated on an H100 from last month's H200 rows (not yet run): ~60 s a train row, ~150-200 s for campaign-sdxl
+# (build and train ~60 s, then 2 x 30 images at 1024 px); a row or campaign cut by its timeout says so.
 set -u
 out=${1:?usage: bench/gpu.sh OUTDIR}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,7 +34,6 @@ start=$(date +%s)
 deadline=$((start + ${BUDGET_S:-540}))
 mkdir -p "$out"
 log="$out/gpu.log"
-: >"$log"
 say() { echo "$*" | tee -a "$log"; }
 if [ -n "${TINY:-}" ]; then
     matrix=${TRAIN_MATRIX:-tiny:64:1} precision=no campaign_arch=tiny
