@@ -1267,7 +1267,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", choices=["none", "regional", "full"], default="none",
-                   help="brandtune's TrainConfig.compile (the reference stays eager); compile time lands in the loop")  # fmt: skip
+                   help="brandtune's TrainConfig.compile (the reference stays eager); compile time lands in the loop and in "
+                        "the first step, shown apart as 'first step s (compile)'")  # fmt: skip
     p.add_argument("--flush-denormal", action="store_true",
                    help="torch.set_flush_denormal(True) in both children (random tiny models hit denormals on CPU)")  # fmt: skip
     p.add_argument(
