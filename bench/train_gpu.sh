@@ -20,7 +20,7 @@
 # default "none regional"), VARIANTS (bench/train.py --variants for the SD rows; default its own for compile
 # none, brandtune alone for a compiled row: the reference stays eager), THREADS (default 8),
 # DEADLINE (a `date +%s` second: a row that might end past it is skipped and says so; bench/gpu.sh sets it),
-# LOG (default OUTDIR/train_gpu.log).
+# LOG (default OUTDIR/train_gpu.log), KEEP_HOME (set: keep the temporary BRANDTUNE_HOME, else removed at exit).
 # For the flow rows: FLOW_STEPS (timed steps, default 10), FLOW_WARMUP (untimed steps
 # before them, default 2), FLOW_LIMIT_S (per run, default 150), FLOW_BUDGET_S (default 570: a flow row is skipped,
 # and says so, once it might end past this many seconds after the first flow row started). One BRANDTUNE_HOME
@@ -49,6 +49,7 @@ case ${ROWS:-all} in
 esac
 matrix=${MATRIX:-$default}
 home=$(mktemp -d "${TMPDIR:-/tmp}/brandtune-bench-gpu-XXXXXX")
+[ -n "${KEEP_HOME:-}" ] || trap 'rm -rf "$home"' EXIT  # built models: GBs on a GPU machine
 mkdir -p "$out"
 log=${LOG:-$out/train_gpu.log}
 failed=0

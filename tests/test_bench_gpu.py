@@ -6,11 +6,13 @@ diffusers loop) on builtin:tiny and builtin:tiny-flux, 1 variation x 3 settings,
 
 from __future__ import annotations
 
+import getpass
 import json
 import math
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +22,12 @@ CPU = {"DEVICE": "cpu", "TINY": "1", "THREADS": "1", "TRAIN_STEPS": "2", "OMP_NU
 
 
 def _run(out: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    # TMPDIR: train_gpu.sh's temporary BRANDTUNE_HOME in pytest's folder; inductor keeps its usual on-disk cache
+    # (a warm cache compiles the tiny UNet's blocks in seconds instead of most of a minute)
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(
+        Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
+    )
+    env = {"TMPDIR": str(out.parent), "TORCHINDUCTOR_CACHE_DIR": cache, **env}
     return subprocess.run(["bash", str(GPU_SH), str(out)], capture_output=True, text=True, timeout=400,
                           env={**os.environ, **CPU, **env}, cwd=REPO_ROOT)  # fmt: skip
 
