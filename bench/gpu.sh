@@ -20,6 +20,8 @@
 # bench/campaign.py). TINY=1 is the CPU check of this very script (tests/test_bench_gpu.py), e.g.
 #   DEVICE=cpu TINY=1 THREADS=1 TRAIN_STEPS=2 CAMPAIGN_ARGS="--variations 1 --steps 2" bench/gpu.sh OUT
 # which trains builtin:tiny (train matrix "tiny:64:1", fp32) and runs the campaigns on builtin:tiny and tiny-flux.
+# COMPILE="none regional reduce-overhead" adds CUDA-graph rows (TrainConfig.compile reduce-overhead: the whole UNet
+# compiled with CUDA graphs; brandtune then trains centre crops, one shape, as the reference does).
 # gpu.log and train_gpu.jsonl are appended to, so a session with less time can split the work into two commands:
 #   PARTS=train bench/gpu.sh OUT; PARTS=campaign-sdxl CAMPAIGN_RESERVE_S=0 bench/gpu.sh OUT
 # Estimated on an H100 from last month's H200 rows (not yet run): ~60 s a train row, ~150-200 s for campaign-sdxl
