@@ -95,6 +95,26 @@ def open_run(
     return tracker.run_id
 
 
+def launcher_run_id(run_dir: Path, limit: float) -> str:
+    """The MLflow run id the launcher writes to ``runlog/mlflow_run_id`` while the training process starts (it
+    opens the run meanwhile, and stops the training when it cannot), once it is there: at most ``limit`` s.
+
+    Raises:
+        TrainingError: no id in time (a training started with ``BRANDTUNE_FORWARDER=launcher`` by hand).
+    """
+    from brandtune.errors import TrainingError
+
+    path, deadline = log_dir(run_dir) / RUN_ID_FILE, time.monotonic() + limit
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TrainingError(
+                f"{MODE_ENV}=launcher but the launcher wrote no MLflow run id in {log_dir(run_dir)} within "
+                f"{limit:.0f} s: start trainings with brandtune.training.launch, or unset it"
+            )
+        time.sleep(0.05)
+    return path.read_text().strip()
+
+
 def open_training_run(
     run_dir: Path,
     brand: str,

@@ -262,7 +262,8 @@ def _claimed(
     lock: RunLock,
 ) -> TrainResult:
     """Claim the locked run folder and train in it in a child process."""
-    from brandtune.forwarder import MODE_ENV
+    from brandtune.forwarder import MODE_ENV, RUN_ID_FILE
+    from brandtune.runlog import log_dir
     from brandtune.training.checkpoint import check_world
     from brandtune.training.lock import TOKEN_ENV
     from brandtune.training.rundir import CHOICE_ENV, claim
@@ -270,19 +271,27 @@ def _claimed(
     if choice.resume_from is not None and accelerate_config is None:  # (with a config, each child checks)
         check_world(choice.resume_from, num_processes)  # refused before any process starts
     claim(choice, job)
-    forwarder = _open_tracking(choice, job, settings)
+    (log_dir(choice.run_dir) / RUN_ID_FILE).unlink(
+        missing_ok=True
+    )  # the child waits for this attempt's run id
     # the child trains exactly what was resolved here: this dataset, this folder
     child = config.model_copy(update={"output_dir": choice.run_dir, "dataset": job.fingerprint})
     child_env = {**(env or {}), TOKEN_ENV: lock.token, CHOICE_ENV: choice.to_json(), MODE_ENV: "launcher"}
-    try:
-        return _run_child(child, num_processes, accelerate_config, on_line, child_env, settings)
-    finally:
-        forwarder.finish()  # bounded: what MLflow cannot take now stays in the run log, with a message
+    return _run_child(
+        child,
+        num_processes,
+        accelerate_config,
+        on_line,
+        child_env,
+        settings,
+        lambda: _open_tracking(choice, job, settings),
+    )
 
 
 def _open_tracking(choice: RunChoice, job: TrainJob, settings: Settings) -> Forwarder:
     """Open the training's MLflow run (continued when resuming) and start forwarding its run log from this
-    process; the training process reads the run id from the run folder and never talks to MLflow.
+    process; the training process, started just before, reads the run id from the run folder when it needs it
+    (:func:`~brandtune.forwarder.launcher_run_id`) and never talks to MLflow.
 
     Raises:
         TrainingError: the run cannot be created (the tracking server is down), before the child starts.
@@ -309,7 +318,12 @@ def _run_child(
     on_line: Callable[[str], None] | None,
     env: dict[str, str],
     settings: Settings,
+    open_tracking: Callable[[], Forwarder],
 ) -> TrainResult:
+    """Start the training process, then open the MLflow run while it imports and loads (``open_tracking``: the
+    process waits for the run id only before its first step; a run that cannot be opened stops it), stream its
+    output, and return its result. The forwarder is finished at the end, bounded: what MLflow cannot take now
+    stays in the run log, with a message."""
     work = settings.home / "launch"
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -332,7 +346,9 @@ def _run_child(
             start_new_session=True,
         )
         last_error = ""
+        forwarder: Forwarder | None = None
         try:
+            forwarder = open_tracking()
             assert proc.stdout is not None
             for line in proc.stdout:
                 line = line.rstrip("\n")
@@ -344,6 +360,9 @@ def _run_child(
         except BaseException:
             stop_process_group(proc, name="training")
             raise
+        finally:
+            if forwarder is not None:
+                forwarder.finish()
         if proc.returncode < 0:  # a signal from outside: the OOM killer, a preempted node, a kill
             raise TrainingKilledError(
                 f"training of brand {config.brand!r} was killed by signal {-proc.returncode} "

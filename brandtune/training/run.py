@@ -236,15 +236,14 @@ def _forwarding(
 ) -> tuple[Callable[[], str], Forwarding]:
     """The MLflow run id (a call that waits for it) and who forwards the run log (``BRANDTUNE_FORWARDER``),
     started before the models load, so that the run is open when the loop starts: the launching process, which
-    opened the run before this process started (``launcher``); a sidecar process started here, which opens it
+    opens the run while this process starts (``launcher``); a sidecar process started here, which opens it
     (``sidecar``: ``python -m brandtune.training`` and plain ``accelerate launch``); else a thread of this
     process (a library call of :func:`train`). This process never imports mlflow but in the last case.
 
     Raises:
         TrainingError: the run cannot be created (the tracking server is down): before any step is trained.
     """
-    from brandtune.forwarder import MODE_ENV, RUN_ID_FILE, Forwarder, open_training_run, wait_limit
-    from brandtune.runlog import log_dir
+    from brandtune.forwarder import MODE_ENV, Forwarder, launcher_run_id, open_training_run, wait_limit
     from brandtune.sidecar import start_sidecar
     from brandtune.training.rundir import read_run_file
 
@@ -253,15 +252,10 @@ def _forwarding(
         resume_run_id = json.loads((resume_from / "state.json").read_text()).get("mlflow_run_id")
     abandoned = read_run_file(plan.run_dir).get("mlflow_run_id")
     mode, name = os.environ.get(MODE_ENV, ""), f"train-{plan.run_hash[:8]}"
-    if mode == "launcher":
-        try:
-            run_id = (log_dir(plan.run_dir) / RUN_ID_FILE).read_text().strip()
-            return lambda: run_id, None
-        except OSError as exc:
-            raise TrainingError(
-                f"{MODE_ENV}=launcher but the launcher wrote no MLflow run id in {log_dir(plan.run_dir)}: "
-                "start trainings with brandtune.training.launch, or unset it"
-            ) from exc
+    if (
+        mode == "launcher"
+    ):  # the launcher opens the run while this process starts; the id is needed only later
+        return lambda: launcher_run_id(plan.run_dir, wait_limit()), None
     if mode == "sidecar":
         sidecar = start_sidecar(plan.run_dir, plan.brand.name, name, resume_run_id, abandoned)
         return lambda: sidecar.run_id(wait_limit()), sidecar

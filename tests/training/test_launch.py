@@ -164,9 +164,10 @@ def test_a_training_without_launcher_forwards_through_a_sidecar(tmp_path: Path) 
 
 
 @pytest.mark.usefixtures("acme_dataset")
-def test_a_training_whose_run_cannot_be_created_fails_before_it_starts(tmp_path: Path) -> None:
-    """The MLflow run is created up front (its id goes into the adapter's provenance and the checkpoints): with
-    the server down, the launch fails at once with a message that says so, before any training process starts."""
+def test_a_training_whose_run_cannot_be_created_fails_before_its_first_step(tmp_path: Path) -> None:
+    """The launcher opens the MLflow run while the training process starts (its id goes into the adapter's
+    provenance and the checkpoints; the process waits for it before its first step): with the server down, the
+    launch fails at once with a message that says so, and the training process is stopped, nothing trained."""
     from mlflow_server import free_port
 
     from brandtune.errors import TrainingError
@@ -177,5 +178,11 @@ def test_a_training_whose_run_cannot_be_created_fails_before_it_starts(tmp_path:
     lines: list[str] = []
     with pytest.raises(TrainingError, match=r"MLflow run could not be created .*connection refused"):
         launch(quick(tmp_path, max_train_steps=3), settings=settings, on_line=lines.append)
-    assert not lines, "no training process was started"
-    assert not (tmp_path / "run" / "adapter").exists()
+    assert not any("starting from step" in line for line in lines), lines
+    assert not (tmp_path / "run" / "adapter").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    launched = str(settings.home / "launch")
+    for proc in Path("/proc").iterdir():  # the training process (group) is gone
+        try:
+            assert launched not in (proc / "cmdline").read_bytes().decode(errors="replace"), proc
+        except (NotADirectoryError, FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
