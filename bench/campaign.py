@@ -287,13 +287,10 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
     import diffusers
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        names = [
-            ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
+    sys.path.insert(0, str(REPO / "bench"))
+    from train import cpu_name
+
+    cpu = cpu_name()
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     return {"date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "machine": f"{platform.machine()}, {cpu}, "
             f"os.cpu_count()={os.cpu_count()}", "device": device, "torch": torch.__version__,

@@ -1198,7 +1198,8 @@ def _warm_tracking_store() -> None:
     mlflow.MlflowClient(Settings.from_env().tracking_uri).search_experiments()
 
 
-def _machine() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
     cpu = platform.processor() or platform.machine()
     info = Path("/proc/cpuinfo")
     if info.is_file():
@@ -1206,7 +1207,11 @@ def _machine() -> str:
             ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")
         ]
         cpu = names[0] if names else cpu
-    return f"{platform.system()} {platform.machine()}, {cpu}, os.cpu_count()={os.cpu_count()}"
+    return cpu
+
+
+def _machine() -> str:
+    return f"{platform.system()} {platform.machine()}, {cpu_name()}, os.cpu_count()={os.cpu_count()}"
 
 
 def _versions() -> str:
