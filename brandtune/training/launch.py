@@ -370,6 +370,7 @@ def _run_child(
                 "checkpoint"
             )
         if proc.returncode != 0:
-            detail = last_error.split(": ", 1)[-1] if last_error else f"exit code {proc.returncode}"
+            # (a launcher's "ChildFailedError:" line carries its detail on the next lines: then the exit code)
+            detail = last_error.split(": ", 1)[-1].strip() or f"exit code {proc.returncode}"
             raise TrainingError(f"training of brand {config.brand!r} failed: {detail}")
         return read_result_file(result_file, f"training of brand {config.brand!r}")

@@ -132,9 +132,12 @@ def test_two_process_training(tmp_path: Path, base: str) -> None:
     from brandtune.training import launch
 
     lines: list[str] = []
-    result = launch(
-        quick(tmp_path, base_model=base, max_train_steps=2), num_processes=2, on_line=lines.append
-    )
+    try:
+        result = launch(
+            quick(tmp_path, base_model=base, max_train_steps=2), num_processes=2, on_line=lines.append
+        )
+    except TrainingError as exc:  # the processes' output, to tell why
+        raise AssertionError("\n".join([str(exc), *lines[-60:]])) from exc
     assert result.steps == 2 and np.isfinite(result.final_loss)
     assert (result.adapter_dir / "pytorch_lora_weights.safetensors").is_file()
     assert sum("brandtune.training: adapter:" in line for line in lines) == 2  # both ranks trained
