@@ -5,8 +5,8 @@ campaign from that version into a dated, versioned folder::
 
     <home>/campaigns/<brand>/<campaign>/<YYYY-MM-DD>-v<version>-<key>/
 
-``key`` is a hash of what decides the images: the campaign's settings, the version, the adapter's sha256 and the
-base model and revision. The folder's ``campaign.json``, written last and atomically, marks it complete. A later run
+``key`` is a hash of what decides the images: the campaign's settings, the version, the adapter's sha256, the
+base model and revision, and the device and dtype (when not cpu/float32). The folder's ``campaign.json``, written last and atomically, marks it complete. A later run
 with the same key finds it and generates nothing ("already generated"), whatever its date; a run that was
 interrupted resumes in its own folder (generation skips the images already made).
 
@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brandtune.config import load_brand
+from brandtune.config import DeviceName, DtypeName, Placement, load_brand, resolve_placement
 from brandtune.errors import GenerationError
 from brandtune.fsutil import atomic_write_json, canonical_json, sha256_bytes
 from brandtune.settings import Settings
@@ -101,15 +101,19 @@ def campaign_root(brand: str, name: str, settings: Settings) -> Path:
     return settings.home / "campaigns" / brand / name
 
 
-def campaign_key(campaign: CampaignSpec, adapter: FetchedAdapter) -> str:
-    """Twelve hex digits naming what decides a campaign's images: its settings, the version, adapter and base."""
-    decided_by = {
+def campaign_key(campaign: CampaignSpec, adapter: FetchedAdapter, placement: Placement | None = None) -> str:
+    """Twelve hex digits naming what decides a campaign's images: its settings, the version, adapter and base, and
+    the device and dtype they are sampled with (``None``: cpu/float32, which leaves the key what it was before
+    they were recorded, so campaigns generated then are still found)."""
+    decided_by: dict[str, Any] = {
         "campaign": campaign.model_dump(mode="json"),
         "version": adapter.version.version,
         "adapter_sha256": adapter.sha256,
         "base_model": adapter.base_model,
         "base_revision": adapter.base_revision,
     }
+    if placement is not None and not placement.legacy:
+        decided_by.update(device=placement.device, dtype=placement.dtype)
     return sha256_bytes(canonical_json(decided_by).encode())[:12]
 
 
@@ -120,6 +124,8 @@ def run_campaign(
     model: str = "champion",
     reason: str = "on demand",
     batch_size: int | None = None,
+    device: DeviceName = "auto",
+    dtype: DtypeName = "auto",
     settings: Settings | None = None,
     progress: bool = False,
 ) -> CampaignRun:
@@ -131,22 +137,25 @@ def run_campaign(
         model: An alias (champion, candidate) or a version number; it is resolved once, to one version.
         reason: Why it runs, recorded on the MLflow run and in ``campaign.json``.
         batch_size: Images per pipeline call; None: GenerateConfig's default.
+        device: Where to sample (``auto``: a CUDA GPU when one is visible); part of the campaign's key.
+        dtype: Weight dtype (``auto``: bf16 or fp16 on a GPU, float32 on the CPU); part of the campaign's key.
         settings: Home and tracking URI; read from the environment when omitted.
         progress: Show a progress bar.
 
     Raises:
-        ConfigError: unknown brand or campaign.
+        ConfigError: unknown brand or campaign, or ``device: cuda`` without a visible CUDA GPU.
         GenerationError: the model cannot be resolved (e.g. no @champion yet), or another process is generating
             the same campaign from the same version right now.
     """
     from brandtune.generation import generate
     from brandtune.registry import fetch, model_uri
 
+    placement = resolve_placement(device, dtype)  # before anything is fetched, loaded or written
     settings = settings or Settings.from_env()
     spec = load_brand(brand)
     campaign = spec.campaign(name)
     adapter = fetch(model_uri(spec.name, model.lstrip("@")), settings=settings)
-    key = campaign_key(campaign, adapter)
+    key = campaign_key(campaign, adapter, placement)
     root = campaign_root(spec.name, name, settings)
     done = find_completed(root, key)
     if done is not None:
@@ -155,7 +164,8 @@ def run_campaign(
     version = adapter.version.version
     folder = _folder_for(root, key, version)
     with _exclusive(folder, spec.name, name, version):
-        run = {"batch_size": batch_size} if batch_size else {}
+        run: dict[str, Any] = {"device": placement.device, "dtype": placement.dtype}
+        run.update({"batch_size": batch_size} if batch_size else {})
         config = campaign.generate_config(spec.name, version, output_dir=folder, **run)
         result = generate(config, settings, progress=progress)
         counts = dict(sorted(Counter(e["setting"] for e in _manifest_images(result.manifest)).items()))

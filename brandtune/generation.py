@@ -17,7 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brandtune.config import BrandSpec, GenerateConfig, SamplerConfig, load_brand
+from brandtune.config import (
+    BrandSpec,
+    GenerateConfig,
+    Placement,
+    SamplerConfig,
+    load_brand,
+    resolve_placement,
+)
 from brandtune.config._base import slugify
 from brandtune.errors import GenerationError, RegistryError
 from brandtune.generation_manifest import (
@@ -115,13 +122,15 @@ def plan_images(brand: BrandSpec, cfg: GenerateConfig) -> list[dict[str, Any]]:
 
 
 def _resolve_model(
-    brand: BrandSpec, cfg: GenerateConfig, settings: Settings
+    brand: BrandSpec, cfg: GenerateConfig, settings: Settings, placement: Placement
 ) -> tuple[dict[str, str], Callable[[], Any]]:
-    """The model a job uses, as recorded in its manifest, and a loader for its pipeline (called only after the
-    caller has checked the record). An alias is resolved once: the pipeline loads the version it resolved to."""
+    """The model a job uses, as recorded in its manifest, and a loader for its pipeline on ``placement``'s device
+    and dtype (called only after the caller has checked the record). An alias is resolved once: the pipeline loads
+    the version it resolved to."""
     from brandtune.models import load_base_pipeline, resolve_base
     from brandtune.registry import fetch, load_pipeline, model_uri
 
+    where = {"device": placement.device, "dtype": placement.dtype}
     if cfg.model == "base":
         resolved = resolve_base(brand.base_model, settings=settings)
         info = {
@@ -129,8 +138,11 @@ def _resolve_model(
             "version": "",
             "base_model": resolved.name,
             "base_revision": resolved.revision,
+            **where,
         }
-        return info, lambda: load_base_pipeline(resolved)
+        return info, lambda: load_base_pipeline(
+            resolved, torch_dtype=placement.torch_dtype(), device=placement.device
+        )
     uri = model_uri(brand.name, cfg.model)
     try:
         adapter = fetch(uri, settings=settings)
@@ -148,8 +160,11 @@ def _resolve_model(
         "base_model": adapter.version.base_model or adapter.base_model,
         "base_revision": adapter.version.base_revision or adapter.base_revision,
         "adapter_sha256": adapter.sha256,
+        **where,
     }
-    return info, lambda: load_pipeline(adapter.version.uri, fuse=cfg.fuse, settings=settings)
+    return info, lambda: load_pipeline(
+        adapter.version.uri, device=placement.device, dtype=placement.dtype, fuse=cfg.fuse, settings=settings
+    )
 
 
 def _batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -232,15 +247,19 @@ def generate(
     On a resume an image counts as done only if its file's sha256 matches its manifest entry; any other image
     (truncated, changed, or written but never recorded because the job was killed) is made again, and logged. The
     folder's manifest is untrusted input, checked before anything is written; a job whose model, adapter, base
-    revision or sampler differ from the manifest's is refused (``overwrite``: make every image again instead).
+    revision, sampler, device or dtype differ from the manifest's is refused (``overwrite``: make every image
+    again instead). The pipeline runs on ``config.device`` in ``config.dtype`` (``auto``: the GPU when there is
+    one, :func:`~brandtune.config.resolve_placement`); the manifest records the resolved pair.
 
     Raises:
+        ConfigError: ``device: cuda`` where no CUDA GPU is visible (before anything is loaded or written).
         GenerationError: a bad job, a malformed manifest in the output folder, or other settings than its images'.
     """
     from tqdm.auto import tqdm
 
     from brandtune.gallery import write_contact_sheets, write_gallery
 
+    placement = resolve_placement(config.device, config.dtype)  # before anything is loaded or written
     settings = settings or Settings.from_env()
     brand = load_brand(config.brand)
     config = config.model_copy(update={"brand": brand.name})  # the manifest names the brand by its slug
@@ -249,7 +268,8 @@ def generate(
     previous = _previous_manifest(out, rows, overwrite)
     check_same_images(out, previous, rows)
     init = _init_image(config)
-    info, load = _resolve_model(brand, config, settings)
+    info, load = _resolve_model(brand, config, settings, placement)
+    logger.info("generating on %s", placement)
     pipe = load()
     sizes = dict(aspect_samplers(pipe, config.sampler, job_aspects(brand, config)))
     sampler = apply_scheduler(pipe, config.sampler)
@@ -302,6 +322,24 @@ def _manifest_brand(recorded: str, given: str | Path | None, manifest: Path) -> 
     return spec
 
 
+def _recorded_placement(manifest: Path, data: Manifest) -> Placement:
+    """The device and dtype a manifest's images were made with (cpu/float32 for a manifest older than the record).
+
+    Raises:
+        GenerationError: they were made on a CUDA GPU and none is visible here (or it has no native bf16).
+    """
+    from brandtune.errors import ConfigError
+
+    device, dtype = data.model.device, data.model.dtype
+    try:
+        return resolve_placement(device, dtype)
+    except ConfigError:
+        raise GenerationError(
+            f"--reproduce {manifest}: its images were made on {device} in {dtype}, which this machine cannot run "
+            "(no CUDA GPU visible, or no native bf16 on it); reproduce them on a machine like the one that made them"
+        ) from None
+
+
 def reproduce(
     manifest: Path,
     output_dir: Path,
@@ -311,8 +349,8 @@ def reproduce(
 ) -> list[Path]:
     """Make the images of a manifest again into ``output_dir`` (``only``: a subset of their file names).
 
-    Each image's whole batch is re-run with the recorded prompts, seeds and sampler, so the pixels are identical
-    on the same hardware and software. The manifest names the brand, adapter version and sampler, so it is all
+    Each image's whole batch is re-run with the recorded prompts, seeds and sampler, on the recorded device and
+    dtype, so the pixels are identical on the same hardware and software. The manifest names the brand, adapter version and sampler, so it is all
     that is needed; the manifest is untrusted input (see :func:`~brandtune.generation_manifest.read_manifest`).
 
     Args:
@@ -333,9 +371,10 @@ def reproduce(
     data = read_manifest(Path(manifest), Path(output_dir), hint=hint)
     spec = _manifest_brand(data.job.brand, brand, manifest)
     cfg, sampler = data.job, data.sampler
+    placement = _recorded_placement(Path(manifest), data)
     settings = settings or Settings.from_env()
     info, load = _resolve_model(
-        spec, cfg.model_copy(update={"model": data.model.version or "base"}), settings
+        spec, cfg.model_copy(update={"model": data.model.version or "base"}), settings, placement
     )
     check_reproduce_model(Path(manifest), data.model, info)
     pipe = load()

@@ -22,11 +22,12 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from brandtune.config import GenerateConfig, SamplerConfig
+from brandtune.config.device import LEGACY_DEVICE, LEGACY_DTYPE
 from brandtune.errors import GenerationError
 from brandtune.faults import fault_point
 from brandtune.fsutil import atomic_write_json, fsync_dir, sha256_bytes, sha256_file
@@ -89,6 +90,8 @@ class ManifestImage(_Strict):
     base_model: str | None = Field(default=None, description="Base model (informative).")
     base_revision: str | None = Field(default=None, description="Base revision (informative).")
     adapter_sha256: str | None = Field(default=None, description="Adapter weights' sha256 (informative).")
+    device: str | None = Field(default=None, description="Device it was sampled on (informative).")
+    dtype: str | None = Field(default=None, description="Weight dtype it was sampled in (informative).")
 
 
 class ManifestModel(_Strict):
@@ -104,6 +107,14 @@ class ManifestModel(_Strict):
         default=None,
         pattern=SHA256_RE,
         description="The adapter weights' sha256 (absent for the base model).",
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        default=LEGACY_DEVICE,
+        description="Device the images were sampled on (absent before it was recorded: they were made on the CPU).",
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        default=LEGACY_DTYPE,
+        description="Weight dtype the images were sampled in (absent before it was recorded: float32).",
     )
 
 
@@ -325,6 +336,9 @@ def job_identity(cfg: GenerateConfig, sampler: SamplerConfig, info: dict[str, st
         "init image": str(cfg.init_image) if cfg.init_image else None,
         "strength": cfg.strength if cfg.init_image else None,
         "fuse": cfg.fuse,
+        # images made on another device or in another dtype differ; a manifest without them: cpu/float32
+        "device": info.get("device") or LEGACY_DEVICE,
+        "dtype": info.get("dtype") or LEGACY_DTYPE,
     }
     for key, value in sampler.model_dump(mode="json").items():
         ident[f"sampler {key}"] = value
@@ -337,7 +351,7 @@ def check_same_job(
     """Refuse to add images to ``out`` made with other settings than its manifest's (one line: which, old, new).
 
     Raises:
-        GenerationError: the model, adapter, base revision, sampler or img2img settings differ.
+        GenerationError: the model, adapter, base revision, sampler, img2img settings, device or dtype differ.
     """
     old = job_identity(previous.job, previous.sampler, previous.model.model_dump(mode="json"))
     new = job_identity(cfg, sampler, info)

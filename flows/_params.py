@@ -62,8 +62,10 @@ TRAINING_FIELDS = (
     "validation_inference_steps",
     "num_threads",
 )
-EVALUATION_FIELDS = ("seeds", "sampler", "batch_size", "include_base", "gate", "clip_model", "dino_model")
-GENERATION_FIELDS = ("sampler", "seed", "batch_size", "max_images", "fuse", "output_dir")
+EVALUATION_FIELDS = (
+    "seeds", "sampler", "batch_size", "device", "dtype", "include_base", "gate", "clip_model", "dino_model",
+)  # fmt: skip
+GENERATION_FIELDS = ("sampler", "seed", "batch_size", "device", "dtype", "max_images", "fuse", "output_dir")
 
 
 class FlowParams(BaseModel):

@@ -24,9 +24,13 @@ from flows._params import BrandSlug
 
 
 @task(name="standard-campaign", cache_policy=NO_CACHE, log_prints=False)
-def campaign_task(brand: str, name: str, model: str, reason: str, batch_size: int | None) -> CampaignRun:
+def campaign_task(
+    brand: str, name: str, model: str, reason: str, batch_size: int | None, device: str, dtype: str
+) -> CampaignRun:
     """Generate one standard campaign (or find it already generated from this version)."""
-    run = run_campaign(brand, name, model=model, reason=reason, batch_size=batch_size)
+    run = run_campaign(
+        brand, name, model=model, reason=reason, batch_size=batch_size, device=device, dtype=dtype
+    )
     get_run_logger().info("%s", run.summary())
     return run
 
@@ -53,6 +57,8 @@ def campaign_flow(
         Field(description="Why this run happens, recorded with each campaign (the schedule, or the event)."),
     ] = "on demand",
     batch_size: field_type(GenerateConfig, "batch_size", optional=True) = None,
+    device: field_type(GenerateConfig, "device") = "auto",
+    dtype: field_type(GenerateConfig, "dtype") = "auto",
 ) -> dict[str, Any]:
     """Generate a brand's standard campaigns from its released model.
 
@@ -71,9 +77,14 @@ def campaign_flow(
         model: Adapter to generate from: an alias (champion, candidate) or a version number.
         reason: Why this run happens, recorded with each campaign (the schedule, or the event that started it).
         batch_size: Images per pipeline call; empty: the generation default.
+        device: Where to sample: cuda, cpu, or auto (the GPU when the worker has one). Part of the campaign's key:
+            images made on another device are another campaign run.
+        dtype: Weight dtype: float32, float16, bfloat16, or auto (bf16 or fp16 on a GPU, float32 on the CPU).
     """
+    from brandtune.config import resolve_placement
     from brandtune.registry import fetch, model_uri
 
+    resolve_placement(device, dtype)  # device: cuda without a GPU fails here, before anything is fetched
     spec = load_brand(brand)
     names = campaigns or [c.name for c in spec.campaigns]
     for name in names:
@@ -84,7 +95,7 @@ def campaign_flow(
         )
     # one version for the whole run, even if @champion moves while it generates
     version = fetch(model_uri(spec.name, model.lstrip("@"))).version.version if names else ""
-    runs = [campaign_task(spec.name, name, version, reason, batch_size) for name in names]
+    runs = [campaign_task(spec.name, name, version, reason, batch_size, device, dtype) for name in names]
     _publish(Settings.from_env(), spec.name, model, version, reason, runs)
     return {
         "brand": spec.name,

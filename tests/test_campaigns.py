@@ -139,3 +139,40 @@ def test_two_campaigns_of_one_name_are_refused(tmp_path: Path) -> None:
     (tmp_path / "brand.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=r"campaigns \['mini'\] are listed twice"):
         load_brand(tmp_path)
+
+
+def test_the_key_changes_with_device_and_dtype_and_stays_what_it_was_on_cpu_float32(
+    versions: list[str], brands: Path
+) -> None:
+    from brandtune.campaigns import campaign_key
+    from brandtune.config import Placement
+    from brandtune.fsutil import canonical_json, sha256_bytes
+    from brandtune.registry import fetch, model_uri
+
+    adapter = fetch(model_uri("acme", versions[-1]))
+    campaign = load_brand("acme").campaign("mini")
+    before = {  # what decided the key before device and dtype were recorded: campaigns made then are found
+        "campaign": campaign.model_dump(mode="json"),
+        "version": adapter.version.version,
+        "adapter_sha256": adapter.sha256,
+        "base_model": adapter.base_model,
+        "base_revision": adapter.base_revision,
+    }
+    legacy = sha256_bytes(canonical_json(before).encode())[:12]
+    assert (
+        campaign_key(campaign, adapter)
+        == campaign_key(campaign, adapter, Placement("cpu", "float32"))
+        == legacy
+    )
+    others = [Placement("cuda", "bfloat16"), Placement("cuda", "float16"), Placement("cpu", "bfloat16")]
+    keys = {campaign_key(campaign, adapter, p) for p in others}
+    assert len(keys) == 3 and legacy not in keys
+
+
+def test_a_campaign_on_cuda_without_a_gpu_stops_before_anything(versions: list[str], brands: Path) -> None:
+    root = campaign_root("acme", "mini", Settings.from_env())
+    before = sorted(root.rglob("*")) if root.exists() else None
+    with pytest.raises(ConfigError) as err:
+        run_campaign("acme", "mini", model=versions[-1], device="cuda")
+    assert len(str(err.value).splitlines()) == 1 and "device 'cuda': no CUDA GPU" in str(err.value)
+    assert (sorted(root.rglob("*")) if root.exists() else None) == before

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from brandtune.cli._common import console, given
-from brandtune.config import job_config
+from brandtune.config import DeviceName, DtypeName, job_config
 
 #: Where ``--steps`` goes in an EvalConfig (its sampler settings).
 STEPS_KEY = "sampler.num_inference_steps"
@@ -34,6 +34,15 @@ def evaluate_cmd(
         int | None,
         typer.Option(help="Denoising steps. Default: the base family's (SD/SDXL 20, FLUX/SD3 28)."),
     ] = None,
+    device: Annotated[
+        DeviceName, typer.Option(help="Where to sample and score ('auto': the CUDA GPU when there is one).")
+    ] = "auto",
+    dtype: Annotated[
+        DtypeName,
+        typer.Option(
+            help="Weight dtype of the pipelines ('auto': bfloat16 or float16 on a GPU, float32 on the CPU)."
+        ),
+    ] = "auto",
     config: Annotated[
         Path | None,
         typer.Option(
@@ -57,6 +66,8 @@ def evaluate_cmd(
             "against": ("against", None if against.lower() == "none" else against),
             "seeds": ("seeds", seeds),
             "steps": (STEPS_KEY, steps),
+            "device": ("device", device),
+            "dtype": ("dtype", dtype),
             "no_promote": ("promote", not no_promote),
             "output": ("output_dir", output),
         },

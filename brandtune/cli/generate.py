@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperCommand
 
 from brandtune.cli._common import console, given
-from brandtune.config import SchedulerName, job_config
+from brandtune.config import DeviceName, DtypeName, SchedulerName, job_config
 
 
 def add_commands(app: typer.Typer) -> None:
@@ -55,7 +55,7 @@ class GenerateCommand(TyperCommand):
     #: Job flags that --reproduce ignores (the manifest fixes them), so giving one with it is an error.
     job_options = (
         "prompt", "settings", "variations", "model", "steps", "guidance", "scheduler", "seed", "negative_prompt",
-        "init_image", "config", "overwrite",
+        "init_image", "config", "overwrite", "device", "dtype",
     )  # fmt: skip
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
@@ -125,6 +125,18 @@ def generate_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the first variation.")] = 0,
     negative_prompt: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     init_image: Annotated[Path | None, typer.Option(help="Product photo for img2img variations.")] = None,
+    device: Annotated[
+        DeviceName,
+        typer.Option(
+            help="Where to sample ('auto': the CUDA GPU when there is one); recorded in the manifest."
+        ),
+    ] = "auto",
+    dtype: Annotated[
+        DtypeName,
+        typer.Option(
+            help="Weight dtype ('auto': bfloat16 or float16 on a GPU, float32 on the CPU); recorded in the manifest."
+        ),
+    ] = "auto",
     output: Annotated[
         Path | None,
         typer.Option(
@@ -170,6 +182,8 @@ def generate_cmd(
             "seed": ("seed", seed),
             "output": ("output_dir", output),
             "init_image": ("init_image", init_image),
+            "device": ("device", device),
+            "dtype": ("dtype", dtype),
             "steps": ("sampler.num_inference_steps", steps),
             "guidance": ("sampler.guidance_scale", guidance),
             "scheduler": ("sampler.scheduler", scheduler),

@@ -17,6 +17,7 @@ This package is the bottom layer: it imports nothing of brandtune but :mod:`bran
 | ``evaluate`` | ``EvalConfig``, ``GateConfig``, ``GateRule``, ``default_rules``, ``METRIC_DIRECTIONS``, ``check_model_folder`` |
 | ``generate`` | ``GenerateConfig`` |
 | ``sampler`` | ``SamplerConfig`` (generation and evaluation) |
+| ``device`` | the ``device`` / ``dtype`` fields of generation and evaluation, ``resolve_placement``, ``Placement`` |
 | ``pretrain`` | ``PretrainConfig`` (builtin:tiny from scratch) |
 """
 
@@ -42,6 +43,7 @@ from brandtune.config.brand import (
     ensure_trigger,
     load_brand,
 )
+from brandtune.config.device import DeviceName, DtypeName, Placement, resolve_placement
 from brandtune.config.evaluate import (
     METRIC_DIRECTIONS,
     Comparison,
@@ -85,7 +87,9 @@ __all__ = [
     "BrandSpec",
     "Comparison",
     "ConfigError",
+    "DeviceName",
     "Direction",
+    "DtypeName",
     "EvalConfig",
     "GateConfig",
     "GateRule",
@@ -93,6 +97,7 @@ __all__ = [
     "HexColour",
     "IngestConfig",
     "LrScheduler",
+    "Placement",
     "PretrainConfig",
     "Reference",
     "SamplerConfig",
@@ -113,4 +118,5 @@ __all__ = [
     "load_brand",
     "load_yaml_model",
     "read_yaml_mapping",
+    "resolve_placement",
 ]

@@ -13,6 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from brandtune.config._base import StrictModel
 from brandtune.config.aspects import normalise_aspects
+from brandtune.config.device import Device, Dtype
 from brandtune.config.sampler import SamplerConfig
 from brandtune.errors import ConfigError
 
@@ -235,6 +236,8 @@ class EvalConfig(StrictModel):
         "An explicit sampler width/height wins over this.",
     )
     batch_size: int = Field(default=8, ge=1, le=64, description="Images per pipeline call.")
+    device: Device = "auto"
+    dtype: Dtype = "auto"
     output_dir: Path | None = Field(
         default=None, description="Report folder (default: <home>/evaluations/...)."
     )

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from brandtune.config._base import StrictModel
 from brandtune.config.aspects import normalise_aspects
+from brandtune.config.device import Device, Dtype
 from brandtune.config.sampler import SamplerConfig
 
 
@@ -51,6 +52,8 @@ class GenerateConfig(StrictModel):
         default=0.6, gt=0.0, le=1.0, description="img2img: how far to move from the photo."
     )
     fuse: bool = Field(default=True, description="Fuse the adapter into the weights (faster; one adapter).")
+    device: Device = "auto"
+    dtype: Dtype = "auto"
 
     @field_validator("aspects")
     @classmethod

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brandtune.config import BrandSpec, EvalConfig, SamplerConfig, load_brand
+from brandtune.config import BrandSpec, EvalConfig, SamplerConfig, load_brand, resolve_placement
 from brandtune.errors import EvaluationError
 from brandtune.evaluation.gate import GateResult, evaluate_gate
 from brandtune.settings import Settings
@@ -123,9 +123,10 @@ def _generate_all(
     out: Path,
     settings: Settings,
 ) -> tuple[Made, SamplerConfig, dict[str, list[int]]]:
-    """Sample every (model, aspect, prompt, seed); returns model key -> [(prompt index, seed, aspect or None,
-    relative path)], the sampler settings used (every empty one filled for the base, the first aspect's size) and,
-    with several aspects, aspect -> [width, height]."""
+    """Sample every (model, aspect, prompt, seed) on ``cfg.device`` in ``cfg.dtype`` (resolved by the caller);
+    returns model key -> [(prompt index, seed, aspect or None, relative path)], the sampler settings used (every
+    empty one filled for the base, the first aspect's size) and, with several aspects, aspect -> [width, height]."""
+    import torch
     from tqdm.auto import tqdm
 
     from brandtune.images import save_png
@@ -151,7 +152,11 @@ def _generate_all(
         adapter = model.adapter or cand
         base = (adapter.base_model, adapter.base_revision)
         if base not in pipes:
-            pipes[base] = load_base_pipeline(resolve_adapter_base(adapter, None, settings))
+            pipes[base] = load_base_pipeline(
+                resolve_adapter_base(adapter, None, settings),
+                torch_dtype=getattr(torch, cfg.dtype),
+                device=cfg.device,
+            )
             apply_scheduler(pipes[base], cfg.sampler)
             samplers[base] = [
                 (a, resolve_sampler(s, pipes[base]))
@@ -236,6 +241,7 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
     """Run the evaluation suite, write the report, apply the gate and (when it passes) promote.
 
     Raises:
+        ConfigError: ``device: cuda`` where no CUDA GPU is visible (before anything is loaded or written).
         RegistryError: unknown candidate/alias or unreachable tracking server.
         EvaluationError: the brand has no evaluation prompts that can run.
         ConfigError: ``clip_model`` / ``dino_model`` does not load (checked before anything is sampled).
@@ -244,12 +250,16 @@ def evaluate(config: EvalConfig, settings: Settings | None = None) -> EvalOutcom
     from brandtune.evaluation.subject_fidelity import SubjectFidelity
 
     t0 = time.perf_counter()
+    placement = resolve_placement(config.device, config.dtype)  # before anything is loaded or written
+    # the report and the MLflow run record what was used
+    config = config.model_copy(update={"device": placement.device, "dtype": placement.dtype})
     settings = settings or Settings.from_env()
     brand = load_brand(config.brand)
     prompts = [brand.ensure_trigger(p)[0] for p in brand.evaluation_prompts]
     if not prompts:
         raise EvaluationError(f"brand {brand.name} has no evaluation_prompts in brand.yaml")
-    fidelity = SubjectFidelity.load(config)  # loaded once, before minutes of sampling
+    fidelity = SubjectFidelity.load(config, placement.device)  # loaded once, before minutes of sampling
+    logger.info("evaluating on %s", placement)
     models, seen_champion = _models(config, settings)
     cand = models[0].adapter
     assert cand is not None

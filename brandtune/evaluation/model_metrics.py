@@ -343,12 +343,14 @@ def fid_kid(
         )
     subset = kid_subset_size or min(len(real), len(fake), 1000)
     size = tuple(backbone.size)
+    device = backbone.mean.device  # the metrics' running sums live where the backbone's features come out
     fid = FrechetInceptionDistance(feature=backbone, input_img_size=(3, *size), reset_real_features=False)
     with warnings.catch_warnings():  # "will save all extracted features": a few hundred embeddings at most
         warnings.filterwarnings("ignore", message=".*save all extracted features.*")
         kid = KernelInceptionDistance(
             feature=backbone, subsets=kid_subsets, subset_size=subset, reset_real_features=False
         )
+    fid, kid = fid.to(device), kid.to(device)
     real_u8, fake_u8 = _u8_batch(real), _u8_batch(fake)
     for metric in (fid, kid):
         metric.update(real_u8, real=True)

@@ -10,8 +10,8 @@ compared model's images against those same references. Per image:
 - ``clip_i``: mean CLIP cosine similarity of the image to the brand photos' product regions;
 - ``dino``: mean DINOv2 cosine similarity of the image to the brand photos' product regions.
 
-Without brand photos (no dataset here) only ``clip_t`` is computed. Everything runs on the CPU, like the
-evaluation's sampling.
+Without brand photos (no dataset here) only ``clip_t`` is computed. The scorers run in float32 on the
+evaluation's device (``EvalConfig.device``: the GPU when there is one), like its sampling.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ class SubjectFidelity:
         self.references = self.product_regions = 0
 
     @classmethod
-    def load(cls, config: EvalConfig) -> SubjectFidelity | None:
-        """The scorers of ``config.clip_model`` / ``config.dino_model``; None when neither is set.
+    def load(cls, config: EvalConfig, device: str = "cpu") -> SubjectFidelity | None:
+        """The scorers of ``config.clip_model`` / ``config.dino_model`` on ``device`` (the evaluation's, resolved);
+        None when neither is set.
 
         Raises:
             ConfigError: a folder is not a loadable CLIP (CLIPModel + CLIPProcessor) or vision model.
@@ -55,8 +56,8 @@ class SubjectFidelity:
             return None
         from brandtune.evaluation.model_metrics import ClipScorer, DinoScorer
 
-        clip = ClipScorer.from_pretrained(config.clip_model) if config.clip_model else None
-        dino = DinoScorer.from_pretrained(config.dino_model) if config.dino_model else None
+        clip = ClipScorer.from_pretrained(config.clip_model, device=device) if config.clip_model else None
+        dino = DinoScorer.from_pretrained(config.dino_model, device=device) if config.dino_model else None
         return cls(config, clip, dino)
 
     def set_references(self, photos: Sequence[BrandPhoto]) -> None:

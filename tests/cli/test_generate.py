@@ -157,3 +157,22 @@ def test_reusing_output_with_other_settings_is_one_line_and_overwrite_remakes(
 
     with pytest.raises(UsageError, match="--overwrite cannot be combined"):
         parse_command_line(["generate", "--reproduce", "m.json", "--output", "o", "--overwrite"])
+
+
+def test_device_flags_set_the_job_and_cuda_without_a_gpu_is_one_line(tmp_path: Path, run_cli: RunCli) -> None:
+    from typer._click.exceptions import UsageError
+
+    ctx = parse_command_line(
+        ["generate", "-b", "acme", "--prompt", "p", "--device", "cpu", "--dtype", "bfloat16"]
+    )
+    assert (ctx.params["device"], ctx.params["dtype"]) == ("cpu", "bfloat16")
+    with pytest.raises(UsageError, match="--device cannot be combined"):  # the manifest fixes the device
+        parse_command_line(["generate", "--reproduce", "m.json", "--output", "o", "--device", "cpu"])
+    with pytest.raises(UsageError, match="'gpu' is not one of"):
+        parse_command_line(["generate", "-b", "acme", "--prompt", "p", "--device", "gpu"])
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        ["generate", "-b", "acme", "--prompt", "p", "--device", "cuda", "--output", str(out)]
+    )
+    assert code == 2 and stdout == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("error: device 'cuda': no CUDA GPU is visible here") and not out.exists()

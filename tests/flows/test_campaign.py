@@ -66,3 +66,14 @@ def test_an_unknown_campaign_fails_before_anything_is_generated(prefect_harness:
 
     state = campaign_flow(brand="acme", campaigns=["nope"], return_state=True)
     assert state.is_failed() and "no campaign 'nope'" in state.message
+
+
+def test_device_cuda_without_a_gpu_fails_the_flow_before_anything(
+    prefect_harness: None, brands: Path
+) -> None:
+    from flows.campaign import campaign_flow
+
+    state = campaign_flow(brand="acme", device="cuda", return_state=True)
+    assert state.is_failed() and "device 'cuda': no CUDA GPU is visible" in state.message
+    bad = campaign_flow(brand="acme", dtype="half", return_state=True)  # the form's choices: validated
+    assert bad.is_failed() and "dtype" in bad.message
