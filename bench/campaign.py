@@ -13,10 +13,8 @@ denoising steps at ``--size`` px) is ingested, an adapter is trained for ``--tra
 - **brandtune**: ``brandtune.campaigns.run_campaign("acme", "bench")``, the library's own path: @champion resolved
   and fetched, the pipeline loaded with the adapter fused (``GenerateConfig.fuse``), the images made in batches of
   ``--batch-size`` (default GenerateConfig's) through ``generate``/``sample_batch``, each PNG written and fsynced,
-  the manifest, contact sheets, gallery and the campaign's MLflow run. The library has no device option for
-  generation (``generate`` calls ``load_pipeline`` without one, so a campaign runs on the CPU even on a GPU
-  machine); the bench passes ``device`` and ``dtype`` to ``brandtune.registry.load_pipeline`` by wrapping it, the
-  only thing it changes. ``sample_batch`` calls are timed ("generate s").
+  the manifest, contact sheets, gallery and the campaign's MLflow run, on ``--device`` in ``run_campaign``'s
+  ``device``/``dtype`` (bf16 on a GPU, fp32 on the CPU). ``sample_batch`` calls are timed ("generate s").
 - **diffusers loop**: what a user without brandtune writes: the base's pipeline class ``from_pretrained`` (same
   folder, dtype and device), ``load_lora_weights`` of the registered adapter's file (unfused), the scheduler
   brandtune used (DDIM for the UNet families, the pipeline's own for FLUX), then one ``pipe(prompt,
@@ -164,14 +162,11 @@ def _free(device: str) -> None:
 
 def run_brandtune(args: argparse.Namespace) -> dict[str, Any]:
     """``run_campaign`` from @champion on ``--device``; its ``sample_batch`` calls timed."""
-    import functools
-
     import brandtune.generation as generation
-    import brandtune.registry as registry
     from brandtune.campaigns import run_campaign
 
     calls: list[float] = []
-    inner_sample, inner_load = generation.sample_batch, registry.load_pipeline
+    inner_sample = generation.sample_batch
 
     def timed_sample(*a: Any, **kw: Any) -> Any:
         started = time.perf_counter()
@@ -182,13 +177,14 @@ def run_brandtune(args: argparse.Namespace) -> dict[str, Any]:
             calls.append(time.perf_counter() - started)
 
     generation.sample_batch = timed_sample
-    registry.load_pipeline = functools.partial(inner_load, device=args.device, dtype=args.dtype)
     try:
         started = time.perf_counter()
-        run = run_campaign(BRAND, CAMPAIGN, reason="bench", batch_size=args.batch_size)
+        run = run_campaign(
+            BRAND, CAMPAIGN, reason="bench", batch_size=args.batch_size, device=args.device, dtype=args.dtype
+        )
         total = time.perf_counter() - started
     finally:
-        generation.sample_batch, registry.load_pipeline = inner_sample, inner_load
+        generation.sample_batch = inner_sample
     _free(args.device)
     manifest = json.loads(run.manifest.read_text())
     return {"images": run.generated, "calls": len(calls), "batch": manifest["job"]["batch_size"],

@@ -1506,6 +1506,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         spawned = time.time()
         env = dict(os.environ)
+        # brandtune's forwarder in a process of its own, as `brandtune train`'s launcher runs it: the timed child is
+        # the training process alone (no `import mlflow`), which brandtune-cli times from outside
+        env.setdefault("BRANDTUNE_FORWARDER", "sidecar")
         if variant == "brandtune-before":  # that tree's brandtune package first on the child's path
             env["PYTHONPATH"] = os.pathsep.join([str(args.before), env.get("PYTHONPATH", "")])
         proc = subprocess.run(_child_args(args, variant, result_file), stdout=subprocess.PIPE,
