@@ -6,9 +6,10 @@ campaign from that version into a dated, versioned folder::
     <home>/campaigns/<brand>/<campaign>/<YYYY-MM-DD>-v<version>-<key>/
 
 ``key`` is a hash of what decides the images: the campaign's settings, the version, the adapter's sha256, the
-base model and revision, and the device and dtype (when not cpu/float32). The folder's ``campaign.json``, written last and atomically, marks it complete. A later run
-with the same key finds it and generates nothing ("already generated"), whatever its date; a run that was
-interrupted resumes in its own folder (generation skips the images already made).
+base model and revision, and the device and dtype (when not cpu/float32). The folder's ``campaign.json``, written
+last and atomically, marks it complete. A later run with the same key finds it and generates nothing ("already
+generated"), whatever its date; a run that was interrupted resumes in its own folder (generation skips the images
+already made).
 
 Each completed campaign is an MLflow run (``brandtune.stage=campaign``) in the brand's experiment: its parameters,
 the number of images per setting, the gallery, manifest and images as artifacts, and the model version it used

@@ -350,8 +350,9 @@ def reproduce(
     """Make the images of a manifest again into ``output_dir`` (``only``: a subset of their file names).
 
     Each image's whole batch is re-run with the recorded prompts, seeds and sampler, on the recorded device and
-    dtype, so the pixels are identical on the same hardware and software. The manifest names the brand, adapter version and sampler, so it is all
-    that is needed; the manifest is untrusted input (see :func:`~brandtune.generation_manifest.read_manifest`).
+    dtype, so the pixels are identical on the same hardware and software. The manifest names the brand, adapter
+    version and sampler, so it is all that is needed; the manifest is untrusted input (see
+    :func:`~brandtune.generation_manifest.read_manifest`).
 
     Args:
         manifest: A campaign's ``manifest.json``.

@@ -1,5 +1,6 @@
 """The training step's fast paths: a leaner LoRA linear layer that computes exactly what peft's does, LoRA layers
-switched off for the base prediction without a walk over the model, and CPU bf16 autocast where the CPU does bf16 natively (detected, never assumed; off by default)."""
+switched off for the base prediction without a walk over the model, CPU bf16 autocast where the CPU does bf16
+natively (detected, never assumed; off by default), loss reads every few steps, and the compile modes."""
 
 from __future__ import annotations
 
