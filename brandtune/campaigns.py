@@ -170,7 +170,7 @@ def run_campaign(
         config = campaign.generate_config(spec.name, version, output_dir=folder, **run)
         result = generate(config, settings, progress=progress)
         counts = dict(sorted(Counter(e["setting"] for e in _manifest_images(result.manifest)).items()))
-        run_id = _log_run(spec, campaign, adapter, folder, counts, reason, settings)
+        run_id = _log_run(spec, campaign, adapter, folder, counts, reason, settings, placement)
         record = CampaignRun(
             spec.name, name, version, key, folder, counts, run_id, generated=result.generated, reason=reason
         )
@@ -260,8 +260,10 @@ def _log_run(
     counts: dict[str, int],
     reason: str,
     settings: Settings,
+    placement: Placement,
 ) -> str:
-    """Log the campaign as an MLflow run linked to the model version it used; return the run id."""
+    """Log the campaign as an MLflow run linked to the model version it used (its parameters with the device and
+    dtype it was sampled with); return the run id."""
     from brandtune.provenance import brandtune_version, flow_run_id
     from brandtune.tracking import RunTracker, flat_params
 
@@ -276,6 +278,7 @@ def _log_run(
     )
     params = campaign.model_dump(mode="json", exclude={"sampler"})
     params.update(campaign.sampler.model_dump(mode="json", exclude_none=True))
+    params.update(device=placement.device, dtype=placement.dtype)
     tracker.log_params(flat_params(params))
     tags = {
         "brandtune.stage": "campaign",

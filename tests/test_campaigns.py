@@ -76,6 +76,7 @@ def test_a_campaign_is_generated_once_per_version_and_logged(versions: list[str]
     assert run.info.run_id == first.mlflow_run_id and run.info.status == "FINISHED"
     assert run.data.tags["brandtune.campaign"] == "mini" and run.data.tags["brandtune.reason"] == "schedule"
     assert run.data.metrics["images"] == 4.0
+    assert (run.data.params["device"], run.data.params["dtype"]) == ("cpu", "float32"), "where it was sampled"
     logged = {a.path for a in client().list_artifacts(run.info.run_id, "campaign")}
     assert {"campaign/index.html", "campaign/manifest.json"} <= logged
     mv = client().get_model_version("acme-lora", versions[0])
