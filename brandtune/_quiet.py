@@ -116,3 +116,22 @@ def quieted_while(quieted: Quieted) -> Iterator[None]:
         yield
     finally:
         target.removeFilter(message_filter)
+
+
+@contextmanager
+def loading_bars_off() -> Iterator[None]:
+    """diffusers' "Loading pipeline components" and transformers' "Loading weights" progress bars switched off
+    inside the block, and restored after: they cover a fraction of a second of loading that brandtune reports in
+    its own log, and in a Prefect task's log each redraw is a line of its own."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    was = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in was:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, enabled in was:
+            if enabled:
+                lib.enable_progress_bar()

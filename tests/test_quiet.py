@@ -74,8 +74,9 @@ def test_install_is_idempotent_and_filters_only_its_messages() -> None:
         assert quieted.reason
 
 
-def test_torchvision_fallback_is_quiet_when_loading_a_pipeline() -> None:
-    """A fresh process (transformers warns once per process): load builtin:tiny, then warn on the same logger."""
+def test_torchvision_fallback_and_loading_bars_are_quiet_when_loading_a_pipeline() -> None:
+    """A fresh process (transformers warns once per process): load builtin:tiny, then warn on the same logger;
+    loading shows no progress bars."""
     code = (
         "import logging\n"
         "seen = []\n"
@@ -88,6 +89,10 @@ def test_torchvision_fallback_is_quiet_when_loading_a_pipeline() -> None:
         "assert any('requires torchvision' in m for m in seen), seen  # transformers still emits it\n"
         "from transformers.utils import logging as hf_logging\n"
         "hf_logging.get_logger('transformers.utils.import_utils').warning('another import_utils warning')\n"
+        "from brandtune.models import load_components\n"
+        "load_components(resolve_base('builtin:tiny'))\n"
+        "from diffusers.utils import logging as diffusers_logging\n"
+        "print('bars after loading:', diffusers_logging.is_progress_bar_enabled())\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -96,6 +101,11 @@ def test_torchvision_fallback_is_quiet_when_loading_a_pipeline() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "requires torchvision" not in done.stderr
     assert "another import_utils warning" in done.stderr
+    # the loading progress bars are off while brandtune loads, and back on after
+    assert "Loading pipeline components" not in done.stderr and "Loading weights" not in done.stderr, (
+        done.stderr
+    )
+    assert "bars after loading: True" in done.stdout
 
 
 def _tiny_adapter(dest: Path, text_encoder: bool) -> Path:

@@ -82,7 +82,8 @@ def load_base_pipeline(
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     kwargs.update(pipeline_extras(resolved.family))
-    pipe = pipeline_cls.from_pretrained(resolved.path, **kwargs)
+    with _quiet.loading_bars_off():
+        pipe = pipeline_cls.from_pretrained(resolved.path, **kwargs)
     if device is not None:
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=not progress_bar)
@@ -115,12 +116,15 @@ def load_components(
     kwargs: dict[str, Any] = {"use_safetensors": True}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
-    denoiser = getattr(diffusers, info.denoiser_cls).from_pretrained(path, subfolder=info.denoiser, **kwargs)
-    vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", **kwargs)
-    text_encoders = tuple(
-        getattr(transformers, enc.cls).from_pretrained(path, subfolder=enc.folder, **kwargs)
-        for enc in info.text_encoders
-    )
+    with _quiet.loading_bars_off():
+        denoiser = getattr(diffusers, info.denoiser_cls).from_pretrained(
+            path, subfolder=info.denoiser, **kwargs
+        )
+        vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", **kwargs)
+        text_encoders = tuple(
+            getattr(transformers, enc.cls).from_pretrained(path, subfolder=enc.folder, **kwargs)
+            for enc in info.text_encoders
+        )
     tokenizers = tuple(
         getattr(transformers, enc.tokenizer_cls).from_pretrained(path, subfolder=enc.tokenizer_folder)
         for enc in info.text_encoders
