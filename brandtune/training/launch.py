@@ -271,9 +271,8 @@ def _claimed(
     if choice.resume_from is not None and accelerate_config is None:  # (with a config, each child checks)
         check_world(choice.resume_from, num_processes)  # refused before any process starts
     claim(choice, job)
-    (log_dir(choice.run_dir) / RUN_ID_FILE).unlink(
-        missing_ok=True
-    )  # the child waits for this attempt's run id
+    # the child waits for this attempt's run id, not an earlier attempt's
+    (log_dir(choice.run_dir) / RUN_ID_FILE).unlink(missing_ok=True)
     # the child trains exactly what was resolved here: this dataset, this folder
     child = config.model_copy(update={"output_dir": choice.run_dir, "dataset": job.fingerprint})
     child_env = {**(env or {}), TOKEN_ENV: lock.token, CHOICE_ENV: choice.to_json(), MODE_ENV: "launcher"}
@@ -294,7 +293,8 @@ def _open_tracking(choice: RunChoice, job: TrainJob, settings: Settings) -> Forw
     (:func:`~brandtune.forwarder.launcher_run_id`) and never talks to MLflow.
 
     Raises:
-        TrainingError: the run cannot be created (the tracking server is down), before the child starts.
+        TrainingError: the run cannot be created (the tracking server is down): the caller stops the training
+            process before its first step.
     """
     from brandtune.forwarder import Forwarder, open_training_run
     from brandtune.training.rundir import read_run_file, write_run_file

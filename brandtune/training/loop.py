@@ -374,11 +374,10 @@ def optimizer_step(
     last micro-batch's loss."""
     cfg, accelerator, optimizer = plan.config, state.accelerator, state.optimizer
     for acc in range(cfg.gradient_accumulation_steps):
-        if (
-            cfg.compile == "reduce-overhead"
-        ):  # a new iteration for the CUDA graphs: the last one's outputs are used
+        if cfg.compile == "reduce-overhead":
             import torch
 
+            # a new iteration for the CUDA graphs: the previous one's outputs are no longer read
             torch.compiler.cudagraph_mark_step_begin()
         micro = step * cfg.gradient_accumulation_steps + acc
         batch, gen = make_batch(plan, batches, class_batches, micro, accelerator.device)
