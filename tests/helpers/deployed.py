@@ -113,6 +113,15 @@ def run_readme_commands(
     return output, worker
 
 
+def _restart_events_worker() -> None:
+    """Drain and drop Prefect's events worker: a process-wide singleton that keeps the API URL current when it
+    started, so one started against a stopped server would swallow every later event of this pytest worker (the
+    session harness's task-run events included). The next event starts one against the API URL current then."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=10)
+
+
 @contextmanager
 def deployed_stack(root: Path, brandtune_home: Path) -> Iterator[dict[str, Any]]:
     """Prefect server + MLflow server, then the README's commands: work pool, every deployment, a worker."""
@@ -143,14 +152,18 @@ def deployed_stack(root: Path, brandtune_home: Path) -> Iterator[dict[str, Any]]
         os.environ["MLFLOW_TRACKING_URI"] = str(mlflow.url)
         try:
             with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-                yield {
-                    "api": api,
-                    "mlflow": mlflow,
-                    "worker": worker,
-                    "stack": stack,
-                    "env": env,
-                    "logs": logs,
-                }
+                _restart_events_worker()  # events sent from this process in here go to this stack's server
+                try:
+                    yield {
+                        "api": api,
+                        "mlflow": mlflow,
+                        "worker": worker,
+                        "stack": stack,
+                        "env": env,
+                        "logs": logs,
+                    }
+                finally:
+                    _restart_events_worker()  # and none bound to it outlives the server
         finally:
             os.environ["MLFLOW_TRACKING_URI"] = old_uri
             stack.remember_descendants()
