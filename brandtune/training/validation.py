@@ -31,6 +31,7 @@ def pipeline_with(
     """
     import diffusers
 
+    from brandtune import _quiet
     from brandtune.models.loading import pipeline_extras
 
     info = FAMILY_INFO[plan.resolved.family]
@@ -39,7 +40,8 @@ def pipeline_with(
     kwargs.update(pipeline_extras(info.name))
     for spec, enc in zip(info.text_encoders, text_encoders or [], strict=False):
         kwargs[spec.folder] = enc
-    pipe = cls.from_pretrained(plan.resolved.path, dtype=plan.weight_dtype, **kwargs).to(denoiser.device)
+    with _quiet.loading_bars_off():
+        pipe = cls.from_pretrained(plan.resolved.path, dtype=plan.weight_dtype, **kwargs).to(denoiser.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -26,7 +26,7 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, cls: Any, counts: dict[str, in
 
 
 def test_the_base_is_loaded_once_and_validation_reuses_its_models(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     import diffusers
     import transformers
@@ -41,6 +41,8 @@ def test_the_base_is_loaded_once_and_validation_reuses_its_models(
     assert counts == {"AutoencoderKL": 1, "CLIPTextModel": 1, "UNet2DConditionModel": 1}, counts
     images = sorted(p.name for p in (result.run_dir / "validation").iterdir())
     assert images == ["step-000001.png", "step-000002.png"], "validation during and after training"
+    err = capfd.readouterr().err
+    assert "Loading pipeline components" not in err and "Loading weights" not in err, "no loading bars"
 
 
 def test_batched_validation_draws_what_one_call_per_image_draws() -> None:
